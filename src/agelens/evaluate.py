@@ -1,0 +1,242 @@
+"""Accuracy on a labelled folder: the engine behind `agelens eval`.
+
+labels.csv has `file,age,gender` (gender M/F), optionally `age_low,age_high` (an age bin; then
+bin accuracy is scored), `race` and `split`. When an image holds several faces, the face scored
+is the largest one nearest the centre: the one with the highest area x (1 - d), where d is the
+distance from its centre to the image centre divided by half the image diagonal.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.errors import AgelensError
+from agelens.imaging import load_image
+from agelens.pipeline import Analyzer
+from agelens.types import Face, ImageResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledImage:
+    """One row of labels.csv."""
+
+    file: str
+    age: float | None
+    gender: str | None
+    race: str | None = None
+    age_low: float | None = None
+    age_high: float | None = None
+
+
+def _number(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def read_labels(
+    labels_csv: Path, *, split: str | None = None, limit: int | None = None, seed: int = 0
+) -> list[LabelledImage]:
+    """Rows of labels.csv, filtered to `split`; with `limit`, a seeded random sample of that
+    many rows (label files are often sorted by age, so the first rows would be one age)."""
+    with labels_csv.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"file", "age", "gender"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{labels_csv} lacks the columns {sorted(missing)}")
+        rows = [
+            LabelledImage(
+                file=row["file"],
+                age=_number(row.get("age")),
+                gender=(row.get("gender") or "").strip().upper() or None,
+                race=(row.get("race") or "").strip() or None,
+                age_low=_number(row.get("age_low")),
+                age_high=_number(row.get("age_high")),
+            )
+            for row in reader
+            if split is None or row.get("split") == split
+        ]
+    if limit is not None and limit < len(rows):
+        rows = random.Random(seed).sample(rows, limit)
+    return rows
+
+
+def pad_image(image: NDArray[np.uint8], fraction: float) -> NDArray[np.uint8]:
+    """The image with an edge-replicated border of `fraction` x its size on every side
+    (tightly cropped faces need context before a detector finds them)."""
+    if fraction <= 0:
+        return image
+    height, width = image.shape[:2]
+    dy, dx = round(height * fraction), round(width * fraction)
+    return np.asarray(cv2.copyMakeBorder(image, dy, dy, dx, dx, cv2.BORDER_REPLICATE))
+
+
+def scored_index(boxes_xyxy: Sequence[Sequence[float]], image_wh: tuple[int, int]) -> int | None:
+    """Index of the largest box nearest the centre (the rule in this module's docstring)."""
+    if not boxes_xyxy:
+        return None
+    width, height = image_wh
+    half_diagonal = max(float(np.hypot(width, height)) / 2, 1e-6)
+
+    def merit(index: int) -> float:
+        x1, y1, x2, y2 = boxes_xyxy[index]
+        distance = float(np.hypot((x1 + x2) / 2 - width / 2, (y1 + y2) / 2 - height / 2))
+        return (x2 - x1) * (y2 - y1) * (1 - min(distance / half_diagonal, 1.0))
+
+    return max(range(len(boxes_xyxy)), key=merit)
+
+
+def scored_face(result: ImageResult) -> Face | None:
+    """The face that is scored for an image: the largest one nearest the centre."""
+    index = scored_index([face.box_xyxy for face in result.faces], result.image_wh)
+    return None if index is None else result.faces[index]
+
+
+def iter_dataset(
+    dataset_dir: Path, rows: Sequence[LabelledImage], pad: float, batch_size: int = 16
+) -> Iterator[list[tuple[LabelledImage, NDArray[np.uint8] | None]]]:
+    """Batches of (row, padded RGB image or None when it could not be decoded)."""
+    batch: list[tuple[LabelledImage, NDArray[np.uint8] | None]] = []
+    for row in rows:
+        try:
+            image: NDArray[np.uint8] | None = pad_image(load_image(dataset_dir / row.file), pad)
+        except AgelensError as error:
+            logger.warning("skipping %s: %s", row.file, error)
+            image = None
+        batch.append((row, image))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _decade(age: float) -> str:
+    decade = min(int(age // 10) * 10, 70)
+    return "70+" if decade == 70 else f"{decade}-{decade + 9}"
+
+
+def _slope(true: NDArray[np.float64], predicted: NDArray[np.float64]) -> float | None:
+    if len(true) < 2 or np.ptp(true) == 0:
+        return None
+    return float(np.polyfit(true, predicted, 1)[0])
+
+
+def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Metrics from per-image records (`age`, `gender`, `race`, `age_low`, `age_high`,
+    `pred_age`, `pred_gender`, `interval`), over the images where a face was found."""
+    found = [r for r in records if r["pred_age"] is not None]
+    aged = [r for r in found if r["age"] is not None]
+    gendered = [r for r in found if r["gender"] in ("M", "F")]
+    true = np.array([r["age"] for r in aged], dtype=np.float64)
+    predicted = np.array([r["pred_age"] for r in aged], dtype=np.float64)
+    errors = predicted - true
+    inside = [r["interval"][0] <= r["age"] <= r["interval"][1] for r in aged]
+    metrics: dict[str, Any] = {
+        "n": n,
+        "faces_found": len(found),
+        "age_mae": float(np.abs(errors).mean()) if len(errors) else None,
+        "age_cs5": float((np.abs(errors) <= 5).mean()) if len(errors) else None,
+        "age_mean_signed_error": float(errors.mean()) if len(errors) else None,
+        "age_slope": _slope(true, predicted),
+        "age_interval_coverage": float(np.mean(inside)) if inside else None,
+        "gender_accuracy": (
+            float(np.mean([r["gender"] == r["pred_gender"] for r in gendered]))
+            if gendered
+            else None
+        ),
+    }
+    binned = [r for r in found if r["age_low"] is not None and r["age_high"] is not None]
+    if binned:
+        metrics["age_bin_accuracy"] = float(
+            np.mean([r["age_low"] <= round(r["pred_age"]) <= r["age_high"] for r in binned])
+        )
+    metrics["by_decade"] = _grouped(aged, lambda r: _decade(r["age"]))
+    metrics["by_race"] = _grouped([r for r in found if r["race"]], lambda r: str(r["race"]))
+    return metrics
+
+
+def _grouped(
+    records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], str]
+) -> dict[str, Any]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[key(record)].append(record)
+
+    def order(name: str) -> tuple[int, str]:
+        digits = "".join(ch for ch in name.split("-")[0] if ch.isdigit())
+        return (int(digits) if digits else 10**6, name)
+
+    summary: dict[str, Any] = {}
+    for name in sorted(groups, key=order):
+        members = groups[name]
+        with_age = [r for r in members if r["age"] is not None]
+        errors = np.array([r["pred_age"] - r["age"] for r in with_age], dtype=np.float64)
+        with_gender = [r for r in members if r["gender"] in ("M", "F")]
+        summary[name] = {
+            "n": len(members),
+            "age_mae": float(np.abs(errors).mean()) if len(errors) else None,
+            "age_mean_signed_error": float(errors.mean()) if len(errors) else None,
+            "gender_accuracy": (
+                float(np.mean([r["gender"] == r["pred_gender"] for r in with_gender]))
+                if with_gender
+                else None
+            ),
+        }
+    return summary
+
+
+def evaluate(
+    analyzer: Analyzer,
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    *,
+    pad: float = 0.0,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the analyzer over labelled images; returns (metrics, per-image records)."""
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for batch in iter_dataset(dataset_dir, rows, pad, batch_size):
+        decoded = [(row, image) for row, image in batch if image is not None]
+        results = analyzer.analyze_arrays([image for _, image in decoded])
+        by_file = {row.file: result for (row, _), result in zip(decoded, results, strict=True)}
+        for row, _ in batch:
+            result = by_file.get(row.file)
+            face = scored_face(result) if result is not None else None
+            records.append(
+                {
+                    "file": row.file,
+                    "age": row.age,
+                    "gender": row.gender,
+                    "race": row.race,
+                    "age_low": row.age_low,
+                    "age_high": row.age_high,
+                    "pred_age": face.age_years if face else None,
+                    "pred_gender": face.gender if face else None,
+                    "gender_probability": face.gender_probability if face else None,
+                    "interval": list(face.age_interval) if face else None,
+                    "faces": len(result.faces) if result is not None else None,
+                }
+            )
+        if progress is not None:
+            progress(len(batch))
+    elapsed = time.perf_counter() - start
+    metrics = compute_metrics(records, len(rows))
+    metrics["images_per_second"] = len(rows) / elapsed if elapsed > 0 else None
+    metrics["models"] = dict(analyzer.models)
+    metrics["pad"] = pad
+    return metrics, records

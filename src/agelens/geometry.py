@@ -1,0 +1,177 @@
+"""Pure functions for boxes, anchors, suppression and alignment. No state, no I/O.
+
+Boxes are float arrays `(..., 4)` as `x1, y1, x2, y2`; points are `(..., 2)` as `x, y`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float32]
+
+
+def generate_anchors(
+    input_hw: tuple[int, int], strides: Sequence[int], anchors_per_cell: Sequence[int]
+) -> FloatArray:
+    """Anchor centres `(A, 2)` in [0, 1] for BlazeFace-style SSD heads (fixed anchor size 1).
+
+    Row-major over each feature map, `anchors_per_cell[i]` anchors per cell of the map at
+    `strides[i]`, in the order MediaPipe's SsdAnchorsCalculator emits them.
+    """
+    if len(strides) != len(anchors_per_cell):
+        raise ValueError("strides and anchors_per_cell must have the same length")
+    height, width = input_hw
+    centres: list[FloatArray] = []
+    for stride, per_cell in zip(strides, anchors_per_cell, strict=True):
+        rows, cols = -(-height // stride), -(-width // stride)
+        ys, xs = np.meshgrid(
+            (np.arange(rows, dtype=np.float32) + 0.5) / rows,
+            (np.arange(cols, dtype=np.float32) + 0.5) / cols,
+            indexing="ij",
+        )
+        grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        centres.append(np.repeat(grid, per_cell, axis=0))
+    if not centres:
+        return np.zeros((0, 2), dtype=np.float32)
+    return np.concatenate(centres).astype(np.float32)
+
+
+def decode_blazeface(
+    raw: FloatArray, anchors: FloatArray, input_hw: tuple[int, int]
+) -> tuple[FloatArray, FloatArray]:
+    """Decode BlazeFace regressors `(A, 16)` into boxes `(A, 4)` and keypoints `(A, 6, 2)`.
+
+    Both are in normalised input coordinates ([0, 1] over the network input).
+    """
+    height, width = input_hw
+    scale = np.array([width, height], dtype=np.float32)
+    centre = raw[:, 0:2] / scale + anchors
+    size = raw[:, 2:4] / scale
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    keypoints = raw[:, 4:16].reshape(-1, 6, 2) / scale + anchors[:, None, :]
+    return boxes.astype(np.float32), keypoints.astype(np.float32)
+
+
+def box_area(boxes: FloatArray) -> FloatArray:
+    """Area of each box; degenerate boxes have area 0."""
+    widths = np.clip(boxes[..., 2] - boxes[..., 0], 0, None)
+    heights = np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+    return (widths * heights).astype(np.float32)
+
+
+def iou(box: FloatArray, boxes: FloatArray) -> FloatArray:
+    """Intersection over union of one box `(4,)` with each of `boxes` `(K, 4)`."""
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+    union = box_area(box) + box_area(boxes) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+
+
+def weighted_nms(
+    boxes: FloatArray,
+    scores: FloatArray,
+    keypoints: FloatArray,
+    iou_threshold: float = 0.3,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """MediaPipe's weighted non-maximum suppression.
+
+    Each kept detection is the score-weighted mean of every box and keypoint set that overlaps
+    the best remaining one by more than `iou_threshold`; its score is the best one's. This
+    steadies the boxes compared with plain NMS. Returns (boxes, scores, keypoints), best first.
+    """
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores, keypoints = boxes[order], scores[order], keypoints[order]
+    kept_boxes: list[FloatArray] = []
+    kept_scores: list[float] = []
+    kept_points: list[FloatArray] = []
+    remaining = np.arange(len(scores))
+    while remaining.size:
+        best = remaining[0]
+        overlaps = iou(boxes[best], boxes[remaining])
+        group = remaining[overlaps > iou_threshold]
+        group = group if group.size else remaining[:1]
+        weights = scores[group][:, None]
+        total = float(weights.sum())
+        kept_boxes.append((boxes[group] * weights).sum(axis=0) / total)
+        kept_points.append((keypoints[group] * weights[:, :, None]).sum(axis=0) / total)
+        kept_scores.append(float(scores[best]))
+        remaining = remaining[overlaps <= iou_threshold]
+        remaining = remaining[remaining != best]
+    if not kept_scores:
+        return (
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.float32),
+            np.zeros((0, *keypoints.shape[1:]), np.float32),
+        )
+    return (
+        np.stack(kept_boxes).astype(np.float32),
+        np.asarray(kept_scores, dtype=np.float32),
+        np.stack(kept_points).astype(np.float32),
+    )
+
+
+def letterbox_transform(image_hw: tuple[int, int], target: int) -> tuple[float, float, float]:
+    """Scale and padding that fit an image into a `target` square, centred, aspect kept.
+
+    Returns (scale, pad_x, pad_y) such that `input_xy = image_xy * scale + pad`. The whole image
+    stays inside the square, so faces at the edges of very wide or tall photos are not cut off.
+    """
+    height, width = image_hw
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    scale = target / max(height, width)
+    return scale, (target - width * scale) / 2, (target - height * scale) / 2
+
+
+def square_box(box: Sequence[float] | FloatArray, factor: float = 1.0) -> FloatArray:
+    """The square with the box's centre and side `factor * max(width, height)`."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1) * factor
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
+
+
+def crop_transform(box: Sequence[float] | FloatArray, size: int) -> FloatArray:
+    """The 2x3 affine matrix mapping an axis-aligned box onto a `size` x `size` chip."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    sx, sy = size / max(x2 - x1, 1e-6), size / max(y2 - y1, 1e-6)
+    return np.array([[sx, 0.0, -x1 * sx], [0.0, sy, -y1 * sy]], dtype=np.float32)
+
+
+def similarity_transform(source: FloatArray, target: FloatArray) -> FloatArray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping `source` points
+    onto `target` points (Umeyama, without reflection). Returns a 2x3 matrix.
+
+    Needs at least two distinct points; raises ValueError otherwise.
+    """
+    src = np.asarray(source, dtype=np.float64)
+    dst = np.asarray(target, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError("need two matching (K, 2) point sets with K >= 2")
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    src_var = (src_c**2).sum() / len(src)
+    if src_var <= 1e-12:
+        raise ValueError("source points are all the same point")
+    covariance = dst_c.T @ src_c / len(src)
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rotation = u @ sign @ vt
+    scale = float(np.trace(np.diag(singular) @ sign)) / src_var
+    translation = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)
+
+
+def clip_boxes(boxes: FloatArray, image_wh: tuple[int, int]) -> FloatArray:
+    """Boxes clipped to the image rectangle [0, w] x [0, h]."""
+    width, height = image_wh
+    clipped = boxes.copy()
+    clipped[..., 0::2] = np.clip(clipped[..., 0::2], 0, width)
+    clipped[..., 1::2] = np.clip(clipped[..., 1::2], 0, height)
+    return clipped

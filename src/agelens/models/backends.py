@@ -1,0 +1,81 @@
+"""Backends chosen by name: the detectors and estimators an Analyzer can be built from.
+
+Tests may register extra factories (a fake estimator for plumbing tests, say); the real
+backends are registered here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agelens.errors import UnknownModelError
+from agelens.models.base import Detector, Estimator
+from agelens.models.registry import get_spec
+
+DetectorFactory = Callable[[int | None], Detector]
+EstimatorFactory = Callable[[int | None], Estimator]
+
+
+def _blazeface(name: str) -> DetectorFactory:
+    def create(threads: int | None) -> Detector:
+        from agelens.models.blazeface import BlazeFaceDetector
+
+        return BlazeFaceDetector(get_spec(name), threads=threads)
+
+    return create
+
+
+def _cydral(threads: int | None) -> Estimator:
+    from agelens.models.cydral import CydralEstimator
+
+    return CydralEstimator(get_spec("cydral"), threads=threads)
+
+
+def _faceapi(threads: int | None) -> Estimator:
+    from agelens.models.faceapi import FaceApiEstimator
+
+    return FaceApiEstimator(get_spec("faceapi"), threads=threads)
+
+
+def _ensemble(threads: int | None) -> Estimator:
+    from agelens.models.ensemble import EnsembleEstimator
+
+    return EnsembleEstimator.default(threads=threads)
+
+
+DETECTORS: dict[str, DetectorFactory] = {
+    "blazeface-full": _blazeface("blazeface-full"),
+    "blazeface-short": _blazeface("blazeface-short"),
+}
+
+ESTIMATORS: dict[str, EstimatorFactory] = {
+    "ensemble": _ensemble,
+    "cydral": _cydral,
+    "faceapi": _faceapi,
+}
+
+#: which registry models each backend needs fetched
+REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
+    "blazeface-full": ("blazeface-full",),
+    "blazeface-short": ("blazeface-short",),
+    "ensemble": ("cydral", "faceapi"),
+    "cydral": ("cydral",),
+    "faceapi": ("faceapi",),
+}
+
+DEFAULT_DETECTOR = "blazeface-full"
+DEFAULT_ESTIMATOR = "ensemble"
+
+
+def create_detector(name: str, threads: int | None = None) -> Detector:
+    """A detector by name; UnknownModelError lists the choices."""
+    if name not in DETECTORS:
+        raise UnknownModelError(f"unknown detector {name!r}; choose from {sorted(DETECTORS)}")
+    return DETECTORS[name](threads)
+
+
+def create_estimator(name: str, threads: int | None = None) -> Estimator:
+    """An estimator by name; UnknownModelError lists the choices."""
+    if name not in ESTIMATORS:
+        raise UnknownModelError(f"unknown estimator {name!r}; choose from {sorted(ESTIMATORS)}")
+    return ESTIMATORS[name](threads)

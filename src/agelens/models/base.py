@@ -1,0 +1,58 @@
+"""The two backend protocols every detector and estimator implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.types import AgeGenderEstimate, Detection
+
+RGBImage = NDArray[np.uint8]
+#: Network inputs for a set of faces, keyed by input name; every array's first axis is the face.
+Chips = dict[str, NDArray[np.float32]]
+
+
+class Detector(Protocol):
+    """Finds faces. Boxes and keypoints come back in the input image's pixel coordinates."""
+
+    name: str
+
+    def detect_many(
+        self, images: Sequence[RGBImage], *, min_face: float = 0.0, max_faces: int | None = None
+    ) -> list[tuple[Detection, ...]]:
+        """Faces of each image, best first; one network run for all images."""
+        ...
+
+
+class Estimator(Protocol):
+    """Estimates age and gender from faces: `align` cuts chips, `estimate` runs the networks."""
+
+    name: str
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """Network inputs for each detection, aligned the way the model was trained."""
+        ...
+
+    def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
+        """One estimate per face of `chips` (which may hold faces of several images)."""
+        ...
+
+    def version(self) -> str:
+        """Model names and sources, for ImageResult.models."""
+        ...
+
+
+def concat_chips(batches: Sequence[Chips]) -> Chips:
+    """Join the chips of several images along the face axis (keys must agree)."""
+    non_empty = [b for b in batches if b and len(next(iter(b.values())))]
+    if not non_empty:
+        return {}
+    return {key: np.concatenate([b[key] for b in non_empty]) for key in non_empty[0]}
+
+
+def chip_count(chips: Chips) -> int:
+    """Number of faces in a chips mapping."""
+    return len(next(iter(chips.values()))) if chips else 0

@@ -1,0 +1,151 @@
+"""BlazeFace detector (MediaPipe full-range or short-range) on ONNX Runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.geometry import (
+    decode_blazeface,
+    generate_anchors,
+    letterbox_transform,
+    weighted_nms,
+)
+from agelens.models.base import RGBImage
+from agelens.models.fetch import model_file
+from agelens.models.runtime import create_session
+from agelens.models.spec import ModelSpec
+from agelens.types import Detection
+
+
+def _sigmoid(values: NDArray[np.float32]) -> NDArray[np.float32]:
+    # MediaPipe clips logits to +-100 before the sigmoid; keeps exp() finite.
+    return cast(NDArray[np.float32], 1.0 / (1.0 + np.exp(-np.clip(values, -100, 100))))
+
+
+class BlazeFaceDetector:
+    """Letterboxes each image into the network square, decodes anchors, weighted NMS.
+
+    `score_threshold` is the minimum face probability; `iou_threshold` groups overlapping
+    candidates into one face.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        threads: int | None = None,
+        score_threshold: float | None = None,
+        iou_threshold: float = 0.3,
+    ) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._session = create_session(model_file(spec, "detector.onnx"), threads)
+        self._input_name = self._session.get_inputs()[0].name
+        self._size = spec.input_hw[0]
+        params = spec.params
+        self._anchors = generate_anchors(
+            spec.input_hw,
+            cast(Sequence[int], params["strides"]),
+            cast(Sequence[int], params["anchors_per_cell"]),
+        )
+        self.score_threshold = (
+            float(cast(float, params["score_threshold"]))
+            if score_threshold is None
+            else score_threshold
+        )
+        self.iou_threshold = iou_threshold
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        # The regressor output has 16 values per anchor, the classifier 1.
+        self._regressor_name = next(n for n, o in outputs.items() if o.shape[-1] == 16)
+        self._classifier_name = next(n for n, o in outputs.items() if o.shape[-1] == 1)
+
+    def _prepare(self, image: RGBImage) -> tuple[NDArray[np.float32], tuple[float, float, float]]:
+        height, width = image.shape[:2]
+        scale, _pad_x, _pad_y = letterbox_transform((height, width), self._size)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        # INTER_AREA averages all source pixels when shrinking a large photo; bilinear would
+        # alias and lose small faces.
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        canvas = np.zeros((self._size, self._size, 3), dtype=np.uint8)
+        left, top = int((self._size - new_w) // 2), int((self._size - new_h) // 2)
+        canvas[top : top + new_h, left : left + new_w] = resized
+        mean = np.asarray(self.spec.mean, dtype=np.float32)
+        tensor = (canvas.astype(np.float32) - mean) * np.float32(self.spec.scale)
+        return tensor, (new_w / width, float(left), float(top))
+
+    def detect_many(
+        self, images: Sequence[RGBImage], *, min_face: float = 0.0, max_faces: int | None = None
+    ) -> list[tuple[Detection, ...]]:
+        """Faces of each image, best first. `min_face` is the smallest box side in pixels."""
+        if not images:
+            return []
+        prepared = [self._prepare(image) for image in images]
+        batch = np.stack([tensor for tensor, _ in prepared])
+        regressors, classifiers = self._session.run(
+            [self._regressor_name, self._classifier_name], {self._input_name: batch}
+        )
+        results = []
+        for index, (_, transform) in enumerate(prepared):
+            results.append(
+                self._postprocess(
+                    regressors[index],
+                    classifiers[index],
+                    transform,
+                    images[index].shape[:2],
+                    min_face,
+                    max_faces,
+                )
+            )
+        return results
+
+    def _postprocess(
+        self,
+        raw_boxes: NDArray[np.float32],
+        raw_scores: NDArray[np.float32],
+        transform: tuple[float, float, float],
+        image_hw: tuple[int, ...],
+        min_face: float,
+        max_faces: int | None,
+    ) -> tuple[Detection, ...]:
+        scores = _sigmoid(raw_scores.reshape(-1))
+        candidates = scores >= self.score_threshold
+        if not candidates.any():
+            return ()
+        boxes, keypoints = decode_blazeface(
+            raw_boxes[candidates], self._anchors[candidates], self.spec.input_hw
+        )
+        boxes, kept_scores, keypoints = weighted_nms(
+            boxes, scores[candidates], keypoints, self.iou_threshold
+        )
+        scale, left, top = transform
+        offset = np.array([left, top], dtype=np.float32)
+        boxes_px = (boxes.reshape(-1, 2, 2) * self._size - offset) / scale
+        points_px = (keypoints * self._size - offset) / scale
+        height, width = image_hw
+        boxes_px[..., 0] = np.clip(boxes_px[..., 0], 0, width)
+        boxes_px[..., 1] = np.clip(boxes_px[..., 1], 0, height)
+        detections = []
+        for box, score, points in zip(boxes_px, kept_scores, points_px, strict=True):
+            side = min(box[1, 0] - box[0, 0], box[1, 1] - box[0, 1])
+            if side <= 1 or side < min_face:
+                continue
+            detections.append(
+                Detection(
+                    box_xyxy=(
+                        float(box[0, 0]),
+                        float(box[0, 1]),
+                        float(box[1, 0]),
+                        float(box[1, 1]),
+                    ),
+                    score=float(score),
+                    keypoints=tuple((float(x), float(y)) for x, y in points),
+                )
+            )
+        detections.sort(key=lambda d: -d.score)
+        return tuple(detections[:max_faces] if max_faces is not None else detections)

@@ -1,0 +1,93 @@
+"""Cydral age and gender networks (dlib-models), aligned with dlib's 5-point landmarks.
+
+The networks were trained on dlib "face chips": a similarity transform computed from dlib's
+5-point landmarks with 20% padding. We run dlib's own shape predictor and chip extraction so
+the chips are the ones the networks expect; feeding plain box crops costs accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.models.base import Chips, RGBImage
+from agelens.models.distribution import central_interval, expected_age
+from agelens.models.fetch import model_file
+from agelens.models.runtime import create_session
+from agelens.models.spec import ModelSpec
+from agelens.types import AgeGenderEstimate, Detection
+
+#: The class ages of the 81-way age output: class 0 stands for babies (0.25 years).
+AGE_CLASS_YEARS = np.array([0.25, *range(1, 81)], dtype=np.float32)
+
+
+class CydralEstimator:
+    """Age (81-way distribution) and gender from 64-px and 32-px dlib chips."""
+
+    def __init__(self, spec: ModelSpec, *, threads: int | None = None) -> None:
+        import dlib
+
+        self.name = spec.name
+        self.spec = spec
+        self._dlib: Any = dlib
+        self._landmarks = dlib.shape_predictor(str(model_file(spec, "landmarks_5.dat")))
+        self._age = create_session(model_file(spec, "age.onnx"), threads)
+        self._gender = create_session(model_file(spec, "gender.onnx"), threads)
+        self._age_chip = int(spec.params["age_chip"])  # type: ignore[call-overload]
+        self._gender_chip = int(spec.params["gender_chip"])  # type: ignore[call-overload]
+        self._padding = float(spec.params["chip_padding"])  # type: ignore[arg-type]
+        self._mean = np.asarray(spec.mean, dtype=np.float32)
+
+    def version(self) -> str:
+        """Model name and the package it came from."""
+        return f"{self.name} ({self.spec.source.pinned})"
+
+    def landmarks(self, image: RGBImage, detection: Detection) -> Any:
+        """dlib's 5-point landmarks of the face in `detection`'s box."""
+        x1, y1, x2, y2 = (round(v) for v in detection.box_xyxy)
+        return self._landmarks(image, self._dlib.rectangle(x1, y1, x2, y2))
+
+    def _normalise(self, chips: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        batch = np.stack(chips).astype(np.float32)
+        return np.ascontiguousarray(((batch - self._mean) * self.spec.scale).transpose(0, 3, 1, 2))
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """64-px age chips and 32-px gender chips, each extracted from the original image."""
+        if not detections:
+            return {}
+        image = np.ascontiguousarray(image)
+        age_chips, gender_chips = [], []
+        for detection in detections:
+            shape = self.landmarks(image, detection)
+            for size, out in ((self._age_chip, age_chips), (self._gender_chip, gender_chips)):
+                details = self._dlib.get_face_chip_details(shape, size, self._padding)
+                out.append(np.asarray(self._dlib.extract_image_chip(image, details)))
+        return {
+            "cydral_age": self._normalise(age_chips),
+            "cydral_gender": self._normalise(gender_chips),
+        }
+
+    def predict(self, chips: Chips) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Raw outputs: age class probabilities `(N, 81)` and P(male) `(N,)`."""
+        age = self._age.run(None, {"images": chips["cydral_age"]})[0]
+        gender = self._gender.run(None, {"images": chips["cydral_gender"]})[0]
+        return age.astype(np.float32), gender[:, 1].astype(np.float32)
+
+    def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
+        """Expected age, the central 80% of the age distribution, P(male)."""
+        if not chips:
+            return []
+        age_probabilities, male = self.predict(chips)
+        ages = expected_age(age_probabilities, AGE_CLASS_YEARS)
+        intervals = central_interval(age_probabilities, AGE_CLASS_YEARS, 0.8)
+        return [
+            AgeGenderEstimate(
+                age_years=float(age),
+                age_interval=(float(low), float(high)),
+                gender_probability_male=float(p_male),
+            )
+            for age, (low, high), p_male in zip(ages, intervals, male, strict=True)
+        ]

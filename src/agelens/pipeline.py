@@ -1,0 +1,148 @@
+"""The Analyzer: image in, ImageResult out. Every door (CLI, service, batch) goes through it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agelens.imaging import DEFAULT_MAX_PIXELS, ImageSource, describe_source, load_image
+from agelens.models.backends import (
+    DEFAULT_DETECTOR,
+    DEFAULT_ESTIMATOR,
+    create_detector,
+    create_estimator,
+)
+from agelens.models.base import RGBImage, chip_count, concat_chips
+from agelens.types import AgeGenderEstimate, Detection, Face, ImageResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyzerOptions:
+    """Per-call options. `min_face` is the smallest box side in pixels to keep."""
+
+    min_face: float = 0.0
+    max_faces: int | None = None
+
+
+def _face(detection: Detection, estimate: AgeGenderEstimate) -> Face:
+    p_male = min(max(estimate.gender_probability_male, 0.0), 1.0)
+    low, high = estimate.age_interval
+    age = max(estimate.age_years, 0.0)
+    return Face(
+        box_xyxy=detection.box_xyxy,
+        detection_score=detection.score,
+        keypoints=detection.keypoints,
+        age_years=age,
+        age_interval=(max(0.0, min(low, age)), max(high, age)),
+        gender="M" if p_male >= 0.5 else "F",
+        gender_probability=max(p_male, 1.0 - p_male),
+    )
+
+
+class Analyzer:
+    """Detects every face and estimates its apparent age and gender.
+
+    Models load once, in the constructor (ModelNotFetchedError names the fetch command when
+    they are missing). All faces of all images passed in one call go through each network in
+    one batched run. Not thread-safe for concurrent calls on the same instance's options, but
+    ONNX Runtime sessions themselves may be shared.
+    """
+
+    def __init__(
+        self,
+        detector: str = DEFAULT_DETECTOR,
+        estimator: str = DEFAULT_ESTIMATOR,
+        *,
+        threads: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.detector = create_detector(detector, threads)
+        self.estimator = create_estimator(estimator, threads)
+        self.max_pixels = max_pixels
+        self.models = {"detector": detector, "estimator": self.estimator.version()}
+
+    def analyze(
+        self, source: ImageSource, *, min_face: float = 0.0, max_faces: int | None = None
+    ) -> ImageResult:
+        """Analyse one image (path, bytes, PIL image or RGB ndarray).
+
+        Raises ImageDecodeError / ImageTooLargeError for inputs that are not usable images.
+        """
+        return self.analyze_many([source], min_face=min_face, max_faces=max_faces)[0]
+
+    def analyze_many(
+        self,
+        sources: Iterable[ImageSource],
+        *,
+        min_face: float = 0.0,
+        max_faces: int | None = None,
+    ) -> list[ImageResult]:
+        """Analyse several images with one network run per model; raises on the first bad one."""
+        images, labels, decode_ms = [], [], []
+        for source in sources:
+            start = time.perf_counter()
+            images.append(load_image(source, max_pixels=self.max_pixels))
+            decode_ms.append((time.perf_counter() - start) * 1000)
+            labels.append(describe_source(source))
+        results = self.analyze_arrays(images, min_face=min_face, max_faces=max_faces)
+        return [
+            ImageResult(
+                faces=r.faces,
+                image_wh=r.image_wh,
+                timings_ms={"decode": ms, **r.timings_ms},
+                models=r.models,
+                source=label,
+            )
+            for r, ms, label in zip(results, decode_ms, labels, strict=True)
+        ]
+
+    def analyze_arrays(
+        self, images: Sequence[RGBImage], *, min_face: float = 0.0, max_faces: int | None = None
+    ) -> list[ImageResult]:
+        """The pipeline on decoded RGB uint8 arrays. Stage timings are per image (batched
+        stages are split evenly between the images of the call)."""
+        if not images:
+            return []
+        count = len(images)
+        start = time.perf_counter()
+        detections = self.detector.detect_many(images, min_face=min_face, max_faces=max_faces)
+        detect_ms = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        chips = concat_chips(
+            [
+                self.estimator.align(image, found)
+                for image, found in zip(images, detections, strict=True)
+            ]
+        )
+        align_ms = (time.perf_counter() - start) * 1000
+        start = time.perf_counter()
+        estimates = self.estimator.estimate(chips) if chip_count(chips) else []
+        estimate_ms = (time.perf_counter() - start) * 1000
+        timings = {
+            "detect": detect_ms / count,
+            "align": align_ms / count,
+            "estimate": estimate_ms / count,
+        }
+        results, cursor = [], 0
+        for image, found in zip(images, detections, strict=True):
+            faces = tuple(
+                _face(d, e)
+                for d, e in zip(found, estimates[cursor : cursor + len(found)], strict=True)
+            )
+            cursor += len(found)
+            height, width = np.asarray(image).shape[:2]
+            results.append(
+                ImageResult(
+                    faces=faces,
+                    image_wh=(int(width), int(height)),
+                    timings_ms=dict(timings),
+                    models=dict(self.models),
+                )
+            )
+        return results

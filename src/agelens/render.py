@@ -1,0 +1,55 @@
+"""Drawing boxes and "F 34 (29–41)" labels on an image."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw, ImageFont
+
+from agelens.types import Face, ImageResult
+
+_COLOURS = {"F": (236, 72, 153), "M": (59, 130, 246)}
+
+
+def face_label(face: Face) -> str:
+    """The short label drawn next to a face, e.g. "F 34 (29–41)"."""
+    low, high = face.age_interval
+    return f"{face.gender} {face.age_years:.0f} ({low:.0f}–{high:.0f})"
+
+
+@lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def draw_result(image: NDArray[np.uint8], result: ImageResult) -> NDArray[np.uint8]:
+    """A copy of the RGB image with each face's box and label drawn on it.
+
+    Line width and text size follow the image size (and the face size), so labels stay legible
+    on 200-px thumbnails and 6000-px photos alike.
+    """
+    canvas = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+    draw = ImageDraw.Draw(canvas)
+    width, height = canvas.size
+    base = max(width, height)
+    line = max(1, round(base / 400))
+    for face in result.faces:
+        x1, y1, x2, y2 = face.box_xyxy
+        colour = _COLOURS[face.gender]
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
+        face_side = max(x2 - x1, 1.0)
+        text_size = int(np.clip(max(base / 45, face_side / 5), 11, base / 12 + 11))
+        font = _font(text_size)
+        label = face_label(face)
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        text_w, text_h = right - left, bottom - top
+        pad = max(2, text_size // 6)
+        box_h = text_h + 2 * pad
+        # Above the box when there is room, inside the top edge otherwise.
+        y_top = y1 - box_h if y1 - box_h >= 0 else y1
+        x_left = min(max(0.0, x1), max(0.0, width - text_w - 2 * pad))
+        draw.rectangle((x_left, y_top, x_left + text_w + 2 * pad, y_top + box_h), fill=colour)
+        draw.text((x_left + pad - left, y_top + pad - top), label, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
