@@ -24,12 +24,13 @@ from agelens.models.ensemble import EnsembleEstimator, EnsembleWeights, logit
 logger = logging.getLogger("fit_ensemble")
 
 
-def collect(data: Path, rows: int, pad: float, cache: Path) -> dict[str, np.ndarray]:
+def collect(data: Path, rows: int, pad: float, cache: Path, flip: bool) -> dict[str, np.ndarray]:
     if cache.is_file():
         return dict(np.load(cache))
     labels = read_labels(data / "labels.csv", split="dev", limit=rows, seed=1)
     detector = create_detector("blazeface-full")
     ensemble = EnsembleEstimator.default()
+    ensemble.flip = flip
     columns: dict[str, list[float]] = {
         k: [] for k in ("age", "male", "cydral_age", "cydral_male", "faceapi_age", "faceapi_male")
     }
@@ -130,10 +131,6 @@ def report(name: str, data: dict[str, np.ndarray], weights: EnsembleWeights) -> 
     )
 
 
-def faceapi_interval(data: dict[str, np.ndarray]) -> tuple[float, float]:
-    return fit_interval(data["faceapi_age"], data["age"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -141,10 +138,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/utkface"))
     parser.add_argument("--rows", type=int, default=6000)
     parser.add_argument("--pad", type=float, default=0.5)
-    parser.add_argument("--cache", type=Path, default=Path("artifacts/ensemble_dev.npz"))
+    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--no-flip", action="store_true", help="Fit without test-time flips.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = collect(args.data, args.rows, args.pad, args.cache)
+    flip = not args.no_flip
+    cache = args.cache or Path(f"artifacts/ensemble_dev_{args.rows}{'_flip' if flip else ''}.npz")
+    data = collect(args.data, args.rows, args.pad, cache, flip)
     order = np.random.default_rng(0).permutation(len(data["age"]))
     cut = int(0.8 * len(order))
     train = {k: v[order[:cut]] for k, v in data.items()}
@@ -158,8 +158,9 @@ def main() -> None:
     for field in EnsembleWeights.__dataclass_fields__:
         print(f"    {field}={getattr(final, field):.6f},")
     print(")")
-    a, b = faceapi_interval(data)
-    print(f"\nfaceapi INTERVAL_COEFFICIENTS = ({a:.4f}, {b:.4f})")
+    for member in ("cydral", "faceapi"):
+        a, b = fit_interval(data[f"{member}_age"], data["age"])
+        print(f"{member} INTERVAL_COEFFICIENTS = ({a:.4f}, {b:.4f})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -190,32 +191,39 @@ def analyze(
         raise _fail(str(error), EXIT_MODEL) from error
     failures = 0
     many = len(inputs) > 1
-    for start in range(0, len(inputs), max(1, batch_size)):
-        chunk = inputs[start : start + max(1, batch_size)]
-        images, names = [], []
-        for name in chunk:
+    step = max(1, batch_size)
+    for start in range(0, len(inputs), step):
+        chunk = inputs[start : start + step]
+        decoded: dict[int, Any] = {}
+        errors: dict[int, AgelensError] = {}
+        for index, name in enumerate(chunk):
             try:
                 data: Any = sys.stdin.buffer.read() if name == "-" else name
-                images.append(load_image(data, max_pixels=analyzer.max_pixels))
-                names.append(name)
+                decoded[index] = load_image(data, max_pixels=analyzer.max_pixels)
             except AgelensError as error:
-                failures += 1
-                _report_error(name, error, as_json)
-        results = analyzer.analyze_arrays(images, min_face=min_face, max_faces=max_faces)
-        for name, image, result in zip(names, images, results, strict=True):
-            labelled = result.__class__(
-                faces=result.faces,
-                image_wh=result.image_wh,
-                timings_ms=result.timings_ms,
-                models=result.models,
-                source=name,
+                errors[index] = error
+        results = dict(
+            zip(
+                decoded,
+                analyzer.analyze_arrays(
+                    list(decoded.values()), min_face=min_face, max_faces=max_faces
+                ),
+                strict=True,
             )
+        )
+        # Reported in input order, so `--json` lines line up with the arguments.
+        for index, name in enumerate(chunk):
+            if index in errors:
+                failures += 1
+                _report_error(name, errors[index], as_json)
+                continue
+            result = replace(results[index], source=name)
             if as_json:
-                typer.echo(json.dumps(labelled.to_dict(), ensure_ascii=False))
+                typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
             else:
-                _print_result(labelled)
+                _print_result(result)
             if draw is not None:
-                _write_drawing(draw, name, many, image, labelled)
+                _write_drawing(draw, name, many, decoded[index], result)
     if failures:
         raise typer.Exit(EXIT_SOME_FAILED)
 

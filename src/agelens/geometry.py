@@ -59,7 +59,8 @@ def box_area(boxes: FloatArray) -> FloatArray:
     """Area of each box; degenerate boxes have area 0."""
     widths = np.clip(boxes[..., 2] - boxes[..., 0], 0, None)
     heights = np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
-    return (widths * heights).astype(np.float32)
+    area: FloatArray = np.asarray(widths * heights, dtype=np.float32)
+    return area
 
 
 def iou(box: FloatArray, boxes: FloatArray) -> FloatArray:
@@ -125,6 +126,51 @@ def letterbox_transform(image_hw: tuple[int, int], target: int) -> tuple[float, 
         raise ValueError(f"image size must be positive, got {width}x{height}")
     scale = target / max(height, width)
     return scale, (target - width * scale) / 2, (target - height * scale) / 2
+
+
+def detection_views(
+    image_wh: tuple[int, int],
+    min_tile: int,
+    *,
+    max_aspect: float = 1.5,
+    max_views: int = 32,
+) -> list[tuple[int, int, int, int]]:
+    """Regions `(x, y, width, height)` a square-input detector should look at.
+
+    Always the whole image, letterboxed. A detector with a small input (BlazeFace: 128 or 192
+    px) sees a face only if it spans roughly a tenth of its input, so faces in large photos and
+    panoramas vanish when the whole image is shrunk. Hence a pyramid of square tiles, each
+    level overlapping by half (so every face up to half a tile's side lies wholly inside one
+    tile) and half the side of the level before: the first level has the short side (for
+    panoramas, more than `max_aspect` times wider than tall or the reverse) or half of it.
+    Levels stop when tiles would be smaller than `min_tile` pixels, or when a level would
+    bring the total above `max_views`.
+    """
+    width, height = image_wh
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    views = [(0, 0, width, height)]
+    short, long = min(width, height), max(width, height)
+    side = short if long > short * max_aspect else short // 2
+    while side >= max(min_tile, 1):
+        level = [
+            (x, y, side, side)
+            for y in _tile_starts(height, side)
+            for x in _tile_starts(width, side)
+        ]
+        if len(views) + len(level) > max_views:
+            break
+        views.extend(level)
+        side //= 2
+    return views
+
+
+def _tile_starts(length: int, side: int) -> list[int]:
+    """Starts of tiles of `side` overlapping by half along `length`, the last flush with the end."""
+    if side >= length:
+        return [0]
+    stride = max(1, side // 2)
+    return list(dict.fromkeys([*range(0, length - side, stride), length - side]))
 
 
 def square_box(box: Sequence[float] | FloatArray, factor: float = 1.0) -> FloatArray:

@@ -44,9 +44,9 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 SUPPORTED_FORMATS_LABEL = "JPEG, PNG, WebP, BMP, TIFF, GIF, HEIC/HEIF"
 
 # Pillow format identifiers tried when opening. Restricting them keeps Pillow from handing
-# hostile input to exotic plugins (EPS, for one, runs Ghostscript). MPO is how Pillow names the
-# multi-picture JPEGs many cameras write.
-_PILLOW_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# hostile input to exotic plugins (EPS, for one, runs Ghostscript). The JPEG opener also returns
+# the multi-picture (MPO) JPEGs many cameras write.
+_PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _HEIF_PILLOW_FORMAT = "HEIF"
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -179,8 +179,8 @@ def _read_regular_file(path: str, *, max_bytes: int) -> bytes:
         raise ImageDecodeError(f"permission denied reading {path}") from error
     except (OSError, ValueError) as error:
         raise ImageDecodeError(f"cannot open {path}: {error}") from error
-    with open(descriptor, "rb", closefd=True) as file:
-        file_status = os.fstat(file.fileno())
+    try:
+        file_status = os.fstat(descriptor)
         if not stat.S_ISREG(file_status.st_mode):
             raise ImageDecodeError(
                 f"{path} is {_describe_file_type(file_status.st_mode)}, not a regular file; "
@@ -191,11 +191,13 @@ def _read_regular_file(path: str, *, max_bytes: int) -> bytes:
                 f"{path} is {file_status.st_size} bytes, over the limit of {max_bytes} bytes; "
                 "use a smaller file or raise max_bytes"
             )
-        try:
+        with open(descriptor, "rb", closefd=False) as file:
             # One byte past the limit tells a file that grew since fstat from one that fits.
             data = file.read(max_bytes + 1)
-        except OSError as error:
-            raise ImageDecodeError(f"cannot read {path}: {error}") from error
+    except OSError as error:
+        raise ImageDecodeError(f"cannot read {path}: {error}") from error
+    finally:
+        os.close(descriptor)
     if len(data) > max_bytes:
         raise ImageTooLargeError(
             f"{path} is over the limit of {max_bytes} bytes; use a smaller file or raise max_bytes"

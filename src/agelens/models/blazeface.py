@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from agelens.geometry import (
     decode_blazeface,
+    detection_views,
     generate_anchors,
     letterbox_transform,
     weighted_nms,
@@ -23,8 +24,9 @@ from agelens.types import Detection
 
 
 def _sigmoid(values: NDArray[np.float32]) -> NDArray[np.float32]:
-    # MediaPipe clips logits to +-100 before the sigmoid; keeps exp() finite.
-    return cast(NDArray[np.float32], 1.0 / (1.0 + np.exp(-np.clip(values, -100, 100))))
+    # MediaPipe clips logits to +-100 before the sigmoid; in float64 so exp() stays finite.
+    logits = np.clip(values.astype(np.float64), -100, 100)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 class BlazeFaceDetector:
@@ -64,70 +66,97 @@ class BlazeFaceDetector:
         self._regressor_name = next(n for n, o in outputs.items() if o.shape[-1] == 16)
         self._classifier_name = next(n for n, o in outputs.items() if o.shape[-1] == 1)
 
-    def _prepare(self, image: RGBImage) -> tuple[NDArray[np.float32], tuple[float, float, float]]:
-        height, width = image.shape[:2]
+    def _prepare(
+        self, image: RGBImage, view: tuple[int, int, int, int]
+    ) -> tuple[NDArray[np.float32], tuple[float, float, float]]:
+        """The network input for one region of the image, and (scale, offset_x, offset_y)
+        with `input_px = image_px * scale + offset`."""
+        x0, y0, width, height = view
+        region = image[y0 : y0 + height, x0 : x0 + width]
         scale, _pad_x, _pad_y = letterbox_transform((height, width), self._size)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
         # INTER_AREA averages all source pixels when shrinking a large photo; bilinear would
         # alias and lose small faces.
         interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        resized = cv2.resize(region, (new_w, new_h), interpolation=interpolation)
         canvas = np.zeros((self._size, self._size, 3), dtype=np.uint8)
         left, top = int((self._size - new_w) // 2), int((self._size - new_h) // 2)
         canvas[top : top + new_h, left : left + new_w] = resized
         mean = np.asarray(self.spec.mean, dtype=np.float32)
         tensor = (canvas.astype(np.float32) - mean) * np.float32(self.spec.scale)
-        return tensor, (new_w / width, float(left), float(top))
+        scale_x = new_w / width
+        return tensor, (scale_x, left - x0 * scale_x, top - y0 * scale_x)
 
     def detect_many(
         self, images: Sequence[RGBImage], *, min_face: float = 0.0, max_faces: int | None = None
     ) -> list[tuple[Detection, ...]]:
-        """Faces of each image, best first. `min_face` is the smallest box side in pixels."""
+        """Faces of each image, best first. `min_face` is the smallest box side in pixels.
+
+        Every view of every image (see `detection_views`) goes through the network in one run.
+        """
         if not images:
             return []
-        prepared = [self._prepare(image) for image in images]
-        batch = np.stack([tensor for tensor, _ in prepared])
+        owners: list[int] = []
+        tensors: list[NDArray[np.float32]] = []
+        transforms: list[tuple[float, float, float]] = []
+        for index, image in enumerate(images):
+            height, width = image.shape[:2]
+            for view in detection_views((width, height), min_tile=4 * self._size):
+                tensor, transform = self._prepare(image, view)
+                owners.append(index)
+                tensors.append(tensor)
+                transforms.append(transform)
         regressors, classifiers = self._session.run(
-            [self._regressor_name, self._classifier_name], {self._input_name: batch}
+            [self._regressor_name, self._classifier_name], {self._input_name: np.stack(tensors)}
         )
-        results = []
-        for index, (_, transform) in enumerate(prepared):
-            results.append(
-                self._postprocess(
-                    regressors[index],
-                    classifiers[index],
-                    transform,
-                    images[index].shape[:2],
-                    min_face,
-                    max_faces,
-                )
-            )
-        return results
+        candidates: list[list[tuple[NDArray[np.float32], ...]]] = [[] for _ in images]
+        for row, owner in enumerate(owners):
+            found = self._candidates(regressors[row], classifiers[row], transforms[row])
+            if found is not None:
+                candidates[owner].append(found)
+        return [
+            self._merge(parts, image.shape[:2], min_face, max_faces)
+            for parts, image in zip(candidates, images, strict=True)
+        ]
 
-    def _postprocess(
+    def _candidates(
         self,
         raw_boxes: NDArray[np.float32],
         raw_scores: NDArray[np.float32],
         transform: tuple[float, float, float],
+    ) -> tuple[NDArray[np.float32], ...] | None:
+        """Boxes `(K, 4)`, scores `(K,)`, keypoints `(K, 6, 2)` above the threshold, in image
+        pixels, or None when there are none."""
+        scores = _sigmoid(raw_scores.reshape(-1))
+        keep = scores >= self.score_threshold
+        if not keep.any():
+            return None
+        boxes, keypoints = decode_blazeface(
+            raw_boxes[keep], self._anchors[keep], self.spec.input_hw
+        )
+        scale, offset_x, offset_y = transform
+        offset = np.array([offset_x, offset_y], dtype=np.float32)
+        boxes_px = ((boxes.reshape(-1, 2, 2) * self._size - offset) / scale).reshape(-1, 4)
+        points_px = (keypoints * self._size - offset) / scale
+        return boxes_px.astype(np.float32), scores[keep], points_px.astype(np.float32)
+
+    def _merge(
+        self,
+        parts: list[tuple[NDArray[np.float32], ...]],
         image_hw: tuple[int, ...],
         min_face: float,
         max_faces: int | None,
     ) -> tuple[Detection, ...]:
-        scores = _sigmoid(raw_scores.reshape(-1))
-        candidates = scores >= self.score_threshold
-        if not candidates.any():
+        if not parts:
             return ()
-        boxes, keypoints = decode_blazeface(
-            raw_boxes[candidates], self._anchors[candidates], self.spec.input_hw
+        boxes, kept_scores, points_px = weighted_nms(
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+            self.iou_threshold,
         )
-        boxes, kept_scores, keypoints = weighted_nms(
-            boxes, scores[candidates], keypoints, self.iou_threshold
-        )
-        scale, left, top = transform
-        offset = np.array([left, top], dtype=np.float32)
-        boxes_px = (boxes.reshape(-1, 2, 2) * self._size - offset) / scale
-        points_px = (keypoints * self._size - offset) / scale
         height, width = image_hw
+        boxes_px = boxes.reshape(-1, 2, 2)
         boxes_px[..., 0] = np.clip(boxes_px[..., 0], 0, width)
         boxes_px[..., 1] = np.clip(boxes_px[..., 1], 0, height)
         detections = []

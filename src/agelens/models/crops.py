@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 
 def crop_resized(
-    image: NDArray[np.uint8], box_xyxy: Sequence[float], size: int
+    image: NDArray[np.uint8], box_xyxy: Sequence[float] | NDArray[np.float32], size: int
 ) -> NDArray[np.uint8]:
     """The box's pixels resized to `size` x `size`; parts outside the image are black.
 

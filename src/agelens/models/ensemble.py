@@ -39,16 +39,18 @@ class EnsembleWeights:
     interval_slope: float
 
 
-#: Fitted by `python scripts/fit_ensemble.py` (see that script for data and method).
+#: Fitted by `python scripts/fit_ensemble.py --rows 6000` on 5,962 UTKFace `dev` faces
+#: (flip-averaged member outputs). On the 20% of those rows held out from the fit: MAE 4.57,
+#: gender 94.3%, interval coverage 81.9%.
 DEFAULT_WEIGHTS = EnsembleWeights(
-    age_bias=0.0,
-    age_cydral=0.35,
-    age_faceapi=0.65,
-    gender_bias=0.0,
-    gender_cydral=0.5,
-    gender_faceapi=0.5,
-    interval_bias=2.0,
-    interval_slope=0.15,
+    age_bias=0.961360,
+    age_cydral=0.194746,
+    age_faceapi=0.782329,
+    gender_bias=0.191150,
+    gender_cydral=0.162239,
+    gender_faceapi=0.986603,
+    interval_bias=2.597127,
+    interval_slope=0.145013,
 )
 
 
@@ -62,12 +64,18 @@ class EnsembleEstimator:
     """Runs both member networks on their own chips and stacks their outputs."""
 
     def __init__(
-        self, cydral: CydralEstimator, faceapi: FaceApiEstimator, weights: EnsembleWeights
+        self,
+        cydral: CydralEstimator,
+        faceapi: FaceApiEstimator,
+        weights: EnsembleWeights,
+        *,
+        flip: bool = True,
     ) -> None:
         self.name = "ensemble"
         self.cydral = cydral
         self.faceapi = faceapi
         self.weights = weights
+        self.flip = flip
 
     @classmethod
     def default(cls, *, threads: int | None = None) -> EnsembleEstimator:
@@ -89,14 +97,28 @@ class EnsembleEstimator:
         return {**self.cydral.align(image, detections), **self.faceapi.align(image, detections)}
 
     def member_outputs(self, chips: Chips) -> dict[str, NDArray[np.float32]]:
-        """The raw member outputs the stack combines (also what the fitting script records)."""
+        """The raw member outputs the stack combines (also what the fitting script records).
+
+        With `flip`, each chip also runs mirrored (in the same batch) and the two readings
+        are averaged: faces are nearly symmetric, so the mirror is a second, partly
+        independent look at the same face.
+        """
+        count = len(next(iter(chips.values())))
+        if self.flip:
+            chips = {k: np.concatenate([v, v[..., ::-1]]) for k, v in chips.items()}
         age_probabilities, cydral_male = self.cydral.predict(chips)
         faceapi_age, faceapi_male = self.faceapi.predict(chips)
-        return {
+        outputs = {
             "cydral_age": expected_age(age_probabilities, AGE_CLASS_YEARS),
             "cydral_male": cydral_male,
             "faceapi_age": faceapi_age,
             "faceapi_male": faceapi_male,
+        }
+        if not self.flip:
+            return outputs
+        return {
+            key: ((value[:count] + value[count:]) / 2).astype(np.float32)
+            for key, value in outputs.items()
         }
 
     def combine(

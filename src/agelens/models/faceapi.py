@@ -17,7 +17,7 @@ from agelens.types import AgeGenderEstimate, Detection
 
 #: Half-width of the 80% age interval as `a + b * age`, fitted on UTKFace `dev` residuals by
 #: `python scripts/fit_ensemble.py` (face-api regresses one number, no distribution).
-INTERVAL_COEFFICIENTS = (2.0, 0.15)
+INTERVAL_COEFFICIENTS = (3.2059, 0.1348)
 
 
 class FaceApiEstimator:
@@ -29,21 +29,28 @@ class FaceApiEstimator:
         self._session = create_session(model_file(spec, "age_gender.onnx"), threads)
         self._size = spec.input_hw[0]
         self._box_scale = float(spec.params["box_scale"])  # type: ignore[arg-type]
+        self._box_shift_y = float(spec.params["box_shift_y"])  # type: ignore[arg-type]
         self._mean = np.asarray(spec.mean, dtype=np.float32)
 
     def version(self) -> str:
         """Model name and the package it came from."""
         return f"{self.name} ({self.spec.source.pinned})"
 
+    def crop_box(self, detection: Detection) -> NDArray[np.float32]:
+        """The square region fed to the network: the detector's box, squared, scaled by
+        `box_scale` and moved down by `box_shift_y` of its height. BlazeFace boxes sit higher
+        on the face than the boxes face-api was trained on; the shift was chosen on UTKFace
+        `dev` rows (MAE 4.86 -> 4.78, gender 92.5% -> 93.3% on 1,500 rows)."""
+        x1, y1, x2, y2 = detection.box_xyxy
+        shift = self._box_shift_y * (y2 - y1)
+        return square_box((x1, y1 + shift, x2, y2 + shift), self._box_scale)
+
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
         """Square crops of each box, resized to the network's input."""
         if not detections:
             return {}
         crops = np.stack(
-            [
-                crop_resized(image, square_box(d.box_xyxy, self._box_scale), self._size)
-                for d in detections
-            ]
+            [crop_resized(image, self.crop_box(d), self._size) for d in detections]
         ).astype(np.float32)
         tensor = ((crops - self._mean) * self.spec.scale).transpose(0, 3, 1, 2)
         return {"faceapi": np.ascontiguousarray(tensor)}

@@ -274,6 +274,9 @@ def fetch_model(spec: ModelSpec, *, force: bool = False) -> FetchOutcome:
         }
         # The manifest is written last: a folder without it is never treated as fetched.
         (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        # mkdtemp makes the folder 0700; a cache filled by root at image build time must stay
+        # readable by the unprivileged user the service runs as.
+        partial.chmod(0o755)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(partial, folder)

