@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 import agelens
+from agelens.imaging import load_image
 from agelens.pipeline import Analyzer
 from agelens.types import ImageResult
 
@@ -124,6 +125,21 @@ def test_batch_equals_single_runs(
             assert fa.age_years == pytest.approx(fb.age_years, abs=1e-3)
             assert fa.gender_probability == pytest.approx(fb.gender_probability, abs=1e-4)
             assert fa.box_xyxy == pytest.approx(fb.box_xyxy, abs=1e-3)
+
+
+def test_workers_give_the_same_results(analyzer: Analyzer, samples_dir: Path) -> None:
+    images = [load_image(p) for p in sorted(samples_dir.glob("sample*.jpg"))]
+    parallel = Analyzer(threads=1, workers=2)
+    try:
+        together = parallel.analyze_arrays(images)
+    finally:
+        parallel.close()
+    alone = analyzer.analyze_arrays(images)
+    assert [len(r.faces) for r in together] == [len(r.faces) for r in alone]
+    for a, b in zip(together, alone, strict=True):
+        for fa, fb in zip(a.faces, b.faces, strict=True):
+            assert fa.age_years == pytest.approx(fb.age_years, abs=1e-3)
+            assert fa.gender == fb.gender
 
 
 def test_inputs_of_every_kind_agree(

@@ -174,6 +174,7 @@ def analyze(
     min_face: Annotated[float, typer.Option(help="Smallest face side, pixels.")] = 0.0,
     max_faces: Annotated[int | None, typer.Option(help="Most faces per image.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
+    workers: Annotated[int, typer.Option(help="Image groups analysed side by side.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per network run.")] = 8,
 ) -> None:
     """Detect faces and estimate apparent age and gender."""
@@ -184,8 +185,8 @@ def analyze(
     if not inputs:
         raise _fail("no images found in the given paths", EXIT_USAGE)
     try:
-        analyzer = Analyzer(detector, estimator, threads=threads)
-    except UnknownModelError as error:
+        analyzer = Analyzer(detector, estimator, threads=threads, workers=workers)
+    except (UnknownModelError, ValueError) as error:
         raise _fail(str(error), EXIT_USAGE) from error
     except (ModelNotFetchedError, ModelFetchError) as error:
         raise _fail(str(error), EXIT_MODEL) from error
