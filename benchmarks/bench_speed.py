@@ -87,11 +87,16 @@ class System(Protocol):
 class AgelensSystem:
     """agelens's Analyzer, one `analyze_arrays` call per chunk (its batched path)."""
 
-    def __init__(self, estimator: str, threads: int) -> None:
-        self.label = f"agelens {estimator} @{threads}t"
+    def __init__(self, estimator: str, threads: int, workers: int = 1) -> None:
+        # threads = cores used: with workers > 1, one intra-op thread per worker.
+        intra = threads if workers == 1 else max(1, threads // workers)
+        suffix = f"@{threads}t" if workers == 1 else f"@{workers}w x {intra}t"
+        self.label = f"agelens {estimator} {suffix}"
         self.threads = threads
-        self.cv2_threads = threads
-        self.analyzer = Analyzer(detector="blazeface-full", estimator=estimator, threads=threads)
+        self.cv2_threads = 1 if workers > 1 else threads
+        self.analyzer = Analyzer(
+            detector="blazeface-full", estimator=estimator, threads=intra, workers=workers
+        )
 
     def run(self, images: Sequence[RGB]) -> CallResult:
         results = self.analyzer.analyze_arrays(images)
@@ -491,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         agelens_systems = [AgelensSystem(args.estimator, threads) for threads in args.threads]
+        agelens_systems += [
+            AgelensSystem(args.estimator, threads, workers=threads)
+            for threads in args.threads
+            if threads > 1
+        ]
     except AgelensError as error:
         print(f"bench_speed: cannot build agelens with estimator {args.estimator!r}: {error}")
         return 2

@@ -13,10 +13,10 @@ from agelens.types import Face, ImageResult
 _COLOURS = {"F": (236, 72, 153), "M": (59, 130, 246)}
 
 
-def face_label(face: Face) -> str:
-    """The short label drawn next to a face, e.g. "F 34 (29–41)"."""
+def face_label(face: Face, dash: str = "–") -> str:
+    """The short label for a face, e.g. "F 34 (29–41)"."""
     low, high = face.age_interval
-    return f"{face.gender} {face.age_years:.0f} ({low:.0f}–{high:.0f})"
+    return f"{face.gender} {face.age_years:.0f} ({low:.0f}{dash}{high:.0f})"
 
 
 @lru_cache(maxsize=32)
@@ -42,7 +42,8 @@ def draw_result(image: NDArray[np.uint8], result: ImageResult) -> NDArray[np.uin
         face_side = max(x2 - x1, 1.0)
         text_size = int(np.clip(max(base / 45, face_side / 5), 11, base / 12 + 11))
         font = _font(text_size)
-        label = face_label(face)
+        # Pillow's built-in font has no en dash; a hyphen reads the same on an image.
+        label = face_label(face, dash="-")
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
         text_w, text_h = right - left, bottom - top
         pad = max(2, text_size // 6)
