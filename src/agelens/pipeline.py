@@ -19,7 +19,7 @@ from agelens.models.backends import (
     create_detector,
     create_estimator,
 )
-from agelens.models.base import RGBImage, chip_count, concat_chips
+from agelens.models.base import Detector, Estimator, RGBImage, chip_count, concat_chips
 from agelens.types import AgeGenderEstimate, Detection, Face, ImageResult
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ class Analyzer:
 
     def __init__(
         self,
-        detector: str = DEFAULT_DETECTOR,
-        estimator: str = DEFAULT_ESTIMATOR,
+        detector: str | Detector = DEFAULT_DETECTOR,
+        estimator: str | Estimator = DEFAULT_ESTIMATOR,
         *,
         threads: int | None = None,
         workers: int = 1,
@@ -68,11 +68,17 @@ class Analyzer:
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self.detector = create_detector(detector, threads)
-        self.estimator = create_estimator(estimator, threads)
+        # Instances are accepted so that several Analyzers (e.g. the service's, one per option
+        # set) can share loaded models instead of loading them again.
+        self.detector = (
+            create_detector(detector, threads) if isinstance(detector, str) else detector
+        )
+        self.estimator = (
+            create_estimator(estimator, threads) if isinstance(estimator, str) else estimator
+        )
         self.max_pixels = max_pixels
         self.workers = workers
-        self.models = {"detector": detector, "estimator": self.estimator.version()}
+        self.models = {"detector": self.detector.name, "estimator": self.estimator.version()}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
