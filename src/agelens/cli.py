@@ -337,6 +337,103 @@ def evaluate_command(
     typer.echo(text)
 
 
+# ----------------------------------------------------------------------------- service
+
+keys_app = typer.Typer(help="API keys for the service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new() -> None:
+    """Print a new random API key and the sha256 digest to configure on the server.
+
+    Give the key to the client; put only the digest in AGELENS_API_KEY_HASHES.
+    """
+    import secrets
+
+    from agelens.server.settings import hash_api_key
+
+    key = secrets.token_urlsafe(32)
+    typer.echo(f"key:    {key}")
+    typer.echo(f"digest: {hash_api_key(key)}")
+    typer.echo(f"server: export AGELENS_API_KEY_HASHES={hash_api_key(key)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind (default 127.0.0.1, AGELENS_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000, AGELENS_PORT).")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Serve on a non-loopback address without API keys (behind a proxy)."),
+    ] = False,
+    detector: Annotated[str | None, typer.Option(help="Default detector.")] = None,
+    estimator: Annotated[str | None, typer.Option(help="Default estimator.")] = None,
+    examples_dir: Annotated[
+        Path | None, typer.Option(help="Folder of example photos for the web page.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Start the REST service and its web page (http://127.0.0.1:8000 by default).
+
+    Every setting can also come from AGELENS_* environment variables (see the README).
+    """
+    from agelens.errors import require_extra
+
+    try:
+        require_extra("uvicorn", "server")
+    except AgelensError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    import uvicorn
+    from pydantic import ValidationError
+
+    from agelens.server.app import create_app
+    from agelens.server.settings import Settings
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "detector": detector,
+            "estimator": estimator,
+            "examples_dir": examples_dir,
+        }.items()
+        if v is not None
+    }
+    if insecure:
+        overrides["insecure"] = True
+    try:
+        settings = Settings(**overrides)
+        settings.check_exposure()
+    except (ValidationError, ValueError) as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    from agelens.server.engine import ModelPool
+
+    pool = ModelPool(
+        settings.detector,
+        settings.estimator,
+        threads=settings.threads,
+        max_pixels=settings.max_pixels,
+    )
+    try:
+        pool.check_names(settings.detector, settings.estimator)
+        pool.load_defaults()
+    except ModelNotFetchedError as error:
+        raise _fail(str(error), EXIT_MODEL) from error
+    except AgelensError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    uvicorn.run(
+        create_app(settings, pool=pool),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        proxy_headers=False,
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

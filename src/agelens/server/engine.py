@@ -1,0 +1,218 @@
+"""The service's inference engine: loaded models, and micro-batching of concurrent requests.
+
+Requests do not call the Analyzer directly. Each decoded image goes into a bounded queue; a few
+consumer tasks take what has arrived within a short window (`batch_window_ms`), group it by
+option set and run each group as one batched Analyzer call on a worker thread, off the event
+loop. A full queue answers at once with OverloadedError (HTTP 503 + Retry-After) instead of
+growing: under overload, latency stays bounded and memory stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from agelens.models.backends import DETECTORS, ESTIMATORS, create_detector, create_estimator
+from agelens.models.base import Detector, Estimator, RGBImage
+from agelens.pipeline import Analyzer
+from agelens.server.errors import InvalidRequestError, OverloadedError
+from agelens.server.metrics import Metrics
+from agelens.types import ImageResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisOptions:
+    """What a request may choose; requests with equal options share inference runs."""
+
+    detector: str
+    estimator: str
+    min_face: float = 0.0
+    max_faces: int | None = None
+
+
+class ModelPool:
+    """Loaded detectors and estimators by name, shared by the Analyzers of every option set.
+
+    The configured defaults load in `load_defaults()` (the service's start-up); other registered
+    names load on first use. Thread-safe.
+    """
+
+    def __init__(self, detector: str, estimator: str, *, threads: int | None, max_pixels: int):
+        self.default_detector = detector
+        self.default_estimator = estimator
+        self.threads = threads
+        self.max_pixels = max_pixels
+        self._detectors: dict[str, Detector] = {}
+        self._estimators: dict[str, Estimator] = {}
+        self._analyzers: dict[tuple[str, str], Analyzer] = {}
+        self._lock = threading.Lock()
+        self.ready = False
+
+    def load_defaults(self) -> None:
+        """Load the default models (raises ModelNotFetchedError naming the fetch command)."""
+        self.analyzer(self.default_detector, self.default_estimator)
+        self.ready = True
+
+    @staticmethod
+    def check_names(detector: str, estimator: str) -> None:
+        """Raise InvalidRequestError for names that are not registered."""
+        if detector not in DETECTORS:
+            raise InvalidRequestError(
+                f"unknown detector {detector!r}; choose one of {', '.join(sorted(DETECTORS))}"
+            )
+        if estimator not in ESTIMATORS:
+            raise InvalidRequestError(
+                f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}"
+            )
+
+    def analyzer(self, detector: str, estimator: str) -> Analyzer:
+        """The Analyzer for this pair, loading what is not loaded yet."""
+        self.check_names(detector, estimator)
+        with self._lock:
+            key = (detector, estimator)
+            if key not in self._analyzers:
+                if detector not in self._detectors:
+                    self._detectors[detector] = create_detector(detector, self.threads)
+                if estimator not in self._estimators:
+                    self._estimators[estimator] = create_estimator(estimator, self.threads)
+                self._analyzers[key] = Analyzer(
+                    self._detectors[detector],
+                    self._estimators[estimator],
+                    max_pixels=self.max_pixels,
+                )
+            return self._analyzers[key]
+
+    def loaded(self) -> dict[str, list[str]]:
+        """Names of the loaded detectors and estimators."""
+        with self._lock:
+            return {"detectors": sorted(self._detectors), "estimators": sorted(self._estimators)}
+
+    def run(self, options: AnalysisOptions, images: Sequence[RGBImage]) -> list[ImageResult]:
+        """One batched Analyzer call for images sharing `options` (blocking)."""
+        analyzer = self.analyzer(options.detector, options.estimator)
+        return analyzer.analyze_arrays(
+            images, min_face=options.min_face, max_faces=options.max_faces
+        )
+
+
+@dataclass(slots=True)
+class _Job:
+    options: AnalysisOptions
+    image: RGBImage
+    future: asyncio.Future[ImageResult]
+
+
+RunBatch = Callable[[AnalysisOptions, Sequence[RGBImage]], list[ImageResult]]
+
+
+class MicroBatcher:
+    """Shares inference runs between concurrent requests; see the module docstring."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        window_ms: float,
+        max_images: int,
+        queue_size: int,
+        workers: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.window_seconds = window_ms / 1000.0
+        self.max_images = max_images
+        self.queue_size = queue_size
+        self.workers = workers
+        self.metrics = metrics
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Start the consumer tasks (inside the running event loop)."""
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="agelens-infer")
+        self._tasks = [asyncio.create_task(self._consume()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        """Stop consuming; queued requests fail with OverloadedError."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(OverloadedError("the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    @property
+    def depth(self) -> int:
+        """Images waiting in the queue."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def submit(self, options: AnalysisOptions, image: RGBImage) -> ImageResult:
+        """Analyse one decoded image; raises OverloadedError at once when the queue is full."""
+        if self._queue is None:
+            raise OverloadedError("the service is not accepting work yet")
+        future: asyncio.Future[ImageResult] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Job(options, image, future))
+        except asyncio.QueueFull:
+            raise OverloadedError(
+                f"{self.queue_size} images are already waiting; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        self._observe_depth()
+        return await future
+
+    async def run_now(
+        self, options: AnalysisOptions, images: Sequence[RGBImage]
+    ) -> list[ImageResult]:
+        """Run a whole request's images as one batch on the inference threads (batch endpoint),
+        still bounded by the queue: it counts as that many queued images."""
+        return list(await asyncio.gather(*(self.submit(options, image) for image in images)))
+
+    def _observe_depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.depth)
+
+    async def _consume(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self._queue.get()]
+            if self.window_seconds > 0 and self._queue.qsize() < self.max_images - 1:
+                # Wait a moment for concurrent requests to join this run.
+                await asyncio.sleep(self.window_seconds)
+            while len(jobs) < self.max_images and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            self._observe_depth()
+            groups: dict[AnalysisOptions, list[_Job]] = {}
+            for job in jobs:
+                if not job.future.done():  # the client may have gone away
+                    groups.setdefault(job.options, []).append(job)
+            for options, group in groups.items():
+                if self.metrics is not None:
+                    self.metrics.batch_images.observe(len(group))
+                try:
+                    results = await loop.run_in_executor(
+                        self._executor, self._run_batch, options, [job.image for job in group]
+                    )
+                except Exception as error:  # delivered to every request of the group
+                    for job in group:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+                    continue
+                for job, result in zip(group, results, strict=True):
+                    if not job.future.done():
+                        job.future.set_result(result)

@@ -1,0 +1,112 @@
+"""The service's errors: one JSON shape, `{"error": {"code": ..., "message": ...}}`, and the
+HTTP status each stable `code` maps to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agelens.errors import AgelensError
+
+
+class ApiError(AgelensError):
+    """An error with an HTTP status; `headers` are added to the response (e.g. Retry-After)."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers or {}
+
+
+class InvalidRequestError(ApiError):
+    """The request is malformed: missing image, wrong field, bad option value."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class UnsupportedMediaTypeError(ApiError):
+    """The request body's content type is not one the endpoint reads."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RequestTooLargeError(ApiError):
+    """The request body exceeds `max_body_bytes`."""
+
+    status = 413
+    code = "request_too_large"
+
+
+class UnauthorizedError(ApiError):
+    """No API key, or a key that is not configured."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class RateLimitedError(ApiError):
+    """The key (or client) sent more requests per minute than allowed."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class OverloadedError(ApiError):
+    """The inference queue is full; the client should retry after `Retry-After` seconds."""
+
+    status = 503
+    code = "overloaded"
+
+
+class NotReadyError(ApiError):
+    """The models are still loading."""
+
+    status = 503
+    code = "not_ready"
+
+
+class UrlForbiddenError(ApiError):
+    """The URL's scheme or resolved address is not allowed (private, loopback, metadata, ...)."""
+
+    status = 400
+    code = "url_forbidden"
+
+
+class UrlFetchError(ApiError):
+    """Fetching the URL failed: unreachable, timeout, HTTP error, too large, not an image."""
+
+    status = 422
+    code = "url_fetch_error"
+
+
+class TimeoutApiError(ApiError):
+    """The analysis did not finish within `request_timeout_seconds`."""
+
+    status = 504
+    code = "timeout"
+
+
+#: statuses of the engine's own errors (agelens.errors) when they reach the HTTP layer
+ENGINE_STATUS = {
+    "image_decode_error": 422,
+    "image_too_large": 413,
+    "unknown_model": 400,
+    "model_not_fetched": 503,
+    "model_fetch_error": 503,
+    "missing_extra": 500,
+}
+
+
+def status_of(error: AgelensError) -> int:
+    """The HTTP status for any agelens error."""
+    if isinstance(error, ApiError):
+        return error.status
+    return ENGINE_STATUS.get(error.code, 400)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The one error shape every endpoint uses."""
+    return {"error": {"code": code, "message": message}}

@@ -1,0 +1,146 @@
+"""Request and response schemas of the REST API (`/v1`) and the seed-003 compatible `/predict`.
+
+The `/v1` response fields are exactly `ImageResult.to_dict()` (the same JSON as
+`agelens analyze --json`), plus `image_jpeg_base64` when an annotated image was asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FaceOut(BaseModel):
+    """One face. Boxes and keypoints are pixels of the upright (EXIF-oriented) image."""
+
+    box_xyxy: list[float] = Field(description="x1, y1, x2, y2 in pixels")
+    detection_score: float = Field(ge=0, le=1)
+    keypoints: list[list[float]] = Field(
+        description="six (x, y) points: eyes, nose tip, mouth centre, ears"
+    )
+    age_years: float = Field(ge=0)
+    age_interval: list[float] = Field(
+        description="low, high: meant to hold the true age 80% of the time"
+    )
+    gender: Literal["F", "M"]
+    gender_probability: float = Field(ge=0.5, le=1, description="probability of `gender`")
+
+
+class ImageResultOut(BaseModel):
+    """Every face of one image; `faces` is empty when there is none."""
+
+    source: str | None = None
+    image_wh: list[int] = Field(description="width, height in pixels after EXIF orientation")
+    faces: list[FaceOut]
+    timings_ms: dict[str, float]
+    models: dict[str, str]
+    image_jpeg_base64: str | None = Field(
+        default=None, description="the annotated image, when `return_image` was true"
+    )
+
+
+class ErrorDetail(BaseModel):
+    """A stable machine-readable `code` and a message for people."""
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """The one error shape of every endpoint."""
+
+    error: ErrorDetail
+
+
+class AnalyzeOptions(BaseModel):
+    """Options of `/v1/analyze` (JSON fields, form fields or query parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: str | None = Field(default=None, description="default: the server's detector")
+    estimator: str | None = Field(default=None, description="default: the server's estimator")
+    min_face: float = Field(default=0.0, ge=0, description="smallest face side in pixels")
+    max_faces: int | None = Field(default=None, ge=1, description="keep the best N faces")
+    return_image: bool = Field(default=False, description="add the annotated JPEG as base64")
+
+
+class AnalyzeJson(AnalyzeOptions):
+    """`/v1/analyze` with a JSON body: exactly one of `image_base64` and `image_url`."""
+
+    image_base64: str | None = Field(default=None, description="the encoded image file, base64")
+    image_url: str | None = Field(default=None, description="an http(s) URL on the public internet")
+
+
+class BatchImageIn(BaseModel):
+    """One image of a JSON batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str | None = None
+    image_url: str | None = None
+
+
+class BatchJson(AnalyzeOptions):
+    """`/v1/analyze/batch` with a JSON body."""
+
+    images: list[BatchImageIn]
+
+
+class BatchItemOut(BaseModel):
+    """The result or the error of one image of a batch, in request order."""
+
+    index: int
+    result: ImageResultOut | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchOut(BaseModel):
+    """One item per image, in the order they were sent."""
+
+    results: list[BatchItemOut]
+
+
+class ModelOut(BaseModel):
+    """A registered model and whether it is fetched and loaded."""
+
+    name: str
+    task: str
+    source: str
+    license: str
+    fetched: bool
+
+
+class ModelsOut(BaseModel):
+    """What the server can run and what it runs by default."""
+
+    default_detector: str
+    default_estimator: str
+    detectors: list[str]
+    estimators: list[str]
+    loaded: dict[str, list[str]]
+    models: list[ModelOut]
+
+
+class PredictIn(BaseModel):
+    """Seed 003's request: an image as `url` or `b64`, and its options."""
+
+    confidence: float = Field(default=0.5, ge=0, le=1, description="minimum detection score")
+    nms: float = Field(default=0.3, gt=0, le=1, description="IoU above which boxes are merged")
+    draw: bool = False
+    face_detector: Literal["fast", "accurate"] = "accurate"
+    get_attributes: bool = True
+    return_image: bool = False
+    url: str | None = None
+    b64: str | None = None
+
+
+class PredictOut(BaseModel):
+    """Seed 003's response. Each face is `[x1, y1, x2, y2, w, h, conf, age, gender]`."""
+
+    faces: list[list[float | str | None]]
+    image_size: list[int]
+    inference_time: float = Field(description="milliseconds")
+    image: str | None = Field(
+        default=None, description="annotated JPEG, base64 (draw/return_image)"
+    )

@@ -1,0 +1,259 @@
+"""API keys, per-key rate limits, the request body limit and in-memory multipart parsing."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from agelens.server.errors import (
+    InvalidRequestError,
+    RateLimitedError,
+    RequestTooLargeError,
+    UnauthorizedError,
+)
+from agelens.server.settings import hash_api_key
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def presented_key(request: Request, *, allow_basic: bool = False) -> str | None:
+    """The API key a request carries: `Authorization: Bearer KEY`, `X-API-Key: KEY`, or (where
+    `allow_basic`, for seed-003 clients) HTTP basic with the key as password (or as user name
+    when the password is empty)."""
+    header_key = request.headers.get("x-api-key")
+    if header_key:
+        return header_key.strip()
+    authorization = request.headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    if allow_basic and scheme.lower() == "basic" and credentials.strip():
+        try:
+            user, _, password = (
+                base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return password or user or None
+    return None
+
+
+def key_matches(key: str, digests: frozenset[str]) -> bool:
+    """Whether `key` hashes to one of `digests`, compared in constant time against every one."""
+    digest = hash_api_key(key)
+    matched = False
+    for candidate in digests:
+        matched |= hmac.compare_digest(digest, candidate)
+    return matched
+
+
+def authenticate(request: Request, digests: frozenset[str], *, allow_basic: bool = False) -> str:
+    """The identity used for rate limiting: the key's digest prefix, or the client address when
+    no keys are configured. Raises UnauthorizedError when keys are configured and not matched."""
+    if not digests:
+        return f"addr:{request.client.host if request.client else 'unknown'}"
+    key = presented_key(request, allow_basic=allow_basic)
+    if key is None:
+        raise UnauthorizedError(
+            "an API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+            headers={"WWW-Authenticate": 'Bearer realm="agelens"'},
+        )
+    if not key_matches(key, digests):
+        raise UnauthorizedError(
+            "the API key is not valid", headers={"WWW-Authenticate": 'Bearer realm="agelens"'}
+        )
+    return f"key:{hash_api_key(key)[:16]}"
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float = field(default_factory=time.monotonic)
+
+
+class RateLimiter:
+    """A token bucket per identity: `per_minute` requests a minute, bursts up to `per_minute`.
+
+    Memory is bounded: the least recently seen identities are forgotten beyond `max_identities`
+    (a forgotten identity starts again with a full bucket).
+    """
+
+    def __init__(self, per_minute: int, *, max_identities: int = 10_000) -> None:
+        self.per_minute = per_minute
+        self.max_identities = max_identities
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, identity: str) -> None:
+        """Take one token or raise RateLimitedError with Retry-After."""
+        if self.per_minute <= 0:
+            return
+        rate = self.per_minute / 60.0
+        now = time.monotonic()
+        with self._lock:
+            bucket = self._buckets.pop(identity, None) or _Bucket(float(self.per_minute), now)
+            bucket.tokens = min(
+                float(self.per_minute), bucket.tokens + (now - bucket.updated) * rate
+            )
+            bucket.updated = now
+            self._buckets[identity] = bucket
+            while len(self._buckets) > self.max_identities:
+                self._buckets.popitem(last=False)
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return
+            wait = (1.0 - bucket.tokens) / rate
+        raise RateLimitedError(
+            f"more than {self.per_minute} requests a minute; retry in {wait:.1f} s",
+            headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+        )
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes`, by Content-Length up front and by counting the
+    bytes of streamed (chunked) bodies as they arrive, so an oversized body is never held."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _send_too_large(send, self.max_bytes)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise RequestTooLargeError(_too_large_message(self.max_bytes))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large_message(max_bytes: int) -> str:
+    return f"the request body is over the limit of {max_bytes} bytes"
+
+
+async def _send_too_large(send: Send, max_bytes: int) -> None:
+    import json
+
+    from agelens.server.errors import error_body
+
+    body = json.dumps(error_body(RequestTooLargeError.code, _too_large_message(max_bytes))).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": RequestTooLargeError.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    """One file part of a multipart body, held in memory."""
+
+    field_name: str
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def parse_multipart(
+    body: bytes, content_type: str, *, max_parts: int = 64
+) -> tuple[dict[str, str], list[UploadedFile]]:
+    """Form fields and files of a multipart/form-data body, entirely in memory.
+
+    Written here instead of Starlette's parser because that one spools files over 1 MB to a
+    temporary file, and the service must never write images to disk.
+    """
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidRequestError("multipart body without a boundary")
+    fields: dict[str, str] = {}
+    files: list[UploadedFile] = []
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": bytearray()}
+
+    def on_part_begin() -> None:
+        state["headers"], state["data"] = {}, bytearray()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].decode("latin-1").lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        if len(fields) + len(files) >= max_parts:
+            raise InvalidRequestError(f"more than {max_parts} parts in the form")
+        disposition, options = parse_options_header(state["headers"].get("content-disposition"))
+        if disposition != b"form-data" or b"name" not in options:
+            raise InvalidRequestError("a multipart part without a form-data name")
+        name = options[b"name"].decode("utf-8", "replace")
+        if b"filename" in options:
+            files.append(
+                UploadedFile(
+                    field_name=name,
+                    filename=options[b"filename"].decode("utf-8", "replace"),
+                    content_type=state["headers"].get("content-type", b"").decode("latin-1"),
+                    data=bytes(state["data"]),
+                )
+            )
+        else:
+            fields[name] = bytes(state["data"]).decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        boundary,
+        callbacks={
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except InvalidRequestError:
+        raise
+    except Exception as error:  # python-multipart raises several unrelated types
+        raise InvalidRequestError(f"malformed multipart body: {error}") from error
+    return fields, files

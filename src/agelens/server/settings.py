@@ -1,0 +1,141 @@
+"""Every setting of the service, in one class, read from `AGELENS_*` environment variables.
+
+The defaults are safe for a laptop: bound to loopback, no keys needed there, URL input limited to
+public addresses, modest body and pixel limits, CORS off. Anything bound elsewhere needs keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agelens.imaging import DEFAULT_MAX_PIXELS
+from agelens.models.backends import DEFAULT_DETECTOR, DEFAULT_ESTIMATOR
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def hash_api_key(key: str) -> str:
+    """The sha256 hex digest under which an API key is stored (keys themselves never are)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _split_list(value: object) -> object:
+    """Comma-separated strings (how lists arrive from the environment) become lists."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Service settings. Each field `x` is read from the environment variable `AGELENS_X`.
+
+    List fields take comma-separated values, e.g.
+    `AGELENS_API_KEY_HASHES=3f2a...,9bc1...` or `AGELENS_CORS_ORIGINS=https://app.example`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AGELENS_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    insecure: bool = Field(
+        default=False, description="Allow serving on a non-loopback address without API keys."
+    )
+
+    # --- models
+    detector: str = DEFAULT_DETECTOR
+    estimator: str = DEFAULT_ESTIMATOR
+    threads: int | None = Field(default=None, ge=1, description="ONNX Runtime intra-op threads.")
+
+    # --- authentication: keys are stored as sha256 digests; plain keys are hashed on load
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Plain keys (hashed at start-up and then forgotten); prefer api_key_hashes.",
+        repr=False,
+    )
+
+    # --- limits
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    max_batch_images: int = Field(default=16, ge=1)
+    rate_limit_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Requests per minute per API key (or client address); 0 = off.",
+    )
+
+    # --- URL input
+    url_fetch_enabled: bool = True
+    url_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    url_timeout_seconds: float = Field(default=10.0, gt=0)
+    url_max_redirects: int = Field(default=3, ge=0)
+    url_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks exempt from the public-address rule (e.g. an internal image store).",
+    )
+
+    # --- throughput: micro-batching of concurrent requests
+    batch_window_ms: float = Field(default=5.0, ge=0)
+    batch_max_images: int = Field(default=16, ge=1)
+    queue_size: int = Field(default=64, ge=1)
+    inference_workers: int = Field(default=1, ge=1, description="Batches run side by side.")
+    request_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    # --- web
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    examples_dir: Path | None = Field(
+        default=None, description="Folder of example photos shown on the web page."
+    )
+
+    @field_validator(
+        "api_key_hashes", "api_keys", "url_allow_networks", "cors_origins", mode="before"
+    )
+    @classmethod
+    def _lists_from_env(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                raise ValueError(
+                    "api_key_hashes holds sha256 hex digests (64 hex characters); "
+                    "`agelens keys new` prints a key and its digest"
+                )
+        return [digest.lower() for digest in value]
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
+
+    def key_digests(self) -> frozenset[str]:
+        """Every accepted key's sha256 digest (from both key fields)."""
+        return frozenset(self.api_key_hashes) | {hash_api_key(k) for k in self.api_keys}
+
+    @property
+    def auth_required(self) -> bool:
+        """Keys are required as soon as any is configured."""
+        return bool(self.key_digests())
+
+    def check_exposure(self) -> None:
+        """Refuse to serve beyond loopback without keys unless `insecure` says so.
+
+        Raises ValueError with the fix.
+        """
+        if self.host in LOOPBACK_HOSTS or self.auth_required or self.insecure:
+            return
+        raise ValueError(
+            f"refusing to serve on {self.host} without API keys: anyone who can reach it could "
+            "use it. Set AGELENS_API_KEY_HASHES (see `agelens keys new`), bind to 127.0.0.1, or "
+            "pass --insecure if something else in front of it does the authentication"
+        )
