@@ -60,8 +60,13 @@ from agelens.server.schemas import (
     PredictOut,
 )
 from agelens.server.security import (
+    ASGIApp,
     BodyLimitMiddleware,
+    Message,
     RateLimiter,
+    Receive,
+    Scope,
+    Send,
     authenticate,
     parse_multipart,
 )
@@ -337,7 +342,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     )
     app.state.service = service
     _install_error_handlers(app, service)
-    _install_metrics_middleware(app, service)
+    app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -602,22 +607,33 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
         return respond("internal_error", "an unexpected error happened; it has been logged", 500)
 
 
-def _install_metrics_middleware(app: FastAPI, service: Service) -> None:
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+class _MetricsMiddleware:
+    """Counts requests by route template, method and status, and times them (pure ASGI, so
+    errors raised while reading the body keep their type on the way to the error handlers)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
         status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_with_status)
         finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            service.metrics.requests.labels(path, request.method, str(status)).inc()
-            service.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
 
 
 def _web_dir() -> Path:
