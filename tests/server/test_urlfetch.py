@@ -1,0 +1,235 @@
+"""URL input: every private, loopback, link-local and metadata target is refused, directly or
+through a redirect; public fetches are size-, time- and type-limited."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fastapi.testclient import TestClient
+
+from agelens.server.errors import UrlFetchError, UrlForbiddenError
+from agelens.server.urlfetch import UrlFetcher, is_public_address
+from tests.server.conftest import ClientFactory
+
+ADDRESSES = [
+    ("127.0.0.1", False),
+    ("127.8.9.10", False),
+    ("10.1.2.3", False),
+    ("172.16.0.1", False),
+    ("192.168.1.1", False),
+    ("169.254.169.254", False),
+    ("169.254.1.1", False),
+    ("100.64.0.1", False),
+    ("100.100.100.200", False),
+    ("0.0.0.0", False),
+    ("224.0.0.1", False),
+    ("255.255.255.255", False),
+    ("::1", False),
+    ("::", False),
+    ("fe80::1", False),
+    ("fc00::1", False),
+    ("fd00:ec2::254", False),
+    ("::ffff:127.0.0.1", False),
+    ("::ffff:10.0.0.1", False),
+    ("ff02::1", False),
+    ("8.8.8.8", True),
+    ("93.184.216.34", True),
+    ("2606:4700:4700::1111", True),
+    ("::ffff:8.8.8.8", True),
+]
+
+
+@pytest.mark.parametrize(("address", "public"), ADDRESSES)
+def test_public_address_table(address: str, public: bool) -> None:
+    assert is_public_address(ipaddress.ip_address(address)) is public
+
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+@pytest.fixture
+def web_server() -> Iterator[tuple[str, dict[str, Route]]]:
+    """A real HTTP server on 127.0.0.1 whose paths the test defines."""
+    routes: dict[str, Route] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            route = routes.get(self.path)
+            if route is None:
+                self.send_error(404)
+                return
+            route(self)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _image(data: bytes, content_type: str = "image/jpeg") -> Route:
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return route
+
+
+def _redirect(location: str) -> Route:
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return route
+
+
+def _fetcher(**overrides: object) -> UrlFetcher:
+    options: dict[str, object] = {
+        "max_bytes": 1_000_000,
+        "timeout_seconds": 3.0,
+        "max_redirects": 3,
+        "allow_networks": ["127.0.0.1/32"],
+    }
+    options.update(overrides)
+    return UrlFetcher(**options)  # type: ignore[arg-type]
+
+
+FORBIDDEN_URLS = [
+    "http://127.0.0.1/a.jpg",
+    "http://localhost/a.jpg",
+    "http://10.0.0.1/a.jpg",
+    "http://192.168.0.10/a.jpg",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::1]/a.jpg",
+    "http://[::ffff:127.0.0.1]/a.jpg",
+    "http://0.0.0.0/a.jpg",
+    "http://2130706433/a.jpg",  # 127.0.0.1 as one decimal number
+    "ftp://example.com/a.jpg",
+    "file:///etc/passwd",
+    "gopher://example.com/",
+    "http://user:secret@example.com/a.jpg",
+    "not a url",
+    "http:///a.jpg",
+]
+
+
+@pytest.mark.parametrize("url", FORBIDDEN_URLS)
+def test_private_and_odd_urls_are_refused_without_connecting(url: str) -> None:
+    with pytest.raises((UrlForbiddenError, UrlFetchError)) as caught:
+        asyncio.run(UrlFetcher(max_bytes=1000, timeout_seconds=3).fetch(url))
+    assert caught.value.code in {"url_forbidden", "url_fetch_error"}
+    if not url.startswith("http://2130706433"):
+        assert caught.value.code == "url_forbidden"
+
+
+def test_an_allowed_server_is_fetched(web_server: tuple[str, dict[str, Route]]) -> None:
+    base, routes = web_server
+    routes["/face.jpg"] = _image(b"\xff\xd8 pretend jpeg")
+    fetched = asyncio.run(_fetcher().fetch(f"{base}/face.jpg"))
+    assert fetched.data == b"\xff\xd8 pretend jpeg"
+    assert fetched.content_type == "image/jpeg"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.2:{port}/face.jpg",  # loopback outside the allowed /32
+        "http://10.0.0.1/face.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:{port}/face.jpg",
+        "file:///etc/passwd",
+    ],
+)
+def test_redirects_to_private_targets_are_refused(
+    web_server: tuple[str, dict[str, Route]], target: str
+) -> None:
+    base, routes = web_server
+    port = base.rsplit(":", 1)[1]
+    routes["/face.jpg"] = _image(b"secret")
+    routes["/hop"] = _redirect(target.format(port=port))
+    with pytest.raises(UrlForbiddenError):
+        asyncio.run(_fetcher().fetch(f"{base}/hop"))
+
+
+def test_redirects_are_followed_a_few_times_only(web_server: tuple[str, dict[str, Route]]) -> None:
+    base, routes = web_server
+    routes["/face.jpg"] = _image(b"jpeg")
+    routes["/one"] = _redirect("/face.jpg")
+    assert asyncio.run(_fetcher().fetch(f"{base}/one")).data == b"jpeg"
+    routes["/loop"] = _redirect("/loop")
+    with pytest.raises(UrlFetchError, match="redirects"):
+        asyncio.run(_fetcher().fetch(f"{base}/loop"))
+
+
+def test_limits_on_type_size_status_and_time(web_server: tuple[str, dict[str, Route]]) -> None:
+    base, routes = web_server
+    routes["/page.html"] = _image(b"<html></html>", "text/html")
+    routes["/big.jpg"] = _image(b"x" * 5000)
+
+    def streamed_big(handler: BaseHTTPRequestHandler) -> None:  # no Content-Length
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/jpeg")
+        handler.end_headers()
+        for _ in range(10):
+            handler.wfile.write(b"y" * 1000)
+
+    def slow(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(2.0)
+        _image(b"late")(handler)
+
+    routes["/streamed.jpg"] = streamed_big
+    routes["/slow.jpg"] = slow
+    with pytest.raises(UrlFetchError, match="not an image"):
+        asyncio.run(_fetcher().fetch(f"{base}/page.html"))
+    with pytest.raises(UrlFetchError, match="limit"):
+        asyncio.run(_fetcher(max_bytes=1024).fetch(f"{base}/big.jpg"))
+    with pytest.raises(UrlFetchError, match="limit"):
+        asyncio.run(_fetcher(max_bytes=1024).fetch(f"{base}/streamed.jpg"))
+    with pytest.raises(UrlFetchError, match="404"):
+        asyncio.run(_fetcher().fetch(f"{base}/missing.jpg"))
+    start = time.perf_counter()
+    with pytest.raises(UrlFetchError, match="longer than"):
+        asyncio.run(_fetcher(timeout_seconds=0.5).fetch(f"{base}/slow.jpg"))
+    assert time.perf_counter() - start < 1.8
+
+
+def test_image_url_through_the_api(
+    make_client: ClientFactory,
+    client: TestClient,
+    web_server: tuple[str, dict[str, Route]],
+    astronaut_jpeg: bytes,
+) -> None:
+    base, routes = web_server
+    routes["/astronaut.jpg"] = _image(astronaut_jpeg)
+    routes["/to-metadata"] = _redirect("http://169.254.169.254/latest/meta-data/iam/")
+    refused = client.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "url_forbidden"
+    allowed = make_client(url_allow_networks=["127.0.0.1/32"])
+    body = allowed.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"}).json()
+    assert body["source"] == f"{base}/astronaut.jpg"
+    assert len(body["faces"]) == 1
+    redirected = allowed.post("/v1/analyze", json={"image_url": f"{base}/to-metadata"})
+    assert redirected.status_code == 400
+    assert redirected.json()["error"]["code"] == "url_forbidden"
+    off = make_client(url_fetch_enabled=False)
+    assert off.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"}).status_code == 400
