@@ -25,6 +25,15 @@ def _blazeface(name: str) -> DetectorFactory:
     return create
 
 
+def _blazeface_fast(threads: int | None) -> Detector:
+    from agelens.models.blazeface import BlazeFaceDetector, RangeSwitchingDetector
+
+    return RangeSwitchingDetector(
+        BlazeFaceDetector(get_spec("blazeface-short"), threads=threads, tiled=False),
+        BlazeFaceDetector(get_spec("blazeface-full"), threads=threads, tiled=False),
+    )
+
+
 def _cydral(threads: int | None) -> Estimator:
     from agelens.models.cydral import CydralEstimator
 
@@ -46,6 +55,7 @@ def _ensemble(threads: int | None) -> Estimator:
 DETECTORS: dict[str, DetectorFactory] = {
     "blazeface-full": _blazeface("blazeface-full"),
     "blazeface-short": _blazeface("blazeface-short"),
+    "blazeface-fast": _blazeface_fast,
 }
 
 ESTIMATORS: dict[str, EstimatorFactory] = {
@@ -58,6 +68,7 @@ ESTIMATORS: dict[str, EstimatorFactory] = {
 REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "blazeface-full": ("blazeface-full",),
     "blazeface-short": ("blazeface-short",),
+    "blazeface-fast": ("blazeface-short", "blazeface-full"),
     "ensemble": ("cydral", "faceapi"),
     "cydral": ("cydral",),
     "faceapi": ("faceapi",),

@@ -9,6 +9,42 @@ import numpy as np
 from numpy.typing import NDArray
 
 
+def shrink(image: NDArray[np.uint8], scale: float) -> tuple[NDArray[np.uint8], float, float]:
+    """The image resized by `scale`, with area averaging when shrinking, at a fraction of
+    the cost of `cv2.INTER_AREA` on arbitrary ratios.
+
+    OpenCV's INTER_AREA has a fast (vectorised) path only for exact halving; any other ratio
+    takes a generic path that costs 4-5 times as much (about 9 ms to bring a 1920x1367 photo
+    down to 192 px). So the image is halved with INTER_AREA while the result stays at least as
+    large as the target (each halving averages 2x2 blocks: no source pixel is skipped), and the
+    remaining factor, between 1 and 2, is bilinear. An odd last row or column is dropped before
+    a halving; what is dropped in all is narrower than one output pixel.
+
+    Returns (resized, scale_x, scale_y): output pixels per input pixel along each axis, exact
+    for the pixels kept (`out_xy = in_xy * scale`).
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    source, factor = image, 1
+    while scale * factor <= 0.5 and min(source.shape[:2]) >= 2:
+        half_h, half_w = source.shape[0] // 2, source.shape[1] // 2
+        source = np.asarray(
+            cv2.resize(
+                source[: 2 * half_h, : 2 * half_w], (half_w, half_h), interpolation=cv2.INTER_AREA
+            ),
+            np.uint8,
+        )
+        factor *= 2
+    height, width = source.shape[:2]
+    covered_w, covered_h = width * factor, height * factor
+    out_w, out_h = max(1, round(covered_w * scale)), max(1, round(covered_h * scale))
+    if (out_w, out_h) != (width, height):
+        source = np.asarray(
+            cv2.resize(source, (out_w, out_h), interpolation=cv2.INTER_LINEAR), np.uint8
+        )
+    return source, out_w / covered_w, out_h / covered_h
+
+
 def crop_resized(
     image: NDArray[np.uint8], box_xyxy: Sequence[float] | NDArray[np.float32], size: int
 ) -> NDArray[np.uint8]:

@@ -1,0 +1,88 @@
+"""The fast resize used before detection, and the range-switching `blazeface-fast` detector."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from agelens.models.backends import create_detector
+from agelens.models.blazeface import BlazeFaceDetector, RangeSwitchingDetector
+from agelens.models.crops import shrink
+
+
+def _smooth(height: int, width: int) -> NDArray[np.uint8]:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [128 + 100 * np.sin(xs / 37 + k) * np.cos(ys / 53 - k) for k in range(3)]
+    return np.ascontiguousarray(np.stack(channels, axis=-1).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "scale"),
+    [
+        (1367, 1920, 0.1),
+        (1537, 1920, 192 / 1920),
+        (400, 400, 0.32),
+        (401, 399, 0.48),
+        (99, 77, 1.3),
+    ],
+)
+def test_shrink_matches_area_resizing(height: int, width: int, scale: float) -> None:
+    image = _smooth(height, width)
+    resized, scale_x, scale_y = shrink(image, scale)
+    out_h, out_w = resized.shape[:2]
+    assert resized.dtype == np.uint8
+    assert abs(out_w - width * scale) <= 1
+    assert abs(out_h - height * scale) <= 1
+    # `scale_x`, `scale_y` map the pixels kept (all but less than one output pixel's worth at
+    # the right and bottom) onto the output exactly.
+    kept_w, kept_h = round(out_w / scale_x), round(out_h / scale_y)
+    assert 0 <= width - kept_w < 1 / scale
+    assert 0 <= height - kept_h < 1 / scale
+    assert out_w / kept_w == pytest.approx(scale_x)
+    assert out_h / kept_h == pytest.approx(scale_y)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    reference = cv2.resize(image[:kept_h, :kept_w], (out_w, out_h), interpolation=interpolation)
+    difference = np.abs(resized.astype(np.int16) - reference.astype(np.int16))
+    assert difference.mean() < 2.0
+
+
+def test_shrink_is_deterministic_and_rejects_bad_scales() -> None:
+    image = _smooth(300, 500)
+    first, *_ = shrink(image, 0.2)
+    second, *_ = shrink(image, 0.2)
+    assert np.array_equal(first, second)
+    with pytest.raises(ValueError, match="positive"):
+        shrink(image, 0.0)
+
+
+def test_fast_detector_routes_by_size_and_matches_full_range_boxes(
+    astronaut: NDArray[np.uint8],
+) -> None:
+    fast = create_detector("blazeface-fast", threads=1)
+    assert isinstance(fast, RangeSwitchingDetector)
+    assert not fast.short.tiled
+    assert not fast.full.tiled
+    assert fast.short.views((4000, 3000)) == [(0, 0, 4000, 3000)]
+    full = BlazeFaceDetector(fast.full.spec, threads=1)  # tiled, like `blazeface-full`
+
+    # A 512-px portrait goes to the short-range model, with its box mapped onto the
+    # full-range convention: close to what the full-range model draws.
+    (small,) = fast.detect_many([astronaut])[0]
+    (reference,) = full.detect_many([astronaut])[0]
+    side = reference.box_xyxy[2] - reference.box_xyxy[0]
+    assert small.box_xyxy == pytest.approx(reference.box_xyxy, abs=0.08 * side)
+    (raw,) = fast.short.detect_many([astronaut])[0]
+    assert small.keypoints == raw.keypoints
+    assert small.score == raw.score
+
+    # The same portrait in a 1200-px photo goes to the full-range model, untouched.
+    canvas = np.full((900, 1200, 3), 90, np.uint8)
+    canvas[200:712, 300:812] = astronaut
+    (large,) = fast.detect_many([canvas])[0]
+    assert large == fast.full.detect_many([canvas])[0][0]
+
+    # Mixed batches keep the images' order.
+    together = fast.detect_many([canvas, astronaut, np.zeros((64, 64, 3), np.uint8)])
+    assert together == [(large,), (small,), ()]
