@@ -6,6 +6,7 @@ y downwards; keypoints are `(x, y)` pixels in the same frame.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -68,6 +69,24 @@ class Face:
             "gender_probability": round(self.gender_probability, 4),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Face:
+        """The inverse of `to_dict` (e.g. a face of a `/v1` response), values as given."""
+        x1, y1, x2, y2 = data["box_xyxy"]
+        low, high = data["age_interval"]
+        gender = data["gender"]
+        if gender not in ("F", "M"):
+            raise ValueError(f"gender must be 'F' or 'M', not {gender!r}")
+        return cls(
+            box_xyxy=(float(x1), float(y1), float(x2), float(y2)),
+            detection_score=float(data["detection_score"]),
+            keypoints=tuple((float(x), float(y)) for x, y in data["keypoints"]),
+            age_years=float(data["age_years"]),
+            age_interval=(float(low), float(high)),
+            gender=gender,
+            gender_probability=float(data["gender_probability"]),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ImageResult:
@@ -88,6 +107,19 @@ class ImageResult:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "models": dict(self.models),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageResult:
+        """The inverse of `to_dict`; keys `to_dict` does not write (such as the service's
+        `image_jpeg_base64`) are ignored."""
+        width, height = data["image_wh"]
+        return cls(
+            faces=tuple(Face.from_dict(face) for face in data["faces"]),
+            image_wh=(int(width), int(height)),
+            timings_ms={str(k): float(v) for k, v in data.get("timings_ms", {}).items()},
+            models={str(k): str(v) for k, v in data.get("models", {}).items()},
+            source=data.get("source"),
+        )
 
 
 def detection_to_dict(detection: Detection) -> dict[str, Any]:
