@@ -472,3 +472,25 @@ def test_the_async_client_retries_too(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.image_wh == (8, 8)
     assert len(stub.seen) == 2
     assert len(recorded) == 1
+
+
+def test_the_client_needs_only_the_client_extra() -> None:
+    """`agelens[client]` adds httpx alone: importing the client must not need the server's
+    packages (nor numpy-heavy engine modules beyond what the base package installs)."""
+    import subprocess
+    import sys
+
+    blocked = ["fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings", "mangum"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import agelens.client\n"
+        "assert agelens.client.Client and agelens.client.AsyncClient\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'onnxruntime', 'cv2', 'dlib'}))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"  # nor loads the inference engine
