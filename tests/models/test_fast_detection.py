@@ -1,4 +1,4 @@
-"""The fast resize used before detection, and the range-switching `blazeface-fast` detector."""
+"""Fast resizes (detector input, face chips) and the range-switching `blazeface-fast`."""
 
 from __future__ import annotations
 
@@ -86,3 +86,18 @@ def test_fast_detector_routes_by_size_and_matches_full_range_boxes(
     # Mixed batches keep the images' order.
     together = fast.detect_many([canvas, astronaut, np.zeros((64, 64, 3), np.uint8)])
     assert together == [(large,), (small,), ()]
+
+
+def test_crop_resized_pads_black_and_averages_large_faces() -> None:
+    from agelens.models.crops import crop_resized
+
+    image = _smooth(400, 400)
+    chip = crop_resized(image, (-100, -100, 300, 300), 112)  # top-left quarter is outside
+    assert chip.shape == (112, 112, 3)
+    assert chip.dtype == np.uint8
+    assert chip[:20, :20].max() == 0
+    inside = crop_resized(image, (100, 100, 300, 300), 112)
+    reference = cv2.resize(image[100:300, 100:300], (112, 112), interpolation=cv2.INTER_AREA)
+    assert np.abs(inside.astype(np.int16) - reference.astype(np.int16)).mean() < 2.0
+    small = crop_resized(image, (10, 10, 60, 60), 112)  # enlarged bilinearly
+    assert small.shape == (112, 112, 3)
