@@ -1,0 +1,696 @@
+// agelens web page: pick a photo (drop, choose, paste, webcam or an example), send it to
+// POST /v1/analyze, draw the boxes and "F 34 (29–41)" labels on a canvas, list the faces.
+// Plain ES module, no dependencies; the page's CSP forbids inline scripts and styles.
+
+const DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
+const MAX_CANVAS_SIDE = 2000; // the drawing is scaled down to this, the boxes with it
+const KEY_STORAGE = "agelens.apiKey";
+const COLORS = { F: "#c2255c", M: "#1971c2" };
+const GENDER_WORDS = { F: "female", M: "male" };
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  request: 0, // id of the latest analysis; older answers are dropped
+  input: null, // {blob, name} of the latest photo, for a retry after an API key is entered
+  image: null, // the decoded photo (HTMLImageElement) the result is drawn over
+  result: null, // the JSON answer of the server
+  active: -1, // face highlighted from the table
+  stream: null, // the webcam's MediaStream while it runs
+};
+
+// ------------------------------------------------------------------ formatting
+
+/** Rounding like Python's `f"{x:.0f}"` (halves to even), so labels match `agelens analyze`. */
+export function roundAge(x) {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The on-image label, exactly like `F 34 (29–41)` (en dash). */
+export function faceLabel(face) {
+  const [low, high] = face.age_interval;
+  return `${face.gender} ${roundAge(face.age_years)} (${roundAge(low)}–${roundAge(high)})`;
+}
+
+function formatBytes(bytes) {
+  if (bytes >= 1024 * 1024) return `${(bytes / (1024 * 1024)).toFixed(bytes % (1024 * 1024) ? 1 : 0)} MB`;
+  if (bytes >= 1024) return `${Math.round(bytes / 1024)} KB`;
+  return `${bytes} bytes`;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function maxUploadBytes() {
+  const value = Number(document.body.dataset.maxUploadBytes);
+  return Number.isFinite(value) && value > 0 ? value : DEFAULT_MAX_UPLOAD_BYTES;
+}
+
+// ------------------------------------------------------------------ status and errors
+
+function setStatus(text, busy = false) {
+  const status = $("status");
+  status.textContent = text;
+  status.classList.toggle("busy", busy);
+}
+
+function showError(title, detail) {
+  $("error-title").textContent = title;
+  $("error-detail").textContent = detail || "";
+  $("error").hidden = false;
+  $("result").hidden = true; // an older result would read as the answer for this file
+  setStatus("");
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error-title").textContent = "";
+  $("error-detail").textContent = "";
+}
+
+/** [title, detail] for a failed /v1/analyze answer. */
+function describeError(response, body, name) {
+  const code = body && body.error ? body.error.code : null;
+  const message = body && body.error ? body.error.message : "";
+  const status = response.status;
+  if (code === "image_decode_error" || code === "unsupported_media_type") {
+    return [
+      "This file is not an image we can read.",
+      `${name} could not be decoded as a photo. Choose a JPEG, PNG, WebP or HEIC image.`,
+    ];
+  }
+  if (code === "image_too_large") {
+    return ["This photo is too large.", `${message}. Make it smaller and try again.`];
+  }
+  if (code === "request_too_large" || status === 413) {
+    return [
+      "This photo is too large for the server.",
+      `${message || `${name} is over the server's upload limit`}. Make it smaller and try again.`,
+    ];
+  }
+  if (code === "unauthorized" || status === 401) {
+    showKeyForm(true);
+    return [
+      "This server needs an API key.",
+      `${message ? `${message}. ` : ""}Enter your key below; the photo is analysed once it is saved.`,
+    ];
+  }
+  if (code === "rate_limited" || status === 429) {
+    const wait = response.headers.get("Retry-After");
+    return ["Too many requests.", `Wait ${wait ? plural(Number(wait), "second") : "a moment"} and try again.`];
+  }
+  if (code === "overloaded" || code === "not_ready" || status === 503) {
+    return ["The server is busy.", `${message || "It cannot take the photo now"}. Try again in a few seconds.`];
+  }
+  if (code === "timeout" || status === 504) {
+    return ["The analysis took too long.", message || "Try a smaller photo."];
+  }
+  return [`The analysis failed (HTTP ${status}).`, message || response.statusText || ""];
+}
+
+// ------------------------------------------------------------------ API key
+
+function storedKey() {
+  try {
+    return localStorage.getItem(KEY_STORAGE) || "";
+  } catch {
+    return "";
+  }
+}
+
+function storeKey(key) {
+  try {
+    if (key) localStorage.setItem(KEY_STORAGE, key);
+    else localStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // storage refused (private mode): the key works for this page only
+  }
+  state.sessionKey = key;
+}
+
+function currentKey() {
+  return state.sessionKey !== undefined ? state.sessionKey : storedKey();
+}
+
+function showKeyForm(focus) {
+  const form = $("key-form");
+  form.hidden = false;
+  $("api-key").value = currentKey();
+  if (focus) $("api-key").focus();
+}
+
+function setUpKeyForm() {
+  if (storedKey()) showKeyForm(false);
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    storeKey($("api-key").value.trim());
+    clearError();
+    if (state.input) analyze(state.input.blob, state.input.name);
+    else setStatus("API key saved.");
+  });
+  $("api-key-forget").addEventListener("click", () => {
+    storeKey("");
+    $("api-key").value = "";
+    setStatus("API key forgotten.");
+  });
+}
+
+// ------------------------------------------------------------------ analysis
+
+function looksLikeImage(blob, name) {
+  const type = (blob.type || "").toLowerCase();
+  if (type.startsWith("image/")) return true;
+  // Some systems give HEIC files or drags from other apps no type: let the server decide.
+  if (type === "" || type === "application/octet-stream") return true;
+  return /\.(jpe?g|png|webp|gif|bmp|tiff?|heic|heif|avif)$/i.test(name || "");
+}
+
+function readOptions(form) {
+  const maxFaces = $("opt-max-faces").value.trim();
+  const minFace = $("opt-min-face").value.trim();
+  if (maxFaces) form.append("max_faces", String(Math.max(1, Math.round(Number(maxFaces)))));
+  if (minFace) form.append("min_face", String(Math.max(0, Number(minFace))));
+}
+
+function decodeLocally(blob) {
+  // An <img> honours EXIF orientation like the server does; HEIC fails in most browsers.
+  return new Promise((resolve) => {
+    const url = URL.createObjectURL(blob);
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => {
+      URL.revokeObjectURL(url);
+      resolve(null);
+    };
+    image.src = url;
+  });
+}
+
+/** Check, upload and show one photo. `blob` is a File or Blob, `name` its file name. */
+export async function analyze(blob, name) {
+  const request = ++state.request;
+  clearError();
+  name = name || blob.name || "photo";
+  state.input = { blob, name };
+  if (!looksLikeImage(blob, name)) {
+    showError(
+      "This file is not an image.",
+      `${name} is ${blob.type ? `a ${blob.type} file` : "not a photo"}. Choose a JPEG, PNG, WebP or HEIC image.`,
+    );
+    return;
+  }
+  if (blob.size === 0) {
+    showError("This file is empty.", `${name} holds no data. Choose another photo.`);
+    return;
+  }
+  const limit = maxUploadBytes();
+  if (blob.size > limit) {
+    showError(
+      "This photo is too large.",
+      `${name} is ${formatBytes(blob.size)}; the limit is ${formatBytes(limit)}. Make it smaller and try again.`,
+    );
+    return;
+  }
+
+  setStatus(`Analysing ${name}…`, true);
+  $("result").setAttribute("aria-busy", "true");
+  const started = performance.now();
+  let image = await decodeLocally(blob);
+  const form = new FormData();
+  form.append("image", blob, name);
+  readOptions(form);
+  if (!image) form.append("return_image", "true"); // the server draws what the browser cannot
+  const headers = {};
+  const key = currentKey();
+  if (key) headers["X-API-Key"] = key;
+
+  let response;
+  let body = null;
+  try {
+    response = await fetch("/v1/analyze", { method: "POST", body: form, headers });
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+  } catch (error) {
+    if (request !== state.request) return;
+    $("result").removeAttribute("aria-busy");
+    showError("The server could not be reached.", `Check your connection and try again (${error.message}).`);
+    return;
+  }
+  if (request !== state.request) return; // a newer photo was chosen meanwhile
+  $("result").removeAttribute("aria-busy");
+  if (!response.ok || !body || !Array.isArray(body.faces)) {
+    const [title, detail] = describeError(response, body, name);
+    showError(title, detail);
+    return;
+  }
+  let drawnByServer = false;
+  if (body.image_jpeg_base64) {
+    if (!image) {
+      // Not fetch(data: URL): the CSP's connect-src is 'self' only.
+      const bytes = Uint8Array.from(atob(body.image_jpeg_base64), (c) => c.charCodeAt(0));
+      image = await decodeLocally(new Blob([bytes], { type: "image/jpeg" }));
+      drawnByServer = Boolean(image);
+    }
+    delete body.image_jpeg_base64;
+  }
+  if (key && !storedKey()) storeKey(key);
+  showResult(body, image, name, drawnByServer, performance.now() - started);
+}
+
+// ------------------------------------------------------------------ result
+
+function showResult(result, image, name, drawnByServer, elapsedMs) {
+  if (state.image && state.image.src.startsWith("blob:")) URL.revokeObjectURL(state.image.src);
+  state.result = result;
+  state.image = image;
+  state.drawnByServer = drawnByServer;
+  state.name = name;
+  state.active = -1;
+
+  const faces = result.faces;
+  $("result").hidden = false;
+  $("no-face").hidden = faces.length > 0;
+  $("faces-wrap").hidden = faces.length === 0;
+  fillTable(faces);
+  draw();
+
+  const labels = faces.map(faceLabel);
+  const canvas = $("canvas");
+  canvas.setAttribute(
+    "aria-label",
+    faces.length
+      ? `${name} with ${plural(faces.length, "face")} marked: ${labels.join(", ")}`
+      : `${name}: no face found`,
+  );
+  $("caption").textContent = faces.length
+    ? `${name}: ${labels.join(" · ")}. Pink: F (female), blue: M (male); age with its 80% interval.`
+    : name;
+  const seconds = (elapsedMs / 1000).toFixed(1);
+  setStatus(
+    faces.length
+      ? `${plural(faces.length, "face")} found in ${name} (${seconds} s).`
+      : `No face found in ${name} (${seconds} s).`,
+  );
+  const top = $("result").getBoundingClientRect().top;
+  if (top > window.innerHeight * 0.6 || top < 0) {
+    const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    $("result").scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "start" });
+  }
+}
+
+function fillTable(faces) {
+  const tbody = $("faces").tBodies[0];
+  tbody.replaceChildren();
+  faces.forEach((face, index) => {
+    const row = document.createElement("tr");
+    row.tabIndex = 0;
+    row.dataset.index = String(index);
+    row.dataset.label = faceLabel(face);
+    const cells = [
+      String(index + 1),
+      null, // gender, built below
+      `${Math.round(face.gender_probability * 100)}%`,
+      face.age_years.toFixed(1),
+      `${roundAge(face.age_interval[0])}–${roundAge(face.age_interval[1])}`,
+      face.detection_score.toFixed(2),
+      face.box_xyxy.map((v) => Math.round(v)).join(", "),
+    ];
+    cells.forEach((text, column) => {
+      const cell = document.createElement(column === 0 ? "th" : "td");
+      if (column === 0) cell.scope = "row";
+      if (text === null) {
+        const tag = document.createElement("span");
+        tag.className = `gender gender-${face.gender}`;
+        const swatch = document.createElement("span");
+        swatch.className = "swatch";
+        swatch.setAttribute("aria-hidden", "true");
+        const abbr = document.createElement("abbr");
+        abbr.title = GENDER_WORDS[face.gender] || face.gender;
+        abbr.textContent = face.gender;
+        tag.append(swatch, abbr);
+        cell.append(tag);
+      } else {
+        cell.textContent = text;
+      }
+      row.append(cell);
+    });
+    const activate = () => setActive(index);
+    const deactivate = () => setActive(-1);
+    row.addEventListener("mouseenter", activate);
+    row.addEventListener("focus", activate);
+    row.addEventListener("mouseleave", deactivate);
+    row.addEventListener("blur", deactivate);
+    tbody.append(row);
+  });
+}
+
+function setActive(index) {
+  if (state.active === index) return;
+  state.active = index;
+  for (const row of $("faces").tBodies[0].rows) {
+    row.classList.toggle("active", Number(row.dataset.index) === index);
+  }
+  draw();
+}
+
+/** Draw the photo and, unless the server already did, every face's box and label. */
+function draw() {
+  const canvas = $("canvas");
+  const { image, result } = state;
+  if (!result) return;
+  const [imageW, imageH] = result.image_wh;
+  const naturalW = image ? image.naturalWidth : imageW;
+  const naturalH = image ? image.naturalHeight : imageH;
+  const fit = Math.min(1, MAX_CANVAS_SIDE / Math.max(naturalW, naturalH));
+  const width = Math.max(1, Math.round(naturalW * fit));
+  const height = Math.max(1, Math.round(naturalH * fit));
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, width, height);
+  if (image) ctx.drawImage(image, 0, 0, width, height);
+  else {
+    ctx.fillStyle = "#e9ecf3";
+    ctx.fillRect(0, 0, width, height);
+  }
+  if (state.drawnByServer) return;
+
+  // Canvas pixels per CSS pixel, so lines and text keep a readable size on screen.
+  const shown = canvas.getBoundingClientRect().width;
+  const perCss = shown > 0 ? width / shown : Math.max(1, width / 800);
+  const sx = width / imageW;
+  const sy = height / imageH;
+  const fontPx = Math.round(13 * perCss);
+  ctx.font = `600 ${fontPx}px system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif`;
+  ctx.textBaseline = "top";
+
+  const order = result.faces.map((_, i) => i).filter((i) => i !== state.active);
+  if (state.active >= 0) order.push(state.active); // the highlighted face on top
+  for (const index of order) {
+    const face = result.faces[index];
+    const color = COLORS[face.gender] || "#555";
+    const [x1, y1, x2, y2] = face.box_xyxy;
+    const left = x1 * sx;
+    const top = y1 * sy;
+    const boxW = (x2 - x1) * sx;
+    const boxH = (y2 - y1) * sy;
+    const line = Math.max(1.5, (index === state.active ? 4 : 2.5) * perCss);
+    if (index === state.active) {
+      ctx.lineWidth = line + 3 * perCss;
+      ctx.strokeStyle = "rgba(255, 255, 255, 0.9)";
+      ctx.strokeRect(left, top, boxW, boxH);
+    }
+    ctx.lineWidth = line;
+    ctx.strokeStyle = color;
+    ctx.strokeRect(left, top, boxW, boxH);
+
+    const text = faceLabel(face);
+    const padX = 4 * perCss;
+    const padY = 3 * perCss;
+    const labelW = ctx.measureText(text).width + 2 * padX;
+    const labelH = fontPx + 2 * padY;
+    let labelX = Math.min(Math.max(0, left - line / 2), width - labelW);
+    labelX = Math.max(0, labelX);
+    let labelY = top - line / 2 - labelH;
+    if (labelY < 0) labelY = Math.min(height - labelH, top + boxH + line / 2); // below the box
+    if (labelY < 0) labelY = 0;
+    ctx.fillStyle = color;
+    ctx.fillRect(labelX, labelY, labelW, labelH);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillText(text, labelX + padX, labelY + padY);
+  }
+}
+
+function downloadJson() {
+  if (!state.result) return;
+  const text = `${JSON.stringify(state.result, null, 2)}\n`;
+  const blob = new Blob([text], { type: "application/json" });
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = `${(state.name || "photo").replace(/\.[^.]+$/, "")}.agelens.json`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}
+
+// ------------------------------------------------------------------ inputs: file, drop, paste
+
+function setUpFileInputs() {
+  const input = $("file-input");
+  const zone = $("dropzone");
+  zone.addEventListener("click", () => input.click());
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      input.click();
+    }
+  });
+  input.addEventListener("change", () => {
+    const file = input.files && input.files[0];
+    if (file) analyze(file, file.name);
+    input.value = ""; // choosing the same file again must fire `change` again
+  });
+
+  // A photo dropped anywhere on the page is taken; the zone shows where to aim.
+  let depth = 0;
+  document.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    depth += 1;
+    zone.classList.add("dragover");
+  });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) zone.classList.remove("dragover");
+  });
+  document.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    depth = 0;
+    zone.classList.remove("dragover");
+    const file = event.dataTransfer.files[0];
+    if (file) analyze(file, file.name);
+  });
+
+  document.addEventListener("paste", (event) => {
+    const target = event.target;
+    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) return;
+    const files = event.clipboardData ? [...event.clipboardData.files] : [];
+    const file = files.find((f) => f.type.startsWith("image/")) || files[0];
+    if (!file) return;
+    event.preventDefault();
+    const extension = (file.type.split("/")[1] || "png").replace("jpeg", "jpg");
+    analyze(file, file.name && file.name !== "image.png" ? file.name : `pasted.${extension}`);
+  });
+}
+
+function hasFiles(event) {
+  return Boolean(event.dataTransfer) && [...event.dataTransfer.types].includes("Files");
+}
+
+// ------------------------------------------------------------------ webcam
+
+function cameraUnavailableReason() {
+  if (!window.isSecureContext) {
+    return "The camera needs a secure page: open it over https:// or on localhost.";
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return "This browser does not let web pages use a camera.";
+  }
+  return null;
+}
+
+function disableCamera(reason) {
+  $("camera-start").disabled = true;
+  $("camera-note").textContent = reason;
+  $("camera-note").hidden = false;
+}
+
+async function checkCamera() {
+  const reason = cameraUnavailableReason();
+  if (reason) {
+    disableCamera(reason);
+    return;
+  }
+  try {
+    const devices = await navigator.mediaDevices.enumerateDevices();
+    if (!devices.some((d) => d.kind === "videoinput")) {
+      disableCamera("No camera was found on this device.");
+      return;
+    }
+  } catch {
+    // enumerateDevices refused: let getUserMedia say what is wrong
+  }
+  $("camera-start").disabled = false;
+  $("camera-note").hidden = true;
+}
+
+async function startCamera() {
+  clearError();
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({
+      video: { facingMode: "user", width: { ideal: 1280 }, height: { ideal: 720 } },
+      audio: false,
+    });
+  } catch (error) {
+    const refused = error && (error.name === "NotAllowedError" || error.name === "SecurityError");
+    const missing = error && (error.name === "NotFoundError" || error.name === "OverconstrainedError");
+    showError(
+      "The camera could not be started.",
+      refused
+        ? "Permission to use the camera was refused; allow it in the browser's site settings."
+        : missing
+          ? "No camera was found on this device."
+          : `${error && error.message ? error.message : error}`,
+    );
+    return;
+  }
+  const video = $("camera-video");
+  video.srcObject = state.stream;
+  $("camera").hidden = false;
+  $("camera-start").disabled = true;
+  $("camera-snap").focus();
+  setStatus("Camera on: take a snapshot when ready.");
+}
+
+function stopCamera() {
+  if (state.stream) {
+    for (const track of state.stream.getTracks()) track.stop();
+  }
+  state.stream = null;
+  $("camera-video").srcObject = null;
+  $("camera").hidden = true;
+  $("camera-start").disabled = false;
+}
+
+function snapshot() {
+  const video = $("camera-video");
+  if (!video.videoWidth) {
+    setStatus("The camera is not ready yet; try again in a moment.");
+    return;
+  }
+  const grab = document.createElement("canvas");
+  grab.width = video.videoWidth;
+  grab.height = video.videoHeight;
+  grab.getContext("2d").drawImage(video, 0, 0);
+  grab.toBlob(
+    (blob) => {
+      if (blob) analyze(blob, `snapshot-${new Date().toISOString().slice(0, 19).replace(/:/g, "-")}.jpg`);
+    },
+    "image/jpeg",
+    0.92,
+  );
+}
+
+function setUpCamera() {
+  $("camera-start").addEventListener("click", startCamera);
+  $("camera-stop").addEventListener("click", stopCamera);
+  $("camera-snap").addEventListener("click", snapshot);
+  if (navigator.mediaDevices && navigator.mediaDevices.addEventListener) {
+    navigator.mediaDevices.addEventListener("devicechange", () => {
+      if (!state.stream) checkCamera();
+    });
+  }
+  return checkCamera();
+}
+
+// ------------------------------------------------------------------ examples gallery
+
+async function loadExamples() {
+  const list = $("examples");
+  const empty = $("examples-empty");
+  let names = [];
+  let reason = null;
+  try {
+    const response = await fetch("/v1/examples");
+    const body = await response.json();
+    if (response.ok) {
+      names = Array.isArray(body.examples) ? body.examples : [];
+      reason = body.reason || null;
+    } else {
+      reason = body && body.error ? body.error.message : `HTTP ${response.status}`;
+    }
+  } catch (error) {
+    reason = `they could not be loaded (${error.message})`;
+  }
+  list.replaceChildren();
+  if (!names.length) {
+    list.hidden = true;
+    empty.hidden = false;
+    empty.textContent =
+      `No example photos${reason ? `: ${reason}` : ""}. To show some, start the server with ` +
+      "--examples-dir FOLDER (or set AGELENS_EXAMPLES_DIR) pointing at a folder of photos.";
+    return;
+  }
+  list.hidden = false;
+  empty.hidden = true;
+  for (const name of names) {
+    const url = `/v1/examples/${encodeURIComponent(name)}`;
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.title = `Analyse ${name}`;
+    button.dataset.name = name;
+    const thumb = document.createElement("img");
+    thumb.src = url;
+    thumb.alt = `Example photo ${name}`;
+    thumb.loading = "lazy";
+    thumb.decoding = "async";
+    const caption = document.createElement("span");
+    caption.className = "name";
+    caption.textContent = name;
+    caption.setAttribute("aria-hidden", "true");
+    button.append(thumb, caption);
+    button.addEventListener("click", () => analyzeExample(name, url));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+async function analyzeExample(name, url) {
+  clearError();
+  setStatus(`Loading ${name}…`, true);
+  try {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    await analyze(await response.blob(), name);
+  } catch (error) {
+    showError("The example could not be loaded.", `${name}: ${error.message}`);
+  }
+}
+
+// ------------------------------------------------------------------ start
+
+function start() {
+  $("max-size").textContent = formatBytes(maxUploadBytes());
+  $("download").addEventListener("click", downloadJson);
+  setUpFileInputs();
+  setUpKeyForm();
+  if ("ResizeObserver" in window) {
+    let lastWidth = 0;
+    new ResizeObserver((entries) => {
+      const width = Math.round(entries[0].contentRect.width);
+      if (width && width !== lastWidth) {
+        lastWidth = width;
+        draw();
+      }
+    }).observe($("canvas"));
+  }
+  Promise.all([loadExamples(), setUpCamera()]).finally(() => {
+    document.body.dataset.ready = "true"; // tests wait for this
+  });
+}
+
+start();
