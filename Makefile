@@ -25,6 +25,11 @@ node: tools/node/node_modules/.package-lock.json
 tools/node/node_modules/.package-lock.json: tools/node/package-lock.json
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 
+# The service and its web page on embedded defaults: http://127.0.0.1:8000
+EXAMPLES_DIR ?= $(wildcard ../shared/data/samples)
+serve: setup
+	$(BIN)/agelens serve $(if $(EXAMPLES_DIR),--examples-dir $(EXAMPLES_DIR))
+
 demo: setup
 	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('astronaut.jpg')"
 	$(BIN)/agelens analyze astronaut.jpg --draw astronaut-annotated.jpg

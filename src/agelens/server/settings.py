@@ -137,5 +137,6 @@ class Settings(BaseSettings):
         raise ValueError(
             f"refusing to serve on {self.host} without API keys: anyone who can reach it could "
             "use it. Set AGELENS_API_KEY_HASHES (see `agelens keys new`), bind to 127.0.0.1, or "
-            "pass --insecure if something else in front of it does the authentication"
+            "pass --insecure (AGELENS_INSECURE=true) if something in front of it does the "
+            "authentication"
         )
