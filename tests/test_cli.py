@@ -147,8 +147,20 @@ def test_eval_contract(utkface_dir: Path, tmp_path: Path) -> None:
         "by_decade",
         "by_race",
         "images_per_second",
+        "age_mean_signed_error",
+        "age_slope",
+        "age_interval_coverage",
+        "gender_calibration",
+        "models",
     ):
         assert key in metrics
+    assert "age_bin_accuracy" not in metrics  # UTKFace has exact ages, no bins
+    assert len(metrics["gender_calibration"]["bins"]) == 10
+    assert 0 <= metrics["gender_calibration"]["ece"] <= 1
+    assert metrics["split"] == "test"
+    assert metrics["command"] == (
+        f"agelens eval {utkface_dir} --split test --limit 24 --pad 0.5 --out {out}"
+    )
     assert metrics["n"] == 24
     assert metrics["faces_found"] >= 22
     assert metrics["age_mae"] < 12

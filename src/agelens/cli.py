@@ -276,6 +276,7 @@ def _write_drawing(draw: Path, name: str, many: bool, image: Any, result: Any) -
 
 @app.command("eval")
 def evaluate_command(
+    context: typer.Context,
     dataset_dir: Annotated[Path, typer.Argument(help="Folder the labels' file paths are in.")],
     labels: Annotated[
         Path | None, typer.Option(help="Labels CSV (default DATASET_DIR/labels.csv).")
@@ -296,13 +297,26 @@ def evaluate_command(
     records: Annotated[
         Path | None, typer.Option(help="Write per-image predictions (JSONL) here.")
     ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Write a self-contained HTML report with plots here (needs agelens[report]).",
+        ),
+    ] = None,
 ) -> None:
     """Score age and gender against a labelled folder (any CSV with file,age,gender)."""
     from rich.progress import Progress
 
+    from agelens.errors import MissingExtraError, require_extra
     from agelens.evaluate import evaluate, read_labels
     from agelens.pipeline import Analyzer
 
+    if html is not None:  # fail before a long run, not after it
+        try:
+            require_extra("matplotlib", "report")
+        except MissingExtraError as error:
+            raise _fail(str(error), EXIT_USAGE) from error
     labels_csv = labels or dataset_dir / "labels.csv"
     if not labels_csv.is_file():
         raise _fail(f"labels file not found: {labels_csv}", EXIT_USAGE)
@@ -327,14 +341,39 @@ def evaluate_command(
             pad=pad,
             progress=lambda done: progress.advance(task, done),
         )
-    metrics["command"] = "agelens eval " + " ".join(sys.argv[2:])
+    metrics["command"] = _eval_command_line(context)
+    metrics["dataset"] = str(dataset_dir)
+    metrics["labels"] = str(labels_csv)
+    metrics["split"] = split
+    metrics["limit"] = limit
     text = json.dumps(metrics, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     if records is not None:
         records.write_text("".join(json.dumps(r) + "\n" for r in per_image))
+    if html is not None:
+        from agelens.report.eval_html import write_eval_html
+
+        write_eval_html(html, metrics, per_image)
+        logger.info("wrote %s", html)
     typer.echo(text)
+
+
+def _eval_command_line(context: typer.Context) -> str:
+    """The command, rebuilt from the parsed parameters that differ from their defaults (so it
+    is the same whether the console script, `python -m` or a test runner invoked it)."""
+    import shlex
+
+    words = ["agelens", "eval"]
+    for param in context.command.params:
+        value = context.params.get(param.name or "")
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif value is not None and value != param.default and param.opts:
+            option = max(param.opts, key=len)
+            words += [option] if value is True else [option, str(value)]
+    return shlex.join(words)
 
 
 # ----------------------------------------------------------------------------- service

@@ -4,6 +4,13 @@ labels.csv has `file,age,gender` (gender M/F), optionally `age_low,age_high` (an
 bin accuracy is scored), `race` and `split`. When an image holds several faces, the face scored
 is the largest one nearest the centre: the one with the highest area x (1 - d), where d is the
 distance from its centre to the image centre divided by half the image diagonal.
+
+Bin accuracy: a predicted age, rounded to whole years, is right when it lies inside
+[age_low, age_high] (both ends included). Gender calibration: the images are put in
+`CALIBRATION_BINS` equal bins of the reported gender probability over [0.5, 1] (it is the
+probability of the reported gender, so never below 0.5); each bin gives its mean confidence and
+its accuracy, and the expected calibration error (ECE) is the mean |accuracy - confidence|
+weighted by the bin sizes.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from agelens.pipeline import Analyzer
 from agelens.types import Face, ImageResult
 
 logger = logging.getLogger(__name__)
+
+CALIBRATION_BINS = 10
+# Face.age_interval is meant to hold the true age this share of the time (see agelens.types).
+INTERVAL_NOMINAL_COVERAGE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +147,8 @@ def _slope(true: NDArray[np.float64], predicted: NDArray[np.float64]) -> float |
 
 def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
     """Metrics from per-image records (`age`, `gender`, `race`, `age_low`, `age_high`,
-    `pred_age`, `pred_gender`, `interval`), over the images where a face was found."""
+    `pred_age`, `pred_gender`, `interval`, optionally `gender_probability`), over the images
+    where a face was found."""
     found = [r for r in records if r["pred_age"] is not None]
     aged = [r for r in found if r["age"] is not None]
     gendered = [r for r in found if r["gender"] in ("M", "F")]
@@ -152,6 +164,7 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
         "age_mean_signed_error": float(errors.mean()) if len(errors) else None,
         "age_slope": _slope(true, predicted),
         "age_interval_coverage": float(np.mean(inside)) if inside else None,
+        "age_interval_nominal_coverage": INTERVAL_NOMINAL_COVERAGE,
         "gender_accuracy": (
             float(np.mean([r["gender"] == r["pred_gender"] for r in gendered]))
             if gendered
@@ -160,12 +173,78 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
     }
     binned = [r for r in found if r["age_low"] is not None and r["age_high"] is not None]
     if binned:
-        metrics["age_bin_accuracy"] = float(
-            np.mean([r["age_low"] <= round(r["pred_age"]) <= r["age_high"] for r in binned])
-        )
+        metrics["age_bin_accuracy"] = float(np.mean([_in_bin(r) for r in binned]))
+        metrics["age_bin_by_decade"] = _bin_groups(binned)
+    metrics["gender_calibration"] = gender_calibration(
+        [
+            (float(r["gender_probability"]), r["gender"] == r["pred_gender"])
+            for r in gendered
+            if r.get("gender_probability") is not None
+        ]
+    )
     metrics["by_decade"] = _grouped(aged, lambda r: _decade(r["age"]))
     metrics["by_race"] = _grouped([r for r in found if r["race"]], lambda r: str(r["race"]))
     return metrics
+
+
+def _in_bin(record: dict[str, Any]) -> bool:
+    return bool(record["age_low"] <= round(record["pred_age"]) <= record["age_high"])
+
+
+def _bin_groups(binned: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Bin accuracy per decade of the bin centre ((age_low + age_high) / 2)."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for record in binned:
+        groups[_decade((record["age_low"] + record["age_high"]) / 2)].append(_in_bin(record))
+    return {
+        name: {"n": len(hits), "age_bin_accuracy": float(np.mean(hits))}
+        for name, hits in sorted(groups.items(), key=lambda item: _group_order(item[0]))
+    }
+
+
+def gender_calibration(
+    pairs: Sequence[tuple[float, bool]], bins: int = CALIBRATION_BINS
+) -> dict[str, Any]:
+    """Reliability bins and ECE from (probability of the reported gender, was it right) pairs.
+
+    Always `bins` bins over [0.5, 1] (the last one includes 1.0); an empty bin has n = 0 and
+    None for its confidence and accuracy. `ece` is None when there are no pairs.
+    """
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    confidence = np.array([p for p, _ in pairs], dtype=np.float64)
+    correct = np.array([c for _, c in pairs], dtype=np.float64)
+    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
+    table: list[dict[str, Any]] = []
+    ece = 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        mean_confidence: float | None = None
+        accuracy: float | None = None
+        if count:
+            mean_confidence = float(confidence[members].mean())
+            accuracy = float(correct[members].mean())
+            ece += count * abs(accuracy - mean_confidence)
+        table.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "n": count,
+                "confidence": mean_confidence,
+                "accuracy": accuracy,
+            }
+        )
+    return {
+        "n": len(pairs),
+        "ece": ece / len(pairs) if pairs else None,
+        "mean_confidence": float(confidence.mean()) if pairs else None,
+        "bins": table,
+    }
+
+
+def _group_order(name: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in name.split("-")[0] if ch.isdigit())
+    return (int(digits) if digits else 10**6, name)
 
 
 def _grouped(
@@ -175,20 +254,19 @@ def _grouped(
     for record in records:
         groups[key(record)].append(record)
 
-    def order(name: str) -> tuple[int, str]:
-        digits = "".join(ch for ch in name.split("-")[0] if ch.isdigit())
-        return (int(digits) if digits else 10**6, name)
-
     summary: dict[str, Any] = {}
-    for name in sorted(groups, key=order):
+    for name in sorted(groups, key=_group_order):
         members = groups[name]
         with_age = [r for r in members if r["age"] is not None]
         errors = np.array([r["pred_age"] - r["age"] for r in with_age], dtype=np.float64)
         with_gender = [r for r in members if r["gender"] in ("M", "F")]
+        inside = [r["interval"][0] <= r["age"] <= r["interval"][1] for r in with_age]
         summary[name] = {
             "n": len(members),
             "age_mae": float(np.abs(errors).mean()) if len(errors) else None,
+            "age_cs5": float((np.abs(errors) <= 5).mean()) if len(errors) else None,
             "age_mean_signed_error": float(errors.mean()) if len(errors) else None,
+            "age_interval_coverage": float(np.mean(inside)) if inside else None,
             "gender_accuracy": (
                 float(np.mean([r["gender"] == r["pred_gender"] for r in with_gender]))
                 if with_gender
