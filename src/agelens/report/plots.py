@@ -155,8 +155,11 @@ def bar_chart(
     axes.axhline(0, color="#999", linewidth=0.8)
     if ylim is not None:
         axes.set_ylim(*ylim)
-    if len(series) > 1 or reference_label:
-        axes.legend(loc="best", frameon=False, fontsize=8)
+    if len(series) > 1 or reference_label:  # below the plot: bars near 1.0 leave no room inside
+        handles, names = axes.get_legend_handles_labels()
+        figure.legend(
+            handles, names, loc="outside lower center", ncols=len(names), frameon=False, fontsize=8
+        )
     _apply(axes, title, xlabel, ylabel)
     return _svg(figure)
 
