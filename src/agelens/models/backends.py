@@ -46,6 +46,15 @@ def _faceapi(threads: int | None) -> Estimator:
     return FaceApiEstimator(get_spec("faceapi"), threads=threads)
 
 
+def _faceres(name: str) -> EstimatorFactory:
+    def create(threads: int | None) -> Estimator:
+        from agelens.models.faceres import FaceResEstimator
+
+        return FaceResEstimator(get_spec(name), threads=threads)
+
+    return create
+
+
 def _ensemble(threads: int | None) -> Estimator:
     from agelens.models.ensemble import EnsembleEstimator
 
@@ -62,6 +71,8 @@ ESTIMATORS: dict[str, EstimatorFactory] = {
     "ensemble": _ensemble,
     "cydral": _cydral,
     "faceapi": _faceapi,
+    "faceres": _faceres("faceres"),
+    "faceres-deep": _faceres("faceres-deep"),
 }
 
 #: which registry models each backend needs fetched
@@ -72,6 +83,8 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "ensemble": ("cydral", "faceapi"),
     "cydral": ("cydral",),
     "faceapi": ("faceapi",),
+    "faceres": ("faceres",),
+    "faceres-deep": ("faceres-deep",),
 }
 
 DEFAULT_DETECTOR = "blazeface-full"
