@@ -389,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--requests", type=int, default=5000, help="requests after warm-up for the RSS check"
     )
-    parser.add_argument("--warmup", type=int, default=200, help="warm-up requests")
+    parser.add_argument("--warmup", type=int, default=1000, help="warm-up requests")
     parser.add_argument("--rss-concurrency", type=int, default=8, help="clients during the soak")
     parser.add_argument("--max-growth", type=float, default=10.0, help="RSS growth limit, %%")
     parser.add_argument(
