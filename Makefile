@@ -26,9 +26,14 @@ tools/node/node_modules/.package-lock.json: tools/node/package-lock.json
 	npm ci --prefix tools/node --no-audit --no-fund --loglevel=error
 
 # The service and its web page on embedded defaults: http://127.0.0.1:8000
-EXAMPLES_DIR ?= $(wildcard ../shared/data/samples)
-serve: setup
-	$(BIN)/agelens serve $(if $(EXAMPLES_DIR),--examples-dir $(EXAMPLES_DIR))
+# Example photos: the shared samples when present, else NASA's public-domain astronaut portrait.
+EXAMPLES_DIR ?= $(or $(wildcard ../shared/data/samples),.cache/examples)
+serve: setup $(EXAMPLES_DIR)
+	$(BIN)/agelens serve --examples-dir $(EXAMPLES_DIR)
+
+.cache/examples: $(STAMP)
+	mkdir -p $@
+	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('$@/astronaut.jpg', quality=92)"
 
 demo: setup
 	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('astronaut.jpg')"
