@@ -345,6 +345,22 @@ def test_square_box(box: list[float], factor: float, expected: list[float]) -> N
         assert square[2] - square[0] == pytest.approx(square[3] - square[1])
 
 
+@pytest.mark.parametrize(
+    ("box", "factor", "shift_y", "expected"),
+    [
+        pytest.param([0, 0, 4, 2], 1.0, 0.0, [0, -1, 4, 3], id="no-shift"),
+        pytest.param([0, 0, 4, 2], 1.0, 0.5, [0, 0, 4, 4], id="half-height-down"),
+        pytest.param([0, 0, 2, 4], 1.5, -0.25, [-2, -2, 4, 4], id="up-and-enlarged"),
+        pytest.param([3, 3, 3, 3], 2.0, 1.0, [3, 3, 3, 3], id="degenerate"),
+    ],
+)
+def test_square_box_shift(
+    box: list[float], factor: float, shift_y: float, expected: list[float]
+) -> None:
+    """The shift moves the centre by a share of the box's height, then the square is cut."""
+    np.testing.assert_allclose(square_box(box, factor, shift_y), expected, atol=1e-6)
+
+
 # --- crop_transform ---------------------------------------------------------------------------
 
 

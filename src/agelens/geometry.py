@@ -173,11 +173,14 @@ def _tile_starts(length: int, side: int) -> list[int]:
     return list(dict.fromkeys([*range(0, length - side, stride), length - side]))
 
 
-def square_box(box: Sequence[float] | FloatArray, factor: float = 1.0) -> FloatArray:
-    """The square with the box's centre and side `factor * max(width, height)`."""
+def square_box(
+    box: Sequence[float] | FloatArray, factor: float = 1.0, shift_y: float = 0.0
+) -> FloatArray:
+    """The square with the box's centre and side `factor * max(width, height)`, its centre
+    moved down by `shift_y` of the box's height (estimators trained on lower-sitting boxes)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     side = max(x2 - x1, y2 - y1) * factor
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 + shift_y * (y2 - y1)
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
 
 

@@ -80,9 +80,7 @@ class FaceResEstimator:
     def crop_box(self, detection: Detection) -> NDArray[np.float32]:
         """The detector's box squared, scaled by `box_scale` and moved down by `box_shift_y`
         of its height."""
-        x1, y1, x2, y2 = detection.box_xyxy
-        shift = self._box_shift_y * (y2 - y1)
-        return square_box((x1, y1 + shift, x2, y2 + shift), self._box_scale)
+        return square_box(detection.box_xyxy, self._box_scale, self._box_shift_y)
 
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
         """NHWC crops, channel order and mean as in the spec."""
