@@ -458,7 +458,6 @@ def serve(
         max_pixels=settings.max_pixels,
     )
     try:
-        pool.check_names(settings.detector, settings.estimator)
         pool.load_defaults()
     except ModelNotFetchedError as error:
         raise _fail(str(error), EXIT_MODEL) from error

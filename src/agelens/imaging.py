@@ -72,6 +72,7 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    label: str | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Decode `source` into an upright, C-contiguous RGB uint8 array of shape (height, width, 3).
 
@@ -86,6 +87,9 @@ def load_image(
     EXIF orientation is applied, so boxes computed on the result are in the upright frame.
     Transparent pixels are composited onto white. 16-bit samples are scaled to 8 bits.
 
+    `label` names the source in error messages (default: `describe_source(source)`; the service
+    passes the upload's file name or URL).
+
     Raises ImageTooLargeError when an encoded source exceeds `max_bytes`, or when any source has
     more than `max_pixels` pixels (checked from the header, before decoding). Raises
     ImageDecodeError when the source is missing, not a regular file, empty, truncated, corrupt, in
@@ -95,7 +99,7 @@ def load_image(
         raise ValueError(
             f"max_pixels and max_bytes must be positive, got {max_pixels}, {max_bytes}"
         )
-    label = describe_source(source)
+    label = label or describe_source(source)
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source, label=label, max_pixels=max_pixels)
     if isinstance(source, Image.Image):

@@ -129,15 +129,14 @@ class Service:
         def work() -> tuple[RGBImage, float]:
             start = time.perf_counter()
             image = load_image(
-                data, max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes
+                data,
+                max_pixels=self.settings.max_pixels,
+                max_bytes=self.settings.max_body_bytes,
+                label=label,
             )
             return image, (time.perf_counter() - start) * 1000
 
-        try:
-            return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
-        except AgelensError as error:
-            # load_image labels byte input "<bytes N>": say which input it was instead.
-            raise type(error)(str(error).replace(f"<bytes {len(data)}>", label)) from error
+        return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
     def options(self, given: AnalyzeOptions) -> AnalysisOptions:
         """Engine options with the server defaults filled in (names checked)."""

@@ -175,13 +175,6 @@ class MicroBatcher:
         self._observe_depth()
         return await future
 
-    async def run_now(
-        self, options: AnalysisOptions, images: Sequence[RGBImage]
-    ) -> list[ImageResult]:
-        """Run a whole request's images as one batch on the inference threads (batch endpoint),
-        still bounded by the queue: it counts as that many queued images."""
-        return list(await asyncio.gather(*(self.submit(options, image) for image in images)))
-
     def _observe_depth(self) -> None:
         if self.metrics is not None:
             self.metrics.queue_depth.set(self.depth)

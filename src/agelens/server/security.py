@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from agelens.server.errors import (
     RateLimitedError,
     RequestTooLargeError,
     UnauthorizedError,
+    error_body,
 )
 from agelens.server.settings import hash_api_key
 
@@ -158,10 +160,6 @@ def _too_large_message(max_bytes: int) -> str:
 
 
 async def _send_too_large(send: Send, max_bytes: int) -> None:
-    import json
-
-    from agelens.server.errors import error_body
-
     body = json.dumps(error_body(RequestTooLargeError.code, _too_large_message(max_bytes))).encode()
     await send(
         {

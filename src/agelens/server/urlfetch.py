@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from urllib.parse import urljoin
 import httpx
 
 from agelens.server.errors import UrlFetchError, UrlForbiddenError
-
-logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
