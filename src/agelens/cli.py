@@ -341,7 +341,7 @@ def evaluate_command(
             pad=pad,
             progress=lambda done: progress.advance(task, done),
         )
-    metrics["command"] = _eval_command_line(context)
+    metrics["command"] = _command_line(context)
     metrics["dataset"] = str(dataset_dir)
     metrics["labels"] = str(labels_csv)
     metrics["split"] = split
@@ -360,12 +360,12 @@ def evaluate_command(
     typer.echo(text)
 
 
-def _eval_command_line(context: typer.Context) -> str:
+def _command_line(context: typer.Context) -> str:
     """The command, rebuilt from the parsed parameters that differ from their defaults (so it
     is the same whether the console script, `python -m` or a test runner invoked it)."""
     import shlex
 
-    words = ["agelens", "eval"]
+    words = ["agelens", context.info_name or ""]
     for param in context.command.params:
         value = context.params.get(param.name or "")
         if param.param_type_name == "argument":
@@ -374,6 +374,148 @@ def _eval_command_line(context: typer.Context) -> str:
             option = max(param.opts, key=len)
             words += [option] if value is True else [option, str(value)]
     return shlex.join(words)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@app.command("train")
+def train_command(
+    context: typer.Context,
+    dataset_dir: Annotated[Path, typer.Argument(help="Folder the labels' file paths are in.")],
+    name: Annotated[str, typer.Option(help="Name of the trained estimator.")] = "my-heads",
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Labels CSV with file,age,gender (default DATASET_DIR/labels.csv)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Train on rows whose split column equals this (none: all).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Train on a seeded sample of N rows.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Model folder (default $AGELENS_HOME/trained/NAME, usable by name)."),
+    ] = None,
+    backbones: Annotated[
+        str, typer.Option(help="Comma-separated backbones: faceres, faceres-deep, faceapi, cydral.")
+    ] = "faceres,faceapi,cydral",
+    pad: Annotated[
+        float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
+    ] = 0.0,
+    detector: Annotated[
+        str, typer.Option(help="Detector that finds the faces.")
+    ] = "blazeface-full",
+    folds: Annotated[int, typer.Option(help="Cross-fitting folds (= heads averaged).")] = 5,
+    epochs: Annotated[int, typer.Option(help="Most epochs per fold (early stopping).")] = 40,
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 8,
+    hidden: Annotated[int, typer.Option(help="Hidden units per head.")] = 512,
+    reweight: Annotated[
+        float, typer.Option(help="Weight rows by (rows of similar age)^-R; 0 turns it off.")
+    ] = 0.5,
+    debias: Annotated[
+        float, typer.Option(help="Share (0-1) of the per-age bias the calibration removes.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and batches.")] = 0,
+    float16: Annotated[
+        bool, typer.Option(help="Store weights as float16 (half the size, same outputs).")
+    ] = True,
+    int8: Annotated[
+        bool, typer.Option(help="Quantize the heads to int8 and record the measured change.")
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Processes that embed images.")] = 1,
+    threads: Annotated[int, typer.Option(help="PyTorch threads for training.")] = 1,
+    cache: Annotated[
+        Path | None, typer.Option(help="Embedding cache folder (default beside --out).")
+    ] = None,
+    data_notice: Annotated[
+        str | None,
+        typer.Option(help="Terms of the training data, written to the model card."),
+    ] = None,
+) -> None:
+    """Train age and gender heads on a labelled folder (extra agelens[train]: PyTorch).
+
+    Embeds every face once with the chosen backbones (cached, resumable), trains one head per
+    fold with early stopping, calibrates on the out-of-fold predictions, exports ONNX and
+    writes a model card. Prints the card as JSON.
+    """
+    from rich.progress import Progress
+
+    from agelens.errors import MissingExtraError, require_extra
+    from agelens.models.embeddings import BACKBONE_NAMES
+    from agelens.models.heads import user_dir
+
+    try:
+        require_extra("torch", "train")
+    except MissingExtraError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    from agelens.train.heads import TrainConfig
+    from agelens.train.run import UTKFACE_NOTICE, TrainRequest, train_model
+
+    chosen = tuple(b.strip() for b in backbones.split(",") if b.strip())
+    unknown = sorted(set(chosen) - set(BACKBONE_NAMES))
+    if unknown or not chosen:
+        raise _fail(
+            f"unknown backbones {unknown}; choose from {', '.join(BACKBONE_NAMES)}", EXIT_USAGE
+        )
+    labels_csv = labels or dataset_dir / "labels.csv"
+    if not labels_csv.is_file():
+        raise _fail(f"labels file not found: {labels_csv}", EXIT_USAGE)
+    if data_notice is None and "utkface" in str(dataset_dir.resolve()).lower():
+        data_notice = UTKFACE_NOTICE
+    request = TrainRequest(
+        dataset_dir=dataset_dir,
+        labels_csv=labels_csv,
+        out_dir=out or user_dir() / name,
+        name=name,
+        backbones=chosen,
+        split=split,
+        limit=limit,
+        pad=pad,
+        detector=detector,
+        workers=workers,
+        cache_root=cache,
+        float16_weights=float16,
+        int8=int8,
+        data_notice=data_notice,
+        command=_command_line(context),
+    )
+    config = TrainConfig(
+        hidden=hidden,
+        epochs=epochs,
+        patience=patience,
+        reweight=reweight,
+        folds=folds,
+        debias=debias,
+        seed=seed,
+        threads=threads,
+    )
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+        embedding = progress.add_task("embedding faces", total=None)
+        training = progress.add_task("training heads", total=folds * epochs)
+
+        def on_epoch(entry: dict[str, Any]) -> None:
+            progress.update(
+                training,
+                completed=entry["fold"] * epochs + entry["epoch"],
+                description=(
+                    f"fold {entry['fold'] + 1}/{folds}: val MAE {entry['val_mae']:.2f}, "
+                    f"gender {100 * entry['val_gender_accuracy']:.1f}%"
+                ),
+            )
+
+        try:
+            outcome = train_model(
+                request,
+                config,
+                on_rows=lambda done, total: progress.update(embedding, completed=done, total=total),
+                on_epoch=on_epoch,
+            )
+        except (ModelNotFetchedError, ModelFetchError) as error:
+            raise _fail(str(error), EXIT_MODEL) from error
+        except (UnknownModelError, ValueError) as error:
+            raise _fail(str(error), EXIT_USAGE) from error
+    typer.echo(json.dumps(outcome.card, indent=2))
+    logger.info("use it with: agelens analyze --estimator %s PHOTO", outcome.folder)
 
 
 # ----------------------------------------------------------------------------- service

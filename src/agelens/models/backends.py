@@ -98,8 +98,22 @@ def create_detector(name: str, threads: int | None = None) -> Detector:
     return DETECTORS[name](threads)
 
 
+def estimator_names() -> list[str]:
+    """Every estimator that can be created by name: the registered backends and the trained
+    models (shipped with agelens, or trained into $AGELENS_HOME/trained)."""
+    from agelens.models.heads import trained_folders
+
+    return sorted({*ESTIMATORS, *trained_folders()})
+
+
 def create_estimator(name: str, threads: int | None = None) -> Estimator:
-    """An estimator by name; UnknownModelError lists the choices."""
-    if name not in ESTIMATORS:
-        raise UnknownModelError(f"unknown estimator {name!r}; choose from {sorted(ESTIMATORS)}")
-    return ESTIMATORS[name](threads)
+    """An estimator by name, or a trained model by name or folder path; UnknownModelError
+    lists the choices."""
+    if name in ESTIMATORS:
+        return ESTIMATORS[name](threads)
+    from agelens.models.heads import HeadsEstimator, find_trained
+
+    folder = find_trained(name)
+    if folder is None:
+        raise UnknownModelError(f"unknown estimator {name!r}; choose from {estimator_names()}")
+    return HeadsEstimator(folder, threads=threads)

@@ -20,8 +20,11 @@ def default_threads() -> int:
     return max(1, min(4, available))
 
 
-def create_session(path: Path, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU session for one model file.
+def create_session(
+    path: Path, threads: int | None = None, *, extra_outputs: tuple[str, ...] = ()
+) -> onnxruntime.InferenceSession:
+    """A CPU session for one model file; `extra_outputs` names inner tensors to expose as
+    outputs too (a backbone's embedding, for trained heads).
 
     Full graph optimisation (constant folding, conv+activation fusion pays off for these small
     convnets); intra-op threads as given; one inter-op thread and sequential execution, because
@@ -37,4 +40,15 @@ def create_session(path: Path, threads: int | None = None) -> onnxruntime.Infere
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if not extra_outputs:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    import onnx
+
+    model = onnx.load(str(path))
+    present = {output.name for output in model.graph.output}
+    for name in extra_outputs:
+        if name not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )

@@ -465,7 +465,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     @app.get("/v1/models", response_model=ModelsOut, tags=["service"])
     async def models(service: ServiceDep, _key: Authorized) -> ModelsOut:
         """The registered detectors and estimators, the defaults, and what is loaded."""
-        from agelens.models.backends import DETECTORS, ESTIMATORS
+        from agelens.models.backends import DETECTORS, estimator_names
         from agelens.models.fetch import is_fetched
         from agelens.models.registry import MODELS
 
@@ -473,7 +473,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
             default_detector=service.settings.detector,
             default_estimator=service.settings.estimator,
             detectors=sorted(DETECTORS),
-            estimators=sorted(ESTIMATORS),
+            estimators=estimator_names(),
             loaded=service.pool.loaded(),
             models=[
                 ModelOut(

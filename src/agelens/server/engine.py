@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from agelens.models.backends import DETECTORS, ESTIMATORS, create_detector, create_estimator
+from agelens.models.backends import (
+    DETECTORS,
+    create_detector,
+    create_estimator,
+    estimator_names,
+)
 from agelens.models.base import Detector, Estimator, RGBImage
 from agelens.pipeline import Analyzer
 from agelens.server.errors import InvalidRequestError, OverloadedError
@@ -66,9 +71,10 @@ class ModelPool:
             raise InvalidRequestError(
                 f"unknown detector {detector!r}; choose one of {', '.join(sorted(DETECTORS))}"
             )
-        if estimator not in ESTIMATORS:
+        names = estimator_names()
+        if estimator not in names:
             raise InvalidRequestError(
-                f"unknown estimator {estimator!r}; choose one of {', '.join(sorted(ESTIMATORS))}"
+                f"unknown estimator {estimator!r}; choose one of {', '.join(names)}"
             )
 
     def analyzer(self, detector: str, estimator: str) -> Analyzer:

@@ -1,0 +1,159 @@
+"""Face embeddings from the registry's estimators: the inputs of the heads agelens trains.
+
+Each backbone is an existing estimator's network read one layer before its own age/gender
+outputs (plus those outputs, which are cheap and carry what the network was trained for):
+
+- `faceres`, `faceres-deep`: the 1,024-d global average pool, + 100 age probabilities + P(male).
+- `faceapi`: the 512-d average pool of TinyXception, + regressed age / 100 + P(male).
+- `cydral`: the 256-d pool of the age ResNet and the 16-d hidden layer of the gender network,
+  + 81 age probabilities + P(male).
+
+`embed(chips, mirrored=True)` embeds the horizontally mirrored chips instead: faces are nearly
+symmetric, so the mirror is a free second look used for training augmentation and at test time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.models.base import Chips, RGBImage
+from agelens.models.cydral import CydralEstimator
+from agelens.models.faceapi import FaceApiEstimator
+from agelens.models.faceres import FaceResEstimator
+from agelens.models.fetch import model_file
+from agelens.models.registry import get_spec
+from agelens.models.runtime import create_session
+from agelens.types import Detection
+
+Embedding = NDArray[np.float32]
+
+
+class Backbone(Protocol):
+    """A network that turns aligned face chips into one feature vector per face."""
+
+    name: str
+    dim: int
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """Network inputs for each detection (the estimator's own alignment)."""
+        ...
+
+    def embed(self, chips: Chips, *, mirrored: bool = False) -> Embedding:
+        """`(N, dim)` float32 features, of the mirrored chips when `mirrored`."""
+        ...
+
+    def version(self) -> str:
+        """Model name and source."""
+        ...
+
+
+def _mirror_nchw(array: NDArray[np.float32]) -> NDArray[np.float32]:
+    return np.ascontiguousarray(array[..., ::-1])
+
+
+class FaceResBackbone:
+    """faceres / faceres-deep: NHWC chips, embedding + age probabilities + P(male)."""
+
+    def __init__(self, name: str, *, threads: int | None = None) -> None:
+        self.name = name
+        self.dim = 1024 + 100 + 1
+        self._estimator = FaceResEstimator(get_spec(name), threads=threads)
+        self._session = self._estimator._session
+        self._input = self._estimator._input
+
+    def version(self) -> str:
+        return self._estimator.version()
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        return self._estimator.align(image, detections)
+
+    def embed(self, chips: Chips, *, mirrored: bool = False) -> Embedding:
+        batch = chips[self.name]
+        if mirrored:
+            batch = np.ascontiguousarray(batch[:, :, ::-1, :])
+        embedding, age, male = self._session.run(
+            ["embedding", "age_probabilities", "gender_probability"], {self._input: batch}
+        )
+        return np.concatenate([embedding, age, male], axis=1).astype(np.float32)
+
+
+class FaceApiBackbone:
+    """face-api: NCHW chips, embedding + age / 100 + P(male)."""
+
+    def __init__(self, *, threads: int | None = None) -> None:
+        self.name = "faceapi"
+        self.dim = 512 + 1 + 1
+        self._estimator = FaceApiEstimator(get_spec("faceapi"), threads=threads)
+        self._session = self._estimator._session
+
+    def version(self) -> str:
+        return self._estimator.version()
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        return self._estimator.align(image, detections)
+
+    def embed(self, chips: Chips, *, mirrored: bool = False) -> Embedding:
+        batch = chips["faceapi"]
+        if mirrored:
+            batch = _mirror_nchw(batch)
+        embedding, age, gender = self._session.run(
+            ["embedding", "age", "gender_probabilities"], {"input": batch}
+        )
+        return np.concatenate(
+            [embedding, age.reshape(-1, 1) / 100.0, gender[:, :1]], axis=1
+        ).astype(np.float32)
+
+
+class CydralBackbone:
+    """Cydral: dlib chips; age-network pool + gender hidden layer + both outputs."""
+
+    def __init__(self, *, threads: int | None = None) -> None:
+        self.name = "cydral"
+        self.dim = 256 + 16 + 81 + 1
+        spec = get_spec("cydral")
+        self._estimator = CydralEstimator(spec, threads=threads)
+        self._age = create_session(
+            model_file(spec, "age.onnx"), threads, extra_outputs=("layer_1_flatten",)
+        )
+        self._gender = create_session(
+            model_file(spec, "gender.onnx"), threads, extra_outputs=("layer_1_flatten",)
+        )
+
+    def version(self) -> str:
+        return self._estimator.version()
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        return self._estimator.align(image, detections)
+
+    def embed(self, chips: Chips, *, mirrored: bool = False) -> Embedding:
+        age_chips, gender_chips = chips["cydral_age"], chips["cydral_gender"]
+        if mirrored:
+            age_chips, gender_chips = _mirror_nchw(age_chips), _mirror_nchw(gender_chips)
+        age_probabilities, age_features = self._age.run(
+            ["probabilities", "layer_1_flatten"], {"images": age_chips}
+        )
+        gender_probabilities, gender_features = self._gender.run(
+            ["probabilities", "layer_1_flatten"], {"images": gender_chips}
+        )
+        return np.concatenate(
+            [age_features, gender_features, age_probabilities, gender_probabilities[:, 1:2]],
+            axis=1,
+        ).astype(np.float32)
+
+
+BACKBONE_NAMES: tuple[str, ...] = ("faceres", "faceres-deep", "faceapi", "cydral")
+
+
+def create_backbone(name: str, *, threads: int | None = None) -> Backbone:
+    """The backbone called `name` (one of BACKBONE_NAMES); its models must be fetched."""
+    if name in ("faceres", "faceres-deep"):
+        return FaceResBackbone(name, threads=threads)
+    if name == "faceapi":
+        return FaceApiBackbone(threads=threads)
+    if name == "cydral":
+        return CydralBackbone(threads=threads)
+    raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONE_NAMES)}")

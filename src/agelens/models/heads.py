@@ -1,0 +1,196 @@
+"""Estimators agelens trained itself: small heads over registry backbones' embeddings.
+
+A trained model is a folder written by `agelens train`:
+
+- `card.json`: name, backbones, calibration, metrics, training data and command, licence
+  notes, and the sha256 of `head.onnx` (checked at load);
+- `head.onnx`: features -> age probabilities (ages 0..100) and a gender logit;
+- `MODEL_CARD.md`: the same card for people.
+
+Shipped models live in `agelens/trained/NAME/`; models a user trains go to
+`$AGELENS_HOME/trained/NAME/` (or any folder, passed by path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.errors import ModelNotFetchedError, UnknownModelError
+from agelens.models.base import Chips, RGBImage
+from agelens.models.embeddings import Backbone, create_backbone
+from agelens.models.runtime import create_session
+from agelens.paths import agelens_home
+from agelens.types import AgeGenderEstimate, Detection
+
+CARD_FILE = "card.json"
+HEAD_FILE = "head.onnx"
+AGE_YEARS = np.arange(101, dtype=np.float64)
+
+
+def shipped_dir() -> Path:
+    """Folder of the trained models that ship inside the package."""
+    return Path(__file__).resolve().parent.parent / "trained"
+
+
+def user_dir() -> Path:
+    """Folder where `agelens train` installs models by default."""
+    return agelens_home() / "trained"
+
+
+def trained_folders() -> dict[str, Path]:
+    """Every trained model found, by name: shipped ones, then the user's (which may not
+    shadow a shipped name)."""
+    found: dict[str, Path] = {}
+    for root in (shipped_dir(), user_dir()):
+        if root.is_dir():
+            for card in sorted(root.glob(f"*/{CARD_FILE}")):
+                found.setdefault(card.parent.name, card.parent)
+    return found
+
+
+def find_trained(name_or_path: str) -> Path | None:
+    """The folder of a trained model given its name or a path to its folder, else None."""
+    path = Path(name_or_path).expanduser()
+    if (path / CARD_FILE).is_file():
+        return path
+    return trained_folders().get(name_or_path)
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The model card of a trained model folder."""
+    card: dict[str, Any] = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    if card.get("kind") != "agelens-heads":
+        raise UnknownModelError(f"{folder} does not hold an agelens trained model")
+    return card
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def piecewise(
+    x: NDArray[np.float64], knots_x: Sequence[float], knots_y: Sequence[float]
+) -> NDArray[np.float64]:
+    """Linear interpolation through the knots, continued with slope 1 beyond both ends."""
+    xs, ys = np.asarray(knots_x), np.asarray(knots_y)
+    inside = np.interp(x, xs, ys)
+    below = ys[0] + (x - xs[0])
+    above = ys[-1] + (x - xs[-1])
+    return np.asarray(np.where(x < xs[0], below, np.where(x > xs[-1], above, inside)))
+
+
+@dataclass(frozen=True, slots=True)
+class HeadsCalibration:
+    """Post-hoc maps fitted on out-of-fold predictions by `agelens train`.
+
+    age: piecewise linear from the raw expected age (`age_knots_x`) to the reported age
+    (`age_knots_y`), slope 1 beyond the ends. gender: P(male) = sigmoid(a * logit + b).
+    interval: half-width of the 80% interval, piecewise linear in the reported age.
+    """
+
+    age_knots_x: tuple[float, ...]
+    age_knots_y: tuple[float, ...]
+    gender_scale: float
+    gender_bias: float
+    interval_knots_x: tuple[float, ...]
+    interval_knots_y: tuple[float, ...]
+
+    @classmethod
+    def from_card(cls, data: dict[str, Any]) -> HeadsCalibration:
+        """From a card's `calibration` object (the inverse of `dataclasses.asdict`)."""
+        return cls(
+            age_knots_x=tuple(float(v) for v in data["age_knots_x"]),
+            age_knots_y=tuple(float(v) for v in data["age_knots_y"]),
+            gender_scale=float(data["gender_scale"]),
+            gender_bias=float(data["gender_bias"]),
+            interval_knots_x=tuple(float(v) for v in data["interval_knots_x"]),
+            interval_knots_y=tuple(float(v) for v in data["interval_knots_y"]),
+        )
+
+    def age(self, raw: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Reported ages from raw expected ages."""
+        return piecewise(raw, self.age_knots_x, self.age_knots_y)
+
+    def male(self, logit: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Calibrated P(male) from the heads' gender logit."""
+        return np.asarray(1.0 / (1.0 + np.exp(-(self.gender_scale * logit + self.gender_bias))))
+
+    def half_width(self, age: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Half-width of the 80% interval at each reported age."""
+        return np.asarray(np.interp(age, self.interval_knots_x, self.interval_knots_y))
+
+
+class HeadsEstimator:
+    """Runs the card's backbones on their own chips (and mirrored), then the trained heads."""
+
+    def __init__(self, folder: Path, *, threads: int | None = None) -> None:
+        card = read_card(folder)
+        self.card = card
+        self.name = str(card["name"])
+        head = folder / HEAD_FILE
+        if not head.is_file():
+            raise ModelNotFetchedError(f"{head} is missing; train or reinstall the model")
+        expected = card["files"][HEAD_FILE]
+        if sha256_file(head) != expected:
+            raise ModelNotFetchedError(
+                f"{head} does not match the sha256 in its card ({expected[:16]}…); "
+                "train it again or reinstall agelens"
+            )
+        self.backbones: list[Backbone] = [
+            create_backbone(name, threads=threads) for name in card["backbones"]
+        ]
+        self.calibration = HeadsCalibration.from_card(card["calibration"])
+        self._session = create_session(head, threads)
+
+    def version(self) -> str:
+        """Model name and the backbones it reads."""
+        members = ", ".join(b.version() for b in self.backbones)
+        return f"{self.name} (agelens-trained heads over {members})"
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """Each backbone's chips, in one mapping."""
+        if not detections:
+            return {}
+        chips: Chips = {}
+        for backbone in self.backbones:
+            chips.update(backbone.align(image, detections))
+        return chips
+
+    def features(self, chips: Chips, *, mirrored: bool = False) -> np.ndarray:
+        """The backbones' features side by side (the head's input)."""
+        return np.concatenate([b.embed(chips, mirrored=mirrored) for b in self.backbones], axis=1)
+
+    def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
+        """Calibrated age and interval, calibrated P(male); face and mirror averaged."""
+        if not chips:
+            return []
+        count = len(next(iter(chips.values())))
+        both = np.concatenate([self.features(chips), self.features(chips, mirrored=True)])
+        probabilities, logit = self._session.run(None, {"features": both})
+        probabilities = (probabilities[:count] + probabilities[count:]) / 2
+        logit = (logit[:count] + logit[count:]).astype(np.float64) / 2
+        calibration = self.calibration
+        ages = np.clip(calibration.age(probabilities.astype(np.float64) @ AGE_YEARS), 0, 110)
+        widths = calibration.half_width(ages)
+        male = calibration.male(logit)
+        return [
+            AgeGenderEstimate(
+                age_years=float(age),
+                age_interval=(float(max(0.0, age - width)), float(age + width)),
+                gender_probability_male=float(p),
+            )
+            for age, width, p in zip(ages, widths, male, strict=True)
+        ]

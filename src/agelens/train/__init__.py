@@ -1,0 +1,1 @@
+"""Training heads on cached embeddings (`agelens train`, extra `[train]`)."""

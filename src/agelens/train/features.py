@@ -1,0 +1,198 @@
+"""The embedding cache `agelens train` learns from: every labelled face embedded once.
+
+Backbone networks are frozen, so embedding each image once (and its mirror) and training small
+heads on the cached vectors makes training minutes instead of hours on a CPU. The cache is a
+folder of chunk files written atomically (temporary name, then rename), so an interrupted run
+resumes at the first missing chunk; `manifest.json` records what the cache was built from and
+a cache built from anything else is never reused.
+
+Faces are found the way `agelens eval` finds them: the image padded by `pad`, the detector run,
+and the largest face nearest the centre kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.evaluate import LabelledImage, iter_dataset, scored_index
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ROWS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """What a cache is built from; any change gives a different cache folder."""
+
+    dataset_dir: str
+    backbones: tuple[str, ...]
+    pad: float
+    detector: str
+    files_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Cached embeddings of the rows where a face was found, in label order.
+
+    `embeddings[name]` and `mirrored[name]` are `(n, dim)` float32 per backbone.
+    """
+
+    rows: tuple[LabelledImage, ...]
+    embeddings: dict[str, NDArray[np.float32]]
+    mirrored: dict[str, NDArray[np.float32]]
+
+    def matrix(self, names: Sequence[str], *, mirrored: bool = False) -> NDArray[np.float32]:
+        """The backbones' features side by side, `(n, sum of dims)`."""
+        source = self.mirrored if mirrored else self.embeddings
+        return np.concatenate([source[name] for name in names], axis=1)
+
+
+def _files_digest(rows: Sequence[LabelledImage]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(row.file.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def cache_folder(root: Path, config: FeatureConfig) -> Path:
+    """The folder of one configuration's cache under `root`."""
+    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
+    return root / f"features-{key[:16]}"
+
+
+# One detector and set of backbones per worker process, built by _init_worker.
+_worker: dict[str, object] = {}
+
+
+def _init_worker(config: FeatureConfig) -> None:
+    from agelens.models.backends import create_detector
+    from agelens.models.embeddings import create_backbone
+
+    _worker["detector"] = create_detector(config.detector, 1)
+    _worker["backbones"] = [create_backbone(name, threads=1) for name in config.backbones]
+
+
+def _embed_chunk(
+    config: FeatureConfig, rows: Sequence[LabelledImage], target: Path
+) -> tuple[Path, int]:
+    """Embed one chunk of rows and write it to `target` atomically; (target, faces found)."""
+    from agelens.models.base import Detector
+    from agelens.models.embeddings import Backbone
+
+    detector: Detector = _worker["detector"]  # type: ignore[assignment]
+    backbones: list[Backbone] = _worker["backbones"]  # type: ignore[assignment]
+    found = np.zeros(len(rows), dtype=bool)
+    columns: dict[str, list[NDArray[np.float32]]] = {}
+    index = 0
+    for batch in iter_dataset(Path(config.dataset_dir), rows, config.pad):
+        images = [image for _, image in batch if image is not None]
+        detections = iter(detector.detect_many(images)) if images else iter(())
+        for _, image in batch:
+            position, index = index, index + 1
+            if image is None:
+                continue
+            faces = next(detections)
+            height, width = image.shape[:2]
+            chosen = scored_index([d.box_xyxy for d in faces], (width, height))
+            if chosen is None:
+                continue
+            found[position] = True
+            for backbone in backbones:
+                chips = backbone.align(image, [faces[chosen]])
+                columns.setdefault(backbone.name, []).append(backbone.embed(chips))
+                columns.setdefault(f"{backbone.name}__mirrored", []).append(
+                    backbone.embed(chips, mirrored=True)
+                )
+    arrays = {key: np.concatenate(values).astype(np.float32) for key, values in columns.items()}
+    temporary = target.with_suffix(".tmp.npz")
+    np.savez(temporary, found=found, **arrays)  # type: ignore[arg-type]
+    os.replace(temporary, target)
+    return target, int(found.sum())
+
+
+def build_features(
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    *,
+    backbones: Sequence[str],
+    cache_root: Path,
+    pad: float = 0.0,
+    detector: str = "blazeface-full",
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Features:
+    """Embeddings of every row with a face, from the cache when it is there.
+
+    `progress(done_rows, total_rows)` is called after each chunk. Rows whose image could not
+    be decoded or holds no face are left out (logged).
+    """
+    config = FeatureConfig(
+        dataset_dir=str(dataset_dir.resolve()),
+        backbones=tuple(backbones),
+        pad=float(pad),
+        detector=detector,
+        files_sha256=_files_digest(rows),
+    )
+    folder = cache_folder(cache_root, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    chunks = [
+        (rows[start : start + CHUNK_ROWS], folder / f"chunk-{start // CHUNK_ROWS:05d}.npz")
+        for start in range(0, len(rows), CHUNK_ROWS)
+    ]
+    todo = [(chunk, target) for chunk, target in chunks if not target.is_file()]
+    done = len(rows) - sum(len(chunk) for chunk, _ in todo)
+    if todo:
+        logger.info("embedding %d of %d rows into %s", len(rows) - done, len(rows), folder)
+        with ProcessPoolExecutor(
+            max_workers=max(1, workers), initializer=_init_worker, initargs=(config,)
+        ) as pool:
+            futures = [
+                (len(chunk), pool.submit(_embed_chunk, config, chunk, target))
+                for chunk, target in todo
+            ]
+            for size, future in futures:
+                future.result()
+                done += size
+                if progress is not None:
+                    progress(done, len(rows))
+    return _load(rows, backbones, [target for _, target in chunks])
+
+
+def _load(
+    rows: Sequence[LabelledImage], backbones: Sequence[str], targets: Sequence[Path]
+) -> Features:
+    kept: list[LabelledImage] = []
+    embeddings: dict[str, list[NDArray[np.float32]]] = {name: [] for name in backbones}
+    mirrored: dict[str, list[NDArray[np.float32]]] = {name: [] for name in backbones}
+    for number, target in enumerate(targets):
+        with np.load(target) as data:
+            found = data["found"]
+            chunk = rows[number * CHUNK_ROWS : number * CHUNK_ROWS + len(found)]
+            kept.extend(row for row, hit in zip(chunk, found, strict=True) if hit)
+            if found.any():
+                for name in backbones:
+                    embeddings[name].append(data[name])
+                    mirrored[name].append(data[f"{name}__mirrored"])
+    missing = len(rows) - len(kept)
+    if missing:
+        logger.info("%d of %d rows had no usable face and are left out", missing, len(rows))
+    if not kept:
+        raise ValueError("no face was found in any labelled image: check --pad and the folder")
+    return Features(
+        rows=tuple(kept),
+        embeddings={name: np.concatenate(parts) for name, parts in embeddings.items()},
+        mirrored={name: np.concatenate(parts) for name, parts in mirrored.items()},
+    )
