@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from agelens.train.export import quantize_int8, write_onnx  # noqa: E402
-from agelens.train.heads import AGE_YEARS, HeadWeights, run_heads  # noqa: E402
+from agelens.train.export import quantize_int8, write_onnx
+from agelens.train.heads import AGE_YEARS, HeadWeights, run_heads
 
 
 def _heads(count: int, inputs: int, hidden: int, seed: int) -> tuple[HeadWeights, ...]:

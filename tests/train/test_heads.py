@@ -7,11 +7,12 @@ import pytest
 
 pytest.importorskip("torch")
 
-from agelens.models.heads import HeadsCalibration, piecewise  # noqa: E402
-from agelens.train.heads import (  # noqa: E402
+from agelens.models.heads import HeadsCalibration, piecewise
+from agelens.train.heads import (
     AGE_YEARS,
     TrainConfig,
     fit_calibration,
+    platt_scaling,
     run_heads,
     sample_weights,
     train_heads,
@@ -98,4 +99,18 @@ def test_too_few_folds_is_an_error() -> None:
 
 
 def test_age_years_grid() -> None:
-    assert AGE_YEARS[0] == 0 and AGE_YEARS[-1] == 100
+    assert AGE_YEARS[0] == 0
+    assert AGE_YEARS[-1] == 100
+
+
+def test_platt_scaling_stays_finite_on_separable_labels() -> None:
+    logit = np.array([-3.0, -2.0, -1.0, 1.0, 2.0, 3.0])
+    male = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    a, b = platt_scaling(logit, male)
+    assert np.isfinite([a, b]).all()
+    assert a > 1.0  # sharpened, since every sign is right
+    noisy = np.random.default_rng(0).normal(size=2000)
+    labels = (noisy + np.random.default_rng(1).normal(size=2000) * 2 > 0).astype(np.float64)
+    a, b = platt_scaling(noisy * 4, labels)  # over-confident logits get shrunk
+    assert 0.05 < a < 0.5
+    assert abs(b) < 0.2

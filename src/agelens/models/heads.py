@@ -81,6 +81,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sigmoid(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    """1 / (1 + exp(-z)) without overflow for large |z|."""
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64))))
+
+
 def piecewise(
     x: NDArray[np.float64], knots_x: Sequence[float], knots_y: Sequence[float]
 ) -> NDArray[np.float64]:
@@ -126,7 +131,7 @@ class HeadsCalibration:
 
     def male(self, logit: NDArray[np.float64]) -> NDArray[np.float64]:
         """Calibrated P(male) from the heads' gender logit."""
-        return np.asarray(1.0 / (1.0 + np.exp(-(self.gender_scale * logit + self.gender_bias))))
+        return sigmoid(self.gender_scale * logit + self.gender_bias)
 
     def half_width(self, age: NDArray[np.float64]) -> NDArray[np.float64]:
         """Half-width of the 80% interval at each reported age."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.models.heads import HeadsCalibration, piecewise
+from agelens.models.heads import HeadsCalibration, piecewise, sigmoid
 
 if TYPE_CHECKING:
     import torch
@@ -163,7 +163,10 @@ def _train_fold(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mean = x[train].mean(axis=0)
-    scale = x[train].std(axis=0) + 1e-6
+    # Dimensions nearly constant on the training rows (dead ReLUs of a backbone) must not blow
+    # up on other faces: no scale below a tenth of the typical one.
+    spread = x[train].std(axis=0)
+    scale = np.maximum(spread, 0.1 * float(spread.mean()) + 1e-6)
     xs = ((x - mean) / scale).astype(np.float32)
     ms = ((mirrored - mean) / scale).astype(np.float32)
     held = ~train
@@ -172,7 +175,9 @@ def _train_fold(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     train_index = np.flatnonzero(train)
-    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
+    # Small training sets get smaller batches, so that they still take ~10 steps an epoch.
+    batch_size = min(config.batch_size, max(16, len(train_index) // 10))
+    steps_per_epoch = math.ceil(len(train_index) / batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=config.learning_rate,
@@ -192,8 +197,8 @@ def _train_fold(
         network.train()
         order = rng.permutation(train_index)
         flip = rng.random(len(order)) < 0.5
-        for start in range(0, len(order), config.batch_size):
-            index = order[start : start + config.batch_size]
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
             batch = np.where(flip[start : start + len(index), None], ms[index], xs[index])
             out = network(torch.from_numpy(batch))
             log_p = torch.log_softmax(out[:, :AGE_CLASSES], dim=1)
@@ -273,6 +278,37 @@ def _bin_means(
     return centres, stats
 
 
+def platt_scaling(logit: FloatArray, male: FloatArray) -> tuple[float, float]:
+    """(a, b) minimising the log-loss of sigmoid(a * logit + b) against `male`: damped
+    Newton steps with backtracking, so separable or tiny sets cannot make it diverge."""
+
+    def loss(a: float, b: float) -> float:
+        z = a * logit + b
+        # log(1 + exp(-z)) for positives, log(1 + exp(z)) for negatives, computed stably.
+        return float(np.mean(np.logaddexp(0.0, np.where(male > 0.5, -z, z))))
+
+    a, b = 1.0, 0.0
+    current = loss(a, b)
+    for _ in range(50):
+        p = sigmoid(a * logit + b)
+        gradient = np.array([np.mean((p - male) * logit), np.mean(p - male)])
+        w = p * (1 - p) + 1e-6
+        hessian = np.array(
+            [[np.mean(w * logit * logit), np.mean(w * logit)], [np.mean(w * logit), np.mean(w)]]
+        )
+        step = np.linalg.solve(hessian + 1e-4 * np.eye(2), gradient)
+        scale = 1.0
+        while scale > 1e-4 and loss(a - scale * step[0], b - scale * step[1]) > current:
+            scale /= 2
+        if scale <= 1e-4:
+            break
+        a, b = a - scale * step[0], b - scale * step[1]
+        previous, current = current, loss(a, b)
+        if previous - current < 1e-10:
+            break
+    return float(a), float(b)
+
+
 def fit_calibration(
     raw_age: FloatArray, logit: FloatArray, ages: FloatArray, male: FloatArray, debias: float
 ) -> HeadsCalibration:
@@ -289,19 +325,7 @@ def fit_calibration(
         knots_x, knots_y = g_y, g_y + debias * (g_x - g_y)
     else:
         knots_x = knots_y = np.array([0.0, 100.0])
-    # Gender: Platt scaling by Newton's method on the log-loss.
-    a, b = 1.0, 0.0
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(a * logit + b)))
-        gradient = np.array([((p - male) * logit).sum(), (p - male).sum()])
-        w = p * (1 - p) + 1e-9
-        hessian = np.array(
-            [[(w * logit * logit).sum(), (w * logit).sum()], [(w * logit).sum(), w.sum()]]
-        )
-        step = np.linalg.solve(hessian + 1e-6 * np.eye(2), gradient)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-8:
-            break
+    a, b = platt_scaling(logit, male)
     # Interval: the 80% quantile of |error| in bins of the reported age, made monotone.
     reported = piecewise(raw_age, tuple(knots_x), tuple(knots_y))
     errors = np.abs(reported - ages)

@@ -1,0 +1,149 @@
+"""`agelens train` end to end: a labelled folder in, a model folder that loads by path out."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from agelens.cli import EXIT_USAGE, app
+from agelens.errors import ModelNotFetchedError
+from agelens.evaluate import scored_face
+from agelens.models.heads import HeadsEstimator, read_card
+from agelens.pipeline import Analyzer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def plumbing_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 variants of the astronaut portrait (crop, scale, brightness, mirror) with made-up
+    labels: enough rows to run every step of training, not to learn anything real."""
+    import skimage.data
+
+    folder = tmp_path_factory.mktemp("plumbing")
+    base = Image.fromarray(skimage.data.astronaut())
+    rng = np.random.default_rng(0)
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "age", "gender", "split"])
+        for index in range(120):
+            left, top = (int(v) for v in rng.integers(0, 60, 2))
+            image = base.crop((left, top, left + 440, top + 440)).resize((300, 300))
+            image = ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.7, 1.3)))
+            if index % 2:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            image.save(folder / f"{index:03d}.jpg", quality=85)
+            writer.writerow([f"{index:03d}.jpg", int(rng.integers(20, 70)), "FM"[index % 2], "dev"])
+    return folder
+
+
+def _train(folder: Path, out: Path, *extra: str) -> dict[str, object]:
+    result = runner.invoke(
+        app,
+        [
+            "train", str(folder), "--name", "plumbing", "--out", str(out), "--split", "dev",
+            "--backbones", "faceapi", "--folds", "2", "--epochs", "3", "--hidden", "16",
+            "--cache", str(out.parent / "cache"), *extra,
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    card: dict[str, object] = json.loads(result.stdout)
+    return card
+
+
+def test_train_writes_a_complete_model_folder(plumbing_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    card = _train(plumbing_folder, out)
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "card.json", "head.onnx"]
+    assert read_card(out) == card
+    assert card["backbones"] == ["faceapi"]
+    training = card["training"]
+    assert isinstance(training, dict)
+    assert training["rows"] == 120
+    assert training["faces_used"] == 120
+    assert training["command"].startswith("agelens train ")
+    assert "--backbones faceapi" in training["command"]
+    assert "UTKFace" not in (out / "MODEL_CARD.md").read_text()
+    # No staging folder is left behind.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_trained_folder_is_an_estimator(
+    plumbing_folder: Path, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    out = tmp_path / "model"
+    _train(plumbing_folder, out)
+    result = Analyzer("blazeface-full", str(out)).analyze(astronaut)
+    face = scored_face(result)
+    assert face is not None
+    assert 20 <= face.age_years <= 70  # the made-up labels' range
+    assert face.age_interval[0] <= face.age_years <= face.age_interval[1]
+    assert result.models["estimator"].startswith("plumbing (agelens-trained heads over faceapi")
+
+
+def test_int8_records_its_measured_change(plumbing_folder: Path, tmp_path: Path) -> None:
+    card = _train(plumbing_folder, tmp_path / "model", "--int8")
+    assert card["weights"] == "int8"
+    metrics = card["metrics"]
+    assert isinstance(metrics, dict)
+    change = metrics["int8"]
+    assert change["rows"] == 120
+    assert 0 <= change["mean_abs_age_change_years"] < 3
+    assert "## int8" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+
+
+def test_a_tampered_head_is_refused(plumbing_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    _train(plumbing_folder, out)
+    head = out / "head.onnx"
+    head.write_bytes(head.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelNotFetchedError, match="sha256"):
+        HeadsEstimator(out)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--backbones", "resnet"], "unknown backbones"),
+        (["--labels", "missing.csv"], "labels file not found"),
+        (["--split", "nothing"], "too few to train"),
+    ],
+)
+def test_usage_errors(
+    plumbing_folder: Path, tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    result = runner.invoke(
+        app, ["train", str(plumbing_folder), "--out", str(tmp_path / "m"), *arguments]
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.output
+
+
+def test_real_faces_train_a_head_that_reads_age(utkface_dir: Path, tmp_path: Path) -> None:
+    """400 UTKFace `dev` rows, face-api features: out of fold it must already read age and
+    gender far better than chance, and the card must carry UTKFace's terms."""
+    out = tmp_path / "utk"
+    result = runner.invoke(
+        app,
+        [
+            "train", str(utkface_dir), "--name", "utk-small", "--out", str(out),
+            "--split", "dev", "--limit", "400", "--pad", "0.5", "--backbones", "faceapi",
+            "--folds", "2", "--epochs", "15", "--cache", str(tmp_path / "cache"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    card = json.loads(result.stdout)
+    oof = card["metrics"]["out_of_fold"]["calibrated"]
+    assert oof["age_mae"] < 8.0
+    assert oof["gender_accuracy"] > 0.85
+    assert card["training"]["faces_used"] >= 390
+    notice = (out / "MODEL_CARD.md").read_text()
+    assert "non-commercial research only" in notice
