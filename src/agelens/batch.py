@@ -194,11 +194,11 @@ def check_inputs(inputs: Sequence[str | os.PathLike[str]]) -> None:
     if not inputs:
         raise BatchInputError("no inputs given; pass folders, files, globs or manifests")
     for raw in inputs:
-        text = os.fspath(raw)
+        text = os.path.expanduser(os.fspath(raw))
         if is_url(text) or Path(text).exists():
             continue
         if _GLOB_CHARACTERS & set(text):
-            if next(glob.iglob(os.path.expanduser(text), recursive=True), None) is None:
+            if next(glob.iglob(text, recursive=True), None) is None:
                 raise BatchInputError(f"{text}: the pattern matches no file")
             continue
         raise BatchInputError(f"{text}: no such file or folder")
@@ -225,6 +225,7 @@ def _expand_input(text: str) -> Iterator[str]:
     if is_url(text):
         yield text
         return
+    text = os.path.expanduser(text)
     path = Path(text)
     if path.is_dir():
         yield from _walk_images(path)
@@ -234,7 +235,7 @@ def _expand_input(text: str) -> Iterator[str]:
         else:
             yield text
     elif _GLOB_CHARACTERS & set(text):
-        for match in sorted(glob.iglob(os.path.expanduser(text), recursive=True)):
+        for match in sorted(glob.iglob(text, recursive=True)):
             if os.path.isdir(match):
                 yield from _walk_images(Path(match))
             elif Path(match).suffix.lower() in IMAGE_SUFFIXES:

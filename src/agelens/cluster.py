@@ -15,6 +15,7 @@ with `workers` actors; the paths must then be readable on its nodes (shared stor
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,11 @@ def iter_image_rows_ray(
         )
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
-        context = ray.data.DataContext.get_current()
+        with warnings.catch_warnings():
+            # Ray 2.60 warns about its own defaults (use_push_based_shuffle) while building
+            # the default context; nothing agelens sets, and an error under `-W error`.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.execution_options.preserve_order = True
         seen: set[str] = set()
@@ -92,9 +97,6 @@ def iter_image_rows_ray(
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=options.workers),
                 num_cpus=1,
-                # A restarted actor would need its constructor arguments again; a lost actor
-                # should fail the run instead (resume then redoes only the uncommitted images).
-                max_restarts=0,
                 fn_constructor_kwargs={"options": options, "done": done},
             )
             tables = mapped.iter_batches(batch_size=None, batch_format="pyarrow")
