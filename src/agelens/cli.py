@@ -271,6 +271,174 @@ def _write_drawing(draw: Path, name: str, many: bool, image: Any, result: Any) -
     logger.info("wrote %s", target)
 
 
+# ----------------------------------------------------------------------------- batch
+
+EXIT_INTERRUPTED = 130
+
+
+@app.command()
+def batch(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Folders (recursive), globs, manifests (.csv/.txt of paths or URLs), files, URLs."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output file; its suffix picks the format: .parquet, .csv, .jsonl.")
+    ],
+    resume: Annotated[
+        bool, typer.Option(help="Continue (or update) the run that wrote --out; skip done images.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    engine: Annotated[str, typer.Option(help="local, or ray (needs agelens[ray]).")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (e.g. ray://host:10001); default local.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decode threads and inference groups, or Ray actors.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per network run.")] = 16,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model per worker.")] = 1,
+    detector: Annotated[str, typer.Option(help="Detector name.")] = "blazeface-full",
+    estimator: Annotated[str, typer.Option(help="Estimator name.")] = "ensemble",
+    min_face: Annotated[float, typer.Option(help="Smallest face side, pixels.")] = 0.0,
+    max_faces: Annotated[int | None, typer.Option(help="Most faces per image.")] = None,
+    crops: Annotated[
+        Path | None, typer.Option(help="Save face crops here (JPEG, SHA256_FACEINDEX.jpg).")
+    ] = None,
+    chunk_size: Annotated[
+        int, typer.Option(help="Images per committed part (what a crash can cost at most).")
+    ] = 500,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+) -> None:
+    """Analyse a whole photo collection into one table (one row per face), resumably.
+
+    Exit codes: 0 done; 1 done, but some images gave error rows; 2 usage error (missing input,
+    existing output without --resume/--overwrite, unknown model or format, missing extra);
+    3 a model is missing; 130 interrupted (finished images are kept: run again with --resume).
+    """
+    import contextlib
+    import os
+
+    from agelens.batch import BatchOptions, count_sources, run_batch
+    from agelens.errors import BatchInputError, BatchOutputError, MissingExtraError
+
+    if engine not in ("local", "ray"):
+        raise _fail(f"--engine must be local or ray, not {engine!r}", EXIT_USAGE)
+    try:
+        options = BatchOptions(
+            detector=detector,
+            estimator=estimator,
+            min_face=min_face,
+            max_faces=max_faces,
+            batch_size=batch_size,
+            workers=workers or os.cpu_count() or 1,
+            threads=threads,
+            crops_dir=crops,
+            chunk_images=chunk_size,
+        )
+    except ValueError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    show_progress = not quiet and sys.stderr.isatty()
+    try:
+        with _BatchProgress(enabled=show_progress) as progress:
+            if show_progress:
+                with contextlib.suppress(BatchInputError):  # run_batch reports it
+                    progress.set_total(count_sources(inputs))
+            summary = run_batch(
+                inputs,
+                out,
+                options=options,
+                resume=resume,
+                overwrite=overwrite,
+                engine="ray" if engine == "ray" else "local",
+                address=address,
+                progress=progress.update,
+            )
+    except (BatchInputError, BatchOutputError, MissingExtraError, UnknownModelError) as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    except (ModelNotFetchedError, ModelFetchError) as error:
+        raise _fail(str(error), EXIT_MODEL) from error
+    except KeyboardInterrupt as error:
+        raise _fail(
+            f"interrupted; the images finished so far are kept in {out}.parts, run the same "
+            "command with --resume to continue",
+            EXIT_INTERRUPTED,
+        ) from error
+    if not quiet:
+        typer.echo(
+            f"{summary.images} images analysed ({summary.faces} faces, "
+            f"{summary.no_face_images} without a face, {summary.error_images} errors), "
+            f"{summary.skipped_images} already done, in {summary.seconds:.1f} s "
+            f"({summary.images_per_second:.1f} images/s) -> {summary.output}",
+            err=True,
+        )
+    if summary.error_images:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+class _BatchProgress:
+    """Rich progress for `agelens batch`: images and faces done, rate, ETA, errors so far."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.enabled = enabled
+        self.faces = self.errors = self.skipped = 0
+        self._progress = Progress(
+            TextColumn("images"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "{task.fields[faces]} faces · {task.fields[errors]} errors · "
+                "{task.fields[skipped]} already done · "
+                "{task.fields[rate]} img/s"
+            ),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            disable=not enabled,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            "batch", total=None, faces=0, errors=0, skipped=0, rate="-"
+        )
+
+    def __enter__(self) -> _BatchProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def set_total(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
+
+    def update(self, item: Any) -> None:
+        if not self.enabled:
+            return
+        self.faces += item.face_count
+        self.errors += item.status == "error"
+        self.skipped += item.skipped
+        speed = self._progress.tasks[0].speed
+        self._progress.update(
+            self._task,
+            advance=1,
+            faces=self.faces,
+            errors=self.errors,
+            skipped=self.skipped,
+            rate=f"{speed:.1f}" if speed else "-",
+        )
+
+
 # ----------------------------------------------------------------------------- eval
 
 

@@ -59,3 +59,17 @@ def require_extra(module: str, extra: str) -> None:
         raise MissingExtraError(
             f"{module!r} is not installed; run: pip install 'agelens[{extra}]'"
         ) from error
+
+
+class BatchInputError(AgelensError):
+    """A batch input (folder, glob, manifest or file given on the command line) does not exist,
+    matches nothing, or a manifest cannot be read."""
+
+    code = "batch_input_error"
+
+
+class BatchOutputError(AgelensError):
+    """The batch output cannot be written as asked: it exists already (pass --resume or
+    --overwrite), its suffix names no known format, or a resume would mix incompatible runs."""
+
+    code = "batch_output_error"

@@ -123,6 +123,19 @@ def load_image(
     return _decode_encoded_image(data, label=label, max_pixels=max_pixels)
 
 
+def read_image_file(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of the image file at `path`, read the way `load_image` reads a path.
+
+    For callers that need the bytes themselves (the batch runner hashes them) before decoding
+    them with `load_image(data, label=path)`. FIFOs, devices and folders are refused without
+    blocking. Raises ImageDecodeError (missing, unreadable, empty, not a regular file) or
+    ImageTooLargeError (over `max_bytes`).
+    """
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+    return _read_regular_file(os.fsdecode(path), max_bytes=max_bytes)
+
+
 def describe_source(source: ImageSource) -> str:
     """A short human label for `source`, for logs and results.
 

@@ -1,0 +1,5 @@
+"""`python -m agelens ...` runs the `agelens` command."""
+
+from agelens.cli import main
+
+main()

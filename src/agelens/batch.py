@@ -1,0 +1,857 @@
+"""Resumable batch analysis of photo collections: the engine behind `agelens batch`.
+
+Inputs are folders (searched recursively for image files), glob patterns, manifests (`.csv` or
+`.txt` listing paths or http(s) URLs) and single files or URLs. They are streamed, never listed
+in memory as a whole: `iter_sources` yields one path at a time.
+
+Each image becomes rows as `agelens.rows` defines them (one per face, one `no_face` row, or one
+`error` row). A bad image never stops the run.
+
+How the output is made, and why it survives a crash
+----------------------------------------------------
+Results are not written into OUT directly. They are committed, a few hundred images at a time,
+as Parquet part files in the folder `OUT.parts/` (`part-000000.parquet`, ...). A part is written
+under a temporary name, flushed to disk with fsync and then renamed, so a part file either exists
+whole or not at all, whenever the process dies (SIGKILL included). A part only ever holds whole
+images: all the rows of an image are committed together. `OUT.parts/settings.json` records the
+models and options the rows were made with.
+
+When every input is done, the parts are merged, in order, into a temporary file beside OUT (in
+the format its suffix names: `.parquet`, `.csv` or `.jsonl`), which is then renamed to OUT, and
+only then is `OUT.parts/` removed. The merge keeps, for each path, the rows of the last part that
+holds it; so an image is in the output exactly once even if it was committed twice (a crash
+between a rename and the bookkeeping after it) or re-analysed because its content changed.
+
+`--resume` (`resume=True`) reads the `path` and `content_sha256` columns of the committed parts
+and skips every image whose path is there with the same content hash (it is read and hashed
+again, which is cheap; it is not decoded). An image whose bytes changed is analysed again and
+its new rows replace the old ones. URLs are skipped by URL alone (hashing them would mean
+fetching them). Resuming a finished run (OUT exists, no parts folder) first turns OUT back into
+a part, so a folder that gained photos is brought up to date by analysing only the new ones.
+Without `resume` or `overwrite`, an existing OUT or `OUT.parts/` is an error. Resuming with other
+models or options than the parts were made with is refused.
+
+Overlap and memory
+------------------
+The local engine reads and decodes images in `workers` threads (Pillow, OpenCV, hashlib and
+ONNX Runtime release the GIL) a bounded window ahead of inference, which runs batched through
+`Analyzer.analyze_arrays` (itself split into `workers` groups run side by side). At most about
+`2 * batch_size + workers` decoded images and one uncommitted chunk of rows are held at a time,
+whatever the size of the collection. The Ray engine (`agelens.cluster`) feeds the same
+functions from Ray Data actors and commits through the same part store.
+
+Library API
+-----------
+- `run_batch(inputs, out, options=..., resume=..., engine=...) -> BatchSummary`: the whole
+  command, with a `progress` callback per image.
+- `iter_image_rows(sources, analyzer, options)`: rows per image (`ImageRows`) for an iterable of
+  paths or URLs, in input order, without any file output (for the jobs API and notebooks).
+- `iter_sources(inputs)`, `read_output(path)`, `output_format(path)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import dataclasses
+import glob
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from agelens.errors import (
+    AgelensError,
+    BatchInputError,
+    BatchOutputError,
+    MissingExtraError,
+    require_extra,
+)
+from agelens.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, read_image_file
+from agelens.models.backends import DEFAULT_DETECTOR, DEFAULT_ESTIMATOR
+from agelens.rows import COLUMN_NAMES, error_row, result_rows, rows_to_table, sha256_bytes
+
+if TYPE_CHECKING:
+    import pyarrow
+
+    from agelens.models.base import RGBImage
+    from agelens.pipeline import Analyzer
+
+logger = logging.getLogger(__name__)
+
+OutputFormat = Literal["parquet", "csv", "jsonl"]
+Engine = Literal["local", "ray"]
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
+)
+MANIFEST_SUFFIXES = frozenset({".csv", ".txt"})
+#: header names (case-insensitive) a CSV manifest's path column may have; else its first column
+MANIFEST_PATH_COLUMNS = ("path", "file", "filename", "url", "image", "uri")
+_OUTPUT_SUFFIXES: dict[str, OutputFormat] = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_GLOB_CHARACTERS = frozenset("*?[")
+_SETTINGS_FILE = "settings.json"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """How a batch run analyses and commits. Defaults suit a laptop.
+
+    `workers`: decode threads and inference groups (local engine) or Ray actors. `threads`:
+    ONNX Runtime threads per model per worker. `chunk_images` / `chunk_seconds`: a part is
+    committed after that many images or seconds, whichever comes first (what a crash can cost).
+    `url_allow_networks`: networks exempt from the public-address rule for manifest URLs.
+    """
+
+    detector: str = DEFAULT_DETECTOR
+    estimator: str = DEFAULT_ESTIMATOR
+    min_face: float = 0.0
+    max_faces: int | None = None
+    batch_size: int = 16
+    workers: int = 1
+    threads: int | None = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    crops_dir: Path | None = None
+    chunk_images: int = 500
+    chunk_seconds: float = 60.0
+    url_timeout_seconds: float = 30.0
+    url_allow_networks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers", "chunk_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRows:
+    """The rows of one input image, or `skipped=True` (done in an earlier run, no rows)."""
+
+    path: str
+    content_sha256: str | None
+    rows: tuple[dict[str, Any], ...]
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        """`skipped`, or the rows' status: `face`, `no_face` or `error`."""
+        return "skipped" if self.skipped else str(self.rows[0]["status"])
+
+    @property
+    def face_count(self) -> int:
+        """Faces found in the image (0 for no_face, error and skipped)."""
+        return sum(1 for row in self.rows if row["status"] == "face")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """What a `run_batch` call did. `images` counts the images analysed in this call (not the
+    `skipped` ones done before); `no_face_images` and `error_images` are among them."""
+
+    output: Path
+    images: int
+    faces: int
+    no_face_images: int
+    error_images: int
+    skipped_images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        """Images analysed per second of wall time (0 when nothing was analysed)."""
+        return self.images / self.seconds if self.images and self.seconds > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def is_url(source: str) -> bool:
+    """True for http(s) URLs (fetched), false for everything else (a local path)."""
+    return source.lower().startswith(("http://", "https://"))
+
+
+def check_inputs(inputs: Sequence[str | os.PathLike[str]]) -> None:
+    """Raise BatchInputError naming the first input that is no file, folder, URL or matching
+    glob (checked before a long run starts, not in the middle of it)."""
+    if not inputs:
+        raise BatchInputError("no inputs given; pass folders, files, globs or manifests")
+    for raw in inputs:
+        text = os.path.expanduser(os.fspath(raw))
+        if is_url(text) or Path(text).exists():
+            continue
+        if _GLOB_CHARACTERS & set(text):
+            if next(glob.iglob(text, recursive=True), None) is None:
+                raise BatchInputError(f"{text}: the pattern matches no file")
+            continue
+        raise BatchInputError(f"{text}: no such file or folder")
+
+
+def iter_sources(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
+    """Every image path or URL the inputs name, once each, in a stable order.
+
+    Folders are walked recursively in sorted order and give their files with an image suffix
+    (IMAGE_SUFFIXES: .jpg, .png, .webp, .heic, ...); globs (`**` recurses) give their matches
+    in sorted order; `.csv` / `.txt` files are manifests (see `iter_manifest`); any other file
+    or URL is itself a source.
+    Raises BatchInputError for an input that does not exist (see `check_inputs`).
+    """
+    seen: set[str] = set()
+    for raw in inputs:
+        for source in _expand_input(os.fspath(raw)):
+            if source not in seen:
+                seen.add(source)
+                yield source
+
+
+def _expand_input(text: str) -> Iterator[str]:
+    if is_url(text):
+        yield text
+        return
+    text = os.path.expanduser(text)
+    path = Path(text)
+    if path.is_dir():
+        yield from _walk_images(path)
+    elif path.is_file():
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            yield from iter_manifest(path)
+        else:
+            yield text
+    elif _GLOB_CHARACTERS & set(text):
+        for match in sorted(glob.iglob(text, recursive=True)):
+            if os.path.isdir(match):
+                yield from _walk_images(Path(match))
+            elif Path(match).suffix.lower() in IMAGE_SUFFIXES:
+                yield match
+    else:
+        raise BatchInputError(f"{text}: no such file or folder")
+
+
+def _walk_images(folder: Path) -> Iterator[str]:
+    for root, folders, files in os.walk(folder):
+        folders.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield os.path.join(root, name)
+
+
+def iter_manifest(manifest: Path) -> Iterator[str]:
+    """The paths and URLs a manifest lists.
+
+    A `.txt` manifest has one per line (blank lines and lines starting with `#` are skipped). A
+    `.csv` manifest uses the column named one of MANIFEST_PATH_COLUMNS (path, file, url, ...)
+    when its header has one, else its first column (and then a first row that names no existing
+    file is a header).
+    Relative paths are relative to the manifest's folder. Raises BatchInputError when the
+    manifest cannot be read.
+    """
+    base = manifest.parent
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as file:
+            if manifest.suffix.lower() == ".csv":
+                entries: Iterator[str] = _csv_manifest_entries(csv.reader(file), base)
+            else:
+                entries = (
+                    line.strip()
+                    for line in file
+                    if line.strip() and not line.lstrip().startswith("#")
+                )
+            for entry in entries:
+                yield entry if is_url(entry) else str(base / os.path.expanduser(entry))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise BatchInputError(f"cannot read the manifest {manifest}: {error}") from error
+
+
+def _csv_manifest_entries(reader: Iterator[list[str]], base: Path) -> Iterator[str]:
+    header = next(reader, None)
+    if header is None:
+        return
+    lowered = [name.strip().lower() for name in header]
+    column = next((lowered.index(n) for n in MANIFEST_PATH_COLUMNS if n in lowered), None)
+    if column is None:
+        column = 0
+        first = header[0].strip() if header else ""
+        if first and (is_url(first) or (base / first).exists()):
+            yield first
+    for record in reader:
+        if len(record) > column and record[column].strip():
+            yield record[column].strip()
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedImage:
+    """One source after reading: the decoded image, or the error, or skipped."""
+
+    path: str
+    content_sha256: str | None
+    image: RGBImage | None = None
+    error: tuple[str, str] | None = None
+    skipped: bool = False
+
+
+class SourceLoader:
+    """Reads, hashes and decodes sources (thread-safe; one per run or per Ray actor).
+
+    `done` maps paths committed earlier to their content hash: such a source with the same
+    hash comes back `skipped` without being decoded.
+    """
+
+    def __init__(self, options: BatchOptions, done: dict[str, str | None] | None = None) -> None:
+        self.options = options
+        self.done = done or {}
+        self._fetcher: Any = None
+        self._fetcher_lock = threading.Lock()
+
+    def load(self, path: str) -> LoadedImage:
+        """Never raises for a bad source: its error is in the result."""
+        try:
+            if is_url(path):
+                if path in self.done:
+                    return LoadedImage(path, self.done[path], skipped=True)
+                data = self._fetch(path)
+            else:
+                data = read_image_file(path, max_bytes=self.options.max_bytes)
+        except AgelensError as error:
+            return self._failed(path, None, error)
+        content_sha256 = sha256_bytes(data)
+        if path in self.done and self.done[path] == content_sha256:
+            return LoadedImage(path, content_sha256, skipped=True)
+        try:
+            image = load_image(data, max_pixels=self.options.max_pixels, label=path)
+        except AgelensError as error:
+            return LoadedImage(path, content_sha256, error=(type(error).__name__, str(error)))
+        except MemoryError:
+            raise
+        except Exception as error:  # a decoder bug must cost one row, not the run
+            logger.exception("%s: unexpected error while decoding", path)
+            return LoadedImage(path, content_sha256, error=(type(error).__name__, str(error)))
+        return LoadedImage(path, content_sha256, image=image)
+
+    def _failed(self, path: str, content_sha256: str | None, error: Exception) -> LoadedImage:
+        # An unreadable file has no hash; done with hash None means it failed the same way.
+        if path in self.done and self.done[path] is None and content_sha256 is None:
+            return LoadedImage(path, None, skipped=True)
+        return LoadedImage(path, content_sha256, error=(type(error).__name__, str(error)))
+
+    def _fetch(self, url: str) -> bytes:
+        with self._fetcher_lock:
+            if self._fetcher is None:
+                try:
+                    require_extra("httpx", "server")
+                except MissingExtraError as error:
+                    raise MissingExtraError(
+                        f"fetching URLs from a manifest needs httpx; {error}"
+                    ) from error
+                from agelens.server.urlfetch import UrlFetcher
+
+                self._fetcher = UrlFetcher(
+                    max_bytes=self.options.max_bytes,
+                    timeout_seconds=self.options.url_timeout_seconds,
+                    allow_networks=self.options.url_allow_networks,
+                )
+            fetcher = self._fetcher
+        fetched = asyncio.run(fetcher.fetch(url))
+        return bytes(fetched.data)
+
+
+def create_analyzer(options: BatchOptions, *, workers: int | None = None) -> Analyzer:
+    """The Analyzer a batch run uses (models load here; ModelNotFetchedError when missing)."""
+    from agelens.pipeline import Analyzer
+
+    return Analyzer(
+        options.detector,
+        options.estimator,
+        threads=options.threads,
+        workers=workers or options.workers,
+        max_pixels=options.max_pixels,
+    )
+
+
+def analyze_loaded(
+    analyzer: Analyzer, loaded: Sequence[LoadedImage], options: BatchOptions
+) -> list[ImageRows]:
+    """Rows for loaded sources, in order: one batched network run for all decoded images.
+
+    If the batched run fails, each image is run alone so that only the culprit gets an error
+    row. Face crops are saved when `options.crops_dir` is set.
+    """
+    decoded = [item for item in loaded if item.image is not None]
+    outcomes: dict[int, Any] = {}
+    if decoded:
+        images = [item.image for item in decoded if item.image is not None]
+        try:
+            results: Sequence[Any] = analyzer.analyze_arrays(
+                images, min_face=options.min_face, max_faces=options.max_faces
+            )
+        except MemoryError:
+            raise
+        except Exception:
+            logger.warning("a batch failed; analysing its %d images one by one", len(images))
+            results = [_analyze_alone(analyzer, image, options) for image in images]
+        outcomes = {id(item): result for item, result in zip(decoded, results, strict=True)}
+    output = []
+    for item in loaded:
+        if item.skipped:
+            output.append(ImageRows(item.path, item.content_sha256, (), skipped=True))
+        elif item.error is not None:
+            row = error_row(item.path, item.content_sha256, item.error)
+            output.append(ImageRows(item.path, item.content_sha256, (row,)))
+        else:
+            outcome = outcomes[id(item)]
+            if isinstance(outcome, Exception):
+                rows = [error_row(item.path, item.content_sha256, outcome)]
+            else:
+                rows = result_rows(item.path, item.content_sha256, outcome)
+                if options.crops_dir is not None and item.image is not None:
+                    save_crops(options.crops_dir, item.content_sha256 or "", item.image, rows)
+            output.append(ImageRows(item.path, item.content_sha256, tuple(rows)))
+    return output
+
+
+def _analyze_alone(analyzer: Analyzer, image: RGBImage, options: BatchOptions) -> Any:
+    try:
+        return analyzer.analyze_arrays(
+            [image], min_face=options.min_face, max_faces=options.max_faces
+        )[0]
+    except MemoryError:
+        raise
+    except Exception as error:
+        logger.exception("analysis failed for one image")
+        return error
+
+
+def crop_name(content_sha256: str, face_index: int) -> str:
+    """File name of a face crop: the same image content always gives the same names."""
+    return f"{content_sha256}_{face_index}.jpg"
+
+
+def save_crops(
+    folder: Path, content_sha256: str, image: RGBImage, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Save each face row's box (clipped to the image) as a JPEG in `folder`, atomically."""
+    from agelens.imaging import encode_jpeg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    height, width = image.shape[:2]
+    for row in rows:
+        if row["status"] != "face":
+            continue
+        x1 = min(max(int(row["box_x1_px"]), 0), width - 1)
+        y1 = min(max(int(row["box_y1_px"]), 0), height - 1)
+        x2 = min(max(round(row["box_x2_px"]), x1 + 1), width)
+        y2 = min(max(round(row["box_y2_px"]), y1 + 1), height)
+        target = folder / crop_name(content_sha256, int(row["face_index"]))
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(encode_jpeg(image[y1:y2, x1:x2]))
+        os.replace(temporary, target)
+
+
+def iter_image_rows(
+    sources: Iterable[str],
+    analyzer: Analyzer,
+    options: BatchOptions,
+    *,
+    done: dict[str, str | None] | None = None,
+) -> Iterator[ImageRows]:
+    """Rows for each source, in input order, decoding ahead of inference in `options.workers`
+    threads. Sources in `done` with an unchanged content hash come back `skipped`.
+
+    Memory is bounded by the read-ahead window, whatever the number of sources. Closing the
+    iterator early stops the decode threads.
+    """
+    loader = SourceLoader(options, done)
+    ahead = 2 * options.batch_size + options.workers
+    pool = ThreadPoolExecutor(options.workers, thread_name_prefix="agelens-decode")
+    window: deque[Future[LoadedImage]] = deque()
+    batch: list[LoadedImage] = []
+    try:
+        for source in sources:
+            window.append(pool.submit(loader.load, source))
+            while len(window) >= ahead:
+                batch.append(window.popleft().result())
+                if len(batch) >= options.batch_size:
+                    yield from analyze_loaded(analyzer, batch, options)
+                    batch = []
+        while window:
+            batch.append(window.popleft().result())
+            if len(batch) >= options.batch_size:
+                yield from analyze_loaded(analyzer, batch, options)
+                batch = []
+        if batch:
+            yield from analyze_loaded(analyzer, batch, options)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def output_format(out: str | os.PathLike[str]) -> OutputFormat:
+    """The format OUT's suffix names; BatchOutputError for any other suffix."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in _OUTPUT_SUFFIXES:
+        raise BatchOutputError(
+            f"{out}: cannot tell the output format from the suffix {suffix!r}; end the file "
+            "name in .parquet, .csv or .jsonl"
+        )
+    return _OUTPUT_SUFFIXES[suffix]
+
+
+def parts_folder(out: str | os.PathLike[str]) -> Path:
+    """Where the committed parts of OUT live until the final merge: `OUT.parts/`."""
+    path = Path(out)
+    return path.with_name(path.name + ".parts")
+
+
+def read_output(path: str | os.PathLike[str]) -> pyarrow.Table:
+    """A batch output (Parquet, CSV or JSONL) as an Arrow table with the rows' schema."""
+    import pyarrow as pa
+
+    return pa.Table.from_batches(list(_iter_output_batches(Path(path))), schema=_schema())
+
+
+def _schema() -> pyarrow.Schema:
+    from agelens.rows import arrow_schema
+
+    return arrow_schema()
+
+
+def _iter_output_batches(path: Path) -> Iterator[pyarrow.RecordBatch]:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    schema = _schema()
+    fmt = output_format(path)
+    if fmt == "parquet":
+        yield from (b.cast(schema) for b in pq.ParquetFile(path).iter_batches(batch_size=8192))
+    elif fmt == "csv":
+        options = pa_csv.ConvertOptions(
+            column_types=schema, strings_can_be_null=True, include_columns=list(COLUMN_NAMES)
+        )
+        with pa_csv.open_csv(path, convert_options=options) as reader:
+            for record_batch in reader:
+                yield record_batch.cast(schema)
+    else:
+        with path.open(encoding="utf-8") as file:
+            chunk: list[dict[str, Any]] = []
+            for line in file:
+                if line.strip():
+                    chunk.append(json.loads(line))
+                if len(chunk) >= 8192:
+                    yield from pa.Table.from_pylist(chunk, schema=schema).to_batches()
+                    chunk = []
+            if chunk:
+                yield from pa.Table.from_pylist(chunk, schema=schema).to_batches()
+
+
+class _OutputWriter:
+    """Writes Arrow tables to a Parquet, CSV or JSONL file, streaming."""
+
+    def __init__(self, path: Path, fmt: OutputFormat) -> None:
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        self.fmt = fmt
+        self._parquet: Any = None
+        self._csv: Any = None
+        self._jsonl: Any = None
+        if fmt == "parquet":
+            self._parquet = pq.ParquetWriter(path, _schema())
+        elif fmt == "csv":
+            self._csv = pa_csv.CSVWriter(path, _schema())
+        else:
+            self._jsonl = path.open("w", encoding="utf-8")
+
+    def write(self, table: pyarrow.Table) -> None:
+        if self._parquet is not None:
+            self._parquet.write_table(table)
+        elif self._csv is not None:
+            self._csv.write_table(table)
+        else:
+            for row in table.to_pylist():
+                self._jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        for handle in (self._parquet, self._csv, self._jsonl):
+            if handle is not None:
+                handle.close()
+
+
+def _fsync_path(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """Write via `write(temporary)` beside `target`, fsync, rename over `target`, fsync the
+    folder: `target` then holds either nothing new or the whole new content."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        _fsync_path(temporary)
+        os.replace(temporary, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    with contextlib.suppress(OSError):  # not every platform can fsync a directory
+        _fsync_path(target.parent)
+
+
+class PartStore:
+    """The committed parts of one output, in `OUT.parts/` (see the module docstring)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.folder = parts_folder(out)
+
+    def part_files(self) -> list[Path]:
+        """Committed parts, in commit order (temporary files are not parts)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def open(self, settings: dict[str, Any]) -> None:
+        """Create the folder (or check an existing one was made with the same settings), and
+        remove temporary files a killed run left behind."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.folder.glob(".*.tmp"):
+            leftover.unlink()
+        settings_path = self.folder / _SETTINGS_FILE
+        if settings_path.is_file():
+            recorded = json.loads(settings_path.read_text())
+            differences = [
+                f"{key} {recorded.get(key)!r} (now {value!r})"
+                for key, value in settings.items()
+                if recorded.get(key) != value
+            ]
+            if differences:
+                raise BatchOutputError(
+                    f"{self.folder} was made with other settings: {'; '.join(differences)}. "
+                    "Resume with the same --detector/--estimator/--min-face/--max-faces, or "
+                    "start again with --overwrite"
+                )
+        else:
+            _write_atomically(
+                settings_path, lambda p: p.write_text(json.dumps(settings, indent=2) + "\n")
+            )
+
+    def seed_from_output(self, fmt: OutputFormat, settings: dict[str, Any]) -> None:
+        """Turn a finished OUT back into part 0, so that resuming it adds only new images."""
+        import pyarrow.parquet as pq
+
+        models = {"detector": settings["detector"], "estimator": settings["estimator"]}
+        for batch in _iter_output_batches(self.out):
+            for column, expected in models.items():
+                found = {v for v in batch.column(column).to_pylist() if v is not None}
+                if found - {expected}:
+                    raise BatchOutputError(
+                        f"{self.out} holds rows made with {column} {sorted(found)[0]!r}, not "
+                        f"{expected!r}; resume with the same models, or use --overwrite"
+                    )
+
+        def write(temporary: Path) -> None:
+            with pq.ParquetWriter(temporary, _schema()) as writer:
+                for batch in _iter_output_batches(self.out):
+                    writer.write_batch(batch)
+
+        self.open(settings)
+        _write_atomically(self.folder / "part-000000.parquet", write)
+
+    def index(self) -> dict[str, str | None]:
+        """path -> content hash of every committed image (the last part holding it wins)."""
+        import pyarrow.parquet as pq
+
+        done: dict[str, str | None] = {}
+        for part in self.part_files():
+            table = pq.read_table(part, columns=["path", "content_sha256"])
+            done.update(
+                zip(
+                    table.column("path").to_pylist(),
+                    table.column("content_sha256").to_pylist(),
+                    strict=True,
+                )
+            )
+        return done
+
+    def commit(self, rows: Sequence[dict[str, Any]]) -> Path:
+        """Write rows (whole images only) as the next part, atomically."""
+        import pyarrow.parquet as pq
+
+        existing = self.part_files()
+        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        target = self.folder / f"part-{number:06d}.parquet"
+        table = rows_to_table(rows)
+        _write_atomically(target, lambda p: pq.write_table(table, p))
+        return target
+
+    def merge(self, fmt: OutputFormat) -> None:
+        """Write every committed image once (its rows from the last part holding it) into OUT,
+        atomically, in part order."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        parts = self.part_files()
+        last_part: dict[str, int] = {}
+        for number, part in enumerate(parts):
+            paths = pq.read_table(part, columns=["path"]).column("path").to_pylist()
+            last_part.update(dict.fromkeys(paths, number))
+
+        def write(temporary: Path) -> None:
+            writer = _OutputWriter(temporary, fmt)
+            try:
+                if not parts:
+                    writer.write(rows_to_table([]))
+                for number, part in enumerate(parts):
+                    table = pq.read_table(part, schema=_schema())
+                    keep = [last_part[p] == number for p in table.column("path").to_pylist()]
+                    writer.write(table.filter(pa.array(keep, type=pa.bool_())))
+            finally:
+                writer.close()
+
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.out, write)
+
+    def remove(self) -> None:
+        """Delete the parts folder (after a merge, or for --overwrite)."""
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_batch(
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    options: BatchOptions | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    engine: Engine = "local",
+    address: str | None = None,
+    analyzer: Analyzer | None = None,
+    progress: Callable[[ImageRows], None] | None = None,
+) -> BatchSummary:
+    """Analyse every image the inputs name into OUT (format by suffix), resumably.
+
+    `analyzer` (local engine only) replaces the one built from `options`. `progress` is called
+    once per source, in the main thread, skipped ones included. Raises BatchInputError (an input
+    does not exist), BatchOutputError (OUT exists without resume/overwrite, unknown suffix,
+    settings differ from the run being resumed), ModelNotFetchedError / UnknownModelError, and
+    MissingExtraError for `engine="ray"` without ray. KeyboardInterrupt commits the images
+    finished so far before it propagates; resume then continues from there.
+    """
+    options = options or BatchOptions()
+    started = time.perf_counter()
+    out_path = Path(os.path.expanduser(os.fspath(out)))
+    fmt = output_format(out_path)
+    if resume and overwrite:
+        raise BatchOutputError("--resume and --overwrite exclude each other; pass one")
+    check_inputs(inputs)
+    store = PartStore(out_path)
+    if not resume and not overwrite and (out_path.exists() or store.folder.exists()):
+        existing = out_path if out_path.exists() else store.folder
+        raise BatchOutputError(
+            f"{existing} exists; pass --resume to continue (or update) that run, or "
+            "--overwrite to start again"
+        )
+    if engine == "ray":
+        require_extra("ray", "ray")
+    elif engine != "local":
+        raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
+    if analyzer is None:
+        # On the Ray engine this loads the models once on the driver too: missing models fail
+        # here, before a cluster is started, and the settings get the estimator's version.
+        analyzer = create_analyzer(options, workers=options.workers if engine == "local" else 1)
+    settings = {
+        "detector": analyzer.models["detector"],
+        "estimator": analyzer.models["estimator"],
+        "min_face": options.min_face,
+        "max_faces": options.max_faces,
+        "max_pixels": options.max_pixels,
+    }
+    if overwrite:
+        store.remove()
+        with contextlib.suppress(FileNotFoundError):
+            out_path.unlink()
+    if resume and out_path.exists() and not store.folder.exists():
+        store.seed_from_output(fmt, settings)
+    store.open(settings)
+    done = store.index() if resume else {}
+    sources = iter_sources(inputs)
+    if engine == "ray":
+        from agelens.cluster import iter_image_rows_ray
+
+        items = iter_image_rows_ray(sources, options, done=done, address=address)
+    else:
+        items = iter_image_rows(sources, analyzer, options, done=done)
+    counts = _commit_all(items, store, options, progress)
+    store.merge(fmt)
+    store.remove()
+    return dataclasses.replace(counts, output=out_path, seconds=time.perf_counter() - started)
+
+
+def _commit_all(
+    items: Iterator[ImageRows],
+    store: PartStore,
+    options: BatchOptions,
+    progress: Callable[[ImageRows], None] | None,
+) -> BatchSummary:
+    images = faces = no_face = errors = skipped = 0
+    pending: list[dict[str, Any]] = []
+    pending_images = 0
+    last_commit = time.monotonic()
+    try:
+        for item in items:
+            if item.skipped:
+                skipped += 1
+            else:
+                images += 1
+                faces += item.face_count
+                no_face += item.status == "no_face"
+                errors += item.status == "error"
+                pending.extend(item.rows)
+                pending_images += 1
+            if pending_images >= options.chunk_images or (
+                pending and time.monotonic() - last_commit >= options.chunk_seconds
+            ):
+                store.commit(pending)
+                pending, pending_images, last_commit = [], 0, time.monotonic()
+            if progress is not None:
+                progress(item)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+        if pending:  # whole images only, so they are safe to keep even when the run failed
+            store.commit(pending)
+    return BatchSummary(Path(), images, faces, no_face, errors, skipped, 0.0)
+
+
+def count_sources(inputs: Sequence[str | os.PathLike[str]]) -> int:
+    """How many sources the inputs name (one pass over folders and manifests, for progress)."""
+    return sum(1 for _ in iter_sources(inputs))
