@@ -439,6 +439,53 @@ class _BatchProgress:
         )
 
 
+# ----------------------------------------------------------------------------- report
+
+
+@app.command("report")
+def report_command(
+    results: Annotated[
+        Path, typer.Argument(help="Results file: .parquet, .csv or .jsonl (agelens.rows columns).")
+    ],
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML report here (agelens[report])."),
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Write each plot as a PNG into this folder.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report's figures as JSON.")
+    ] = False,
+) -> None:
+    """Summarise a results file: faces per image, apparent age by estimated gender, detection
+    scores, face sizes and errors, as an HTML page, PNGs and/or JSON."""
+    from agelens.errors import MissingExtraError, ResultsFileError, require_extra
+    from agelens.report.batch_html import read_results, summary_json, write_report
+
+    if html is None and png is None and not as_json:
+        raise _fail("nothing to do: give --html FILE, --png DIR and/or --json", EXIT_USAGE)
+    if html is not None or png is not None:
+        try:
+            require_extra("matplotlib", "report")
+        except MissingExtraError as error:
+            raise _fail(str(error), EXIT_USAGE) from error
+    try:
+        table = read_results(results)
+    except ResultsFileError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    summary = write_report(table, html_path=html, png_dir=png, source=str(results))
+    if as_json:
+        typer.echo(summary_json(summary))
+    else:
+        typer.echo(
+            f"{summary['images']} images, {summary['faces']} faces, "
+            f"{summary['images_failed']} errors"
+            + (f"; wrote {html}" if html is not None else "")
+            + (f"; PNGs in {png}" if png is not None else "")
+        )
+
+
 # ----------------------------------------------------------------------------- eval
 
 
@@ -600,7 +647,7 @@ def train_command(
         typer.Option(help="Terms of the training data, written to the model card."),
     ] = None,
 ) -> None:
-    """Train age and gender heads on a labelled folder (extra agelens[train]: PyTorch).
+    """Train age and gender heads on a labelled folder (needs the `train` extra: PyTorch).
 
     Embeds every face once with the chosen backbones (cached, resumable), trains one head per
     fold with early stopping, calibrates on the out-of-fold predictions, exports ONNX and

@@ -43,6 +43,13 @@ class UnknownModelError(AgelensError, KeyError):
         return str(self.args[0]) if self.args else self.code
 
 
+class ResultsFileError(AgelensError):
+    """A results file (Parquet, CSV or JSONL of agelens.rows) is missing, unreadable or lacks
+    the columns of agelens.rows."""
+
+    code = "results_file_error"
+
+
 class MissingExtraError(AgelensError, ImportError):
     """An optional dependency group is not installed; the message names the pip command."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,13 @@ def model_pool() -> ModelPool:
 
 
 @pytest.fixture
-def make_client(model_pool: ModelPool) -> Iterator[ClientFactory]:
-    """Build a TestClient (lifespan running) for an app with the given settings fields."""
+def make_client(model_pool: ModelPool, tmp_path: Path) -> Iterator[ClientFactory]:
+    """Build a TestClient (lifespan running) for an app with the given settings fields; the
+    service's data folder (the jobs database) is a temporary one unless `data_dir` is given."""
     clients: list[TestClient] = []
 
     def factory(**settings: Any) -> TestClient:
+        settings.setdefault("data_dir", tmp_path / "agelens-data")
         client = TestClient(create_app(Settings(**settings), pool=model_pool))
         client.__enter__()
         clients.append(client)

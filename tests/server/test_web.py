@@ -14,6 +14,7 @@ import json
 import re
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -479,3 +480,55 @@ def test_keys_and_no_examples(browser: Browser, model_pool: ModelPool, photos: P
         assert sent.value.headers.get("x-api-key") == "s3cret-key"
         wait_for_faces(page, photos.count)
         assert page.evaluate("localStorage.getItem('agelens.apiKey')") == "s3cret-key"
+
+
+# ------------------------------------------------------------------ the jobs panel
+
+
+@pytest.fixture(scope="module")
+def jobs_base_url(
+    photos: Photos, model_pool: ModelPool, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A server whose jobs may fetch from loopback: its own example photos are the URLs."""
+    settings = Settings(
+        examples_dir=photos.examples,
+        data_dir=tmp_path_factory.mktemp("agelens-data"),
+        url_allow_networks=["127.0.0.1/32"],
+    )
+    with serve(settings, model_pool) as url:
+        yield url
+
+
+def test_jobs_panel_runs_url_and_zip_jobs_and_opens_the_report(
+    browser: Browser, jobs_base_url: str, photos: Photos, tmp_path: Path
+) -> None:
+    names = photos.example_names()
+    urls = [f"{jobs_base_url}/v1/examples/{name}" for name in names]
+    with open_page(browser, jobs_base_url) as page:
+        page.fill("#job-urls", "\n".join([*urls, f"{jobs_base_url}/v1/examples/absent.jpg"]))
+        page.click("#job-form button[type=submit]")
+        job = page.locator("#jobs li").first
+        total = len(urls) + 1
+        expect(job.locator(".job-status")).to_contain_text(f"done: {total} of {total} images")
+        expect(job.locator(".job-status")).to_contain_text("1 error")
+        expect(job.locator(".job-links")).to_be_visible()
+        with page.context.expect_page() as opened:
+            job.get_by_role("link", name="Report").click()
+        report = opened.value
+        expect(report.locator("h1")).to_contain_text("agelens job")
+        expect(report.locator("#errors")).to_contain_text("absent.jpg")
+        assert report.locator("svg").count() == 6
+        report.close()
+
+        archive = tmp_path / "photos.zip"
+        with zipfile.ZipFile(archive, "w") as bundle:
+            bundle.write(photos.women, "group/women.jpg")
+            bundle.writestr("readme.txt", "not a photo")
+        page.set_input_files("#job-zip", str(archive))
+        page.click("#job-form button[type=submit]")
+        zipped = page.locator("#jobs li").first
+        expect(zipped).to_contain_text("zip · 2 images")
+        expect(zipped.locator(".job-status")).to_contain_text(
+            f"done: 2 of 2 images · {photos.count} face"
+        )
+        screenshot(page, "jobs-panel.png")

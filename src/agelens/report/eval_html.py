@@ -6,29 +6,17 @@ an issue. Needs the `report` extra (matplotlib).
 from __future__ import annotations
 
 import datetime as _dt
-import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agelens.report import plots
-
-_CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
-       max-width: 1100px; margin: 2rem auto; padding: 0 1rem; }
-h1 { font-size: 1.5rem; margin-bottom: .2rem; }
-h2 { font-size: 1.15rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
-table { border-collapse: collapse; margin: .6rem 0; }
-th, td { padding: .2rem .7rem; border-bottom: 1px solid #eee; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-table.run td, table.run th { text-align: left; }
-code { background: #f4f4f4; padding: .1rem .3rem; border-radius: 3px; word-break: break-all; }
-.plots { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
-.plots figure { margin: 0; }
-.plots svg { max-width: 100%; height: auto; }
-.note, .empty { color: #666; }
-footer { margin-top: 3rem; color: #888; font-size: 12px; }
-"""
+from agelens.report.html import CSS as _CSS
+from agelens.report.html import empty as _empty
+from agelens.report.html import esc as _esc
+from agelens.report.html import figure as _figure
+from agelens.report.html import num as _num
+from agelens.report.html import table as _table
 
 SECTIONS = (
     ("summary", "Headline metrics"),
@@ -39,37 +27,6 @@ SECTIONS = (
     ("interval-calibration", "Age interval calibration"),
     ("gender-calibration", "Gender probability calibration"),
 )
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: Any, kind: str = "float") -> str:
-    if value is None:
-        return "–"
-    if kind == "pct":
-        return f"{100 * float(value):.1f}%"
-    if kind == "int":
-        return f"{int(value)}"
-    if kind == "signed":
-        return f"{float(value):+.2f}"
-    return f"{float(value):.2f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], css: str = "") -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    klass = f' class="{css}"' if css else ""
-    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption class='note'>{_esc(caption)}</figcaption></figure>"
-
-
-def _empty(text: str) -> str:
-    return f"<p class='empty'>{_esc(text)}</p>"
 
 
 def _section(anchor: str, body: str) -> str:

@@ -1,10 +1,11 @@
-"""Small plots as self-contained SVG strings, for HTML reports (`agelens eval --html`, and the
-batch report). Needs the `report` extra (matplotlib); it is imported on first use, never at
-import of agelens.
+"""Small plots for HTML reports (`agelens eval --html`, `agelens report`). Needs the `report`
+extra (matplotlib); it is imported on first use, never at import of agelens.
 
-Every function returns an `<svg>` element ready to inline in HTML5: no XML prolog, no DOCTYPE,
-no metadata, no namespace URLs, text kept as text, and element ids prefixed so that several
-plots can share one page without id clashes. Nothing in the output refers to anything outside it.
+Plot functions return a `Chart` (render it with `.svg()` for HTML or `.png()` for a file) or,
+for the older SVG-only ones, the SVG string itself. The SVG is an `<svg>` element ready to
+inline in HTML5: no XML prolog, no DOCTYPE, no metadata, no namespace URLs, text kept as text,
+and element ids prefixed so that several plots can share one page without id clashes. Nothing
+in the output refers to anything outside it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,56 @@ def _styled(draw: Callable[_P, str]) -> Callable[_P, str]:
 
         with matplotlib.rc_context(_RC):
             return draw(*args, **kwargs)
+
+    return wrapper
+
+
+class Chart:
+    """A drawn plot, rendered on demand as inline SVG (for HTML) or as PNG bytes (for files).
+
+    Rendering applies the report's matplotlib settings, which matplotlib reads at save time.
+    """
+
+    def __init__(self, figure: Figure) -> None:
+        self.figure = figure
+
+    def svg(self) -> str:
+        """The `<svg>` element, safe to inline (see the module doc)."""
+        import matplotlib
+
+        with matplotlib.rc_context(_RC):
+            return _svg(self.figure)
+
+    def png(self, dpi: int = 150) -> bytes:
+        """The plot as a PNG file's bytes."""
+        import matplotlib
+
+        buffer = io.BytesIO()
+        with matplotlib.rc_context(_RC):
+            self.figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+        return buffer.getvalue()
+
+
+def _charted(draw: Callable[_P, Figure]) -> Callable[_P, Chart]:
+    """A function drawing a Figure (under the report's settings) becomes one returning a Chart."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> Chart:
+        require_extra("matplotlib", "report")
+        import matplotlib
+
+        with matplotlib.rc_context(_RC):
+            return Chart(draw(*args, **kwargs))
+
+    return wrapper
+
+
+def _as_svg(chart: Callable[_P, Chart]) -> Callable[_P, str]:
+    """A Chart-returning plot function as one returning its inline SVG."""
+
+    @functools.wraps(chart)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> str:
+        return chart(*args, **kwargs).svg()
 
     return wrapper
 
@@ -121,8 +172,8 @@ def scatter_identity(
     return _svg(figure)
 
 
-@_styled
-def bar_chart(
+@_charted
+def bars(
     categories: Sequence[str],
     series: Mapping[str, Sequence[float | None]],
     *,
@@ -133,7 +184,7 @@ def bar_chart(
     reference: float | None = None,
     reference_label: str | None = None,
     counts: Sequence[int] | None = None,
-) -> str:
+) -> Figure:
     """Grouped bars, one group per category and one bar per series (None is left blank);
     optional horizontal reference line and `n=` labels under the categories."""
     import numpy as np
@@ -161,7 +212,11 @@ def bar_chart(
             handles, names, loc="outside lower center", ncols=len(names), frameon=False, fontsize=8
         )
     _apply(axes, title, xlabel, ylabel)
-    return _svg(figure)
+    return figure
+
+
+bar_chart = _as_svg(bars)
+"""`bars` as inline SVG (what `agelens eval --html` inlines)."""
 
 
 @_styled
@@ -212,3 +267,132 @@ def reliability_diagram(
     axes.legend(loc="upper left", frameon=False, fontsize=8)
     _apply(axes, title, xlabel, ylabel)
     return _svg(figure)
+
+
+@_charted
+def histogram(
+    series: Mapping[str, Sequence[float]],
+    edges: Sequence[float],
+    *,
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "count",
+    stacked: bool = True,
+    log_x: bool = False,
+) -> Figure:
+    """Histogram over the bin `edges`, one (stacked) colour per series; values outside the
+    edges are clipped into the first or last bin, so none is silently dropped."""
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter
+
+    figure = _figure(5.0, 3.4)
+    axes = figure.add_subplot()
+    low, high = float(edges[0]), float(edges[-1])
+    names = list(series)
+    values = [np.clip(np.asarray(series[n], dtype=float), low, high) for n in names]
+    colors = [_series_color(n, k) for k, n in enumerate(names)]
+    if any(len(v) for v in values):
+        axes.hist(
+            values,
+            bins=[float(e) for e in edges],
+            stacked=stacked,
+            label=[f"{n} (n={len(v)})" for n, v in zip(names, values, strict=True)],
+            color=colors,
+            edgecolor="white",
+            linewidth=0.5,
+        )
+        if len(names) > 1:
+            axes.legend(loc="upper right", frameon=False, fontsize=8)
+    if log_x:
+        axes.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        axes.xaxis.set_major_formatter(plain)
+        axes.xaxis.set_minor_formatter(plain)
+    axes.set_xlim(low, high)
+    _apply(axes, title, xlabel, ylabel)
+    return figure
+
+
+@_charted
+def pyramid(
+    bands: Sequence[str],
+    left: Sequence[int],
+    right: Sequence[int],
+    *,
+    left_label: str,
+    right_label: str,
+    title: str,
+    xlabel: str = "faces",
+) -> Figure:
+    """A population pyramid: one row per band (youngest at the bottom), `left` counts drawn
+    to the left of the axis and `right` counts to the right, each bar labelled with its count."""
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter
+
+    figure = _figure(5.0, max(2.6, 0.32 * len(bands) + 1.2))
+    axes = figure.add_subplot()
+    positions = np.arange(len(bands))
+    left_bars = axes.barh(
+        positions, [-v for v in left], color=_series_color(left_label, 0), label=left_label
+    )
+    right_bars = axes.barh(
+        positions, list(right), color=_series_color(right_label, 1), label=right_label
+    )
+    axes.bar_label(left_bars, labels=[str(v) if v else "" for v in left], padding=2, fontsize=7)
+    axes.bar_label(right_bars, labels=[str(v) if v else "" for v in right], padding=2, fontsize=7)
+    widest = max([*left, *right, 1])
+    axes.set_xlim(-widest * 1.25, widest * 1.25)
+    axes.set_yticks(positions, list(bands))
+    axes.axvline(0, color="#444", linewidth=0.8)
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{abs(value):g}"))
+    axes.legend(loc="upper right", frameon=False, fontsize=8)
+    _apply(axes, title, xlabel, "")
+    return figure
+
+
+@_charted
+def stacked_shares(
+    categories: Sequence[str],
+    counts: Mapping[str, Sequence[int]],
+    *,
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "share",
+    reference: float | None = None,
+) -> Figure:
+    """Bars of height 1 per category, split into the share of each series (categories with
+    no count are left blank); `n=` under each category, optional horizontal reference line."""
+    import numpy as np
+
+    figure = _figure(max(4.0, 0.55 * len(categories) + 1.5), 3.4)
+    axes = figure.add_subplot()
+    positions = np.arange(len(categories))
+    matrix = np.asarray([list(v) for v in counts.values()], dtype=float).reshape(
+        len(counts), len(categories)
+    )
+    totals = matrix.sum(axis=0)
+    shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    bottom = np.zeros(len(categories))
+    for k, name in enumerate(counts):
+        axes.bar(positions, shares[k], 0.8, bottom=bottom, label=name, color=_series_color(name, k))
+        bottom += shares[k]
+    if reference is not None:
+        axes.axhline(reference, color="#444", linewidth=1, linestyle="--")
+    labels = [f"{c}\nn={int(n)}" for c, n in zip(categories, totals, strict=True)]
+    axes.set_xticks(positions, labels)
+    axes.set_ylim(0, 1.0)
+    handles, names = axes.get_legend_handles_labels()
+    figure.legend(
+        handles, names, loc="outside lower center", ncols=len(names), frameon=False, fontsize=8
+    )
+    _apply(axes, title, xlabel, ylabel)
+    return figure
+
+
+#: the colours of the two gender estimates, the same as the web page's boxes
+GENDER_COLORS = {"F": "#c2255c", "M": "#1971c2"}
+
+
+def _series_color(name: str, index: int) -> str:
+    first_word = name.split(" ")[0]
+    return GENDER_COLORS.get(first_word, PALETTE[index % len(PALETTE)])

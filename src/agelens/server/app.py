@@ -44,6 +44,8 @@ from agelens.server.errors import (
     error_body,
     status_of,
 )
+from agelens.server.jobs import JobManager
+from agelens.server.jobs_api import router as jobs_router
 from agelens.server.metrics import CONTENT_TYPE_LATEST, Metrics
 from agelens.server.schemas import (
     AnalyzeJson,
@@ -316,6 +318,9 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         max_pixels=settings.max_pixels,
     )
     service = Service(settings, pool)
+    jobs = JobManager(
+        settings, pool, service.fetcher, key_digests=service.key_digests, limiter=service.limiter
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -326,10 +331,12 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
                 service.startup_error = str(error)
                 logger.error("models could not be loaded: %s", error)
         await service.batcher.start()
+        await jobs.start()
         logger.info("agelens service ready (models: %s)", pool.loaded())
         try:
             yield
         finally:
+            await jobs.stop()
             await service.batcher.stop()
 
     app = FastAPI(
@@ -340,13 +347,14 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         responses=_ERROR_RESPONSES,
     )
     app.state.service = service
+    app.state.jobs = jobs
     _install_error_handlers(app, service)
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -544,6 +552,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         """Seed 003's health check. No authentication."""
         return {"status": "ok"}
 
+    app.include_router(jobs_router)
     _install_web(app, service)
     return app
 

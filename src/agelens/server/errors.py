@@ -82,6 +82,20 @@ class UrlFetchError(ApiError):
     code = "url_fetch_error"
 
 
+class NotFoundError(ApiError):
+    """No such resource (or not one the caller's API key may see)."""
+
+    status = 404
+    code = "not_found"
+
+
+class GoneError(ApiError):
+    """The resource existed but is gone for good (a job's results past their time to live)."""
+
+    status = 410
+    code = "expired"
+
+
 class TimeoutApiError(ApiError):
     """The analysis did not finish within `request_timeout_seconds`."""
 

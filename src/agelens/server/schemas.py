@@ -6,6 +6,7 @@ The `/v1` response fields are exactly `ImageResult.to_dict()` (the same JSON as
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -144,3 +145,53 @@ class PredictOut(BaseModel):
     image: str | None = Field(
         default=None, description="annotated JPEG, base64 (draw/return_image)"
     )
+
+
+class JobOptions(BaseModel):
+    """Options of a job (JSON fields, form fields or query parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: str | None = Field(default=None, description="default: the server's detector")
+    estimator: str | None = Field(default=None, description="default: the server's estimator")
+    min_face: float = Field(default=0.0, ge=0, description="smallest face side in pixels")
+    max_faces: int | None = Field(default=None, ge=1, description="keep the best N faces")
+
+
+class JobJson(JobOptions):
+    """`POST /v1/jobs` with a JSON body: the images' URLs (http(s), on the public internet)."""
+
+    urls: list[str] = Field(min_length=1, description="image URLs, analysed in this order")
+
+
+class JobLinks(BaseModel):
+    """Where the job and its outputs are."""
+
+    self: str
+    results_jsonl: str
+    results_parquet: str
+    report: str
+
+
+class JobOut(BaseModel):
+    """A job's state. Counts are of images analysed so far (faces: of faces found)."""
+
+    id: str
+    status: Literal["queued", "running", "done", "failed", "expired"]
+    source: Literal["urls", "zip"]
+    progress: float = Field(ge=0, le=1, description="share of the images analysed")
+    images_total: int
+    images_done: int
+    images_without_faces: int
+    errors: int = Field(description="images that could not be fetched, read or decoded")
+    faces: int
+    detector: str
+    estimator: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = Field(
+        default=None, description="when the results are deleted (set when the job ends)"
+    )
+    message: str | None = Field(default=None, description="why the job failed")
+    links: JobLinks

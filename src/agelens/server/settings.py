@@ -25,6 +25,12 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def _default_data_dir() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path("agelens")
+
+
 def _split_list(value: object) -> object:
     """Comma-separated strings (how lists arrive from the environment) become lists."""
     if isinstance(value, str):
@@ -93,6 +99,28 @@ class Settings(BaseSettings):
         default=None, description="Folder of example photos shown on the web page."
     )
 
+    # --- jobs API (/v1/jobs): a queue in an embedded database, worked through in the background
+    jobs_enabled: bool = True
+    data_dir: Path = Field(
+        default_factory=lambda: _default_data_dir(),
+        description="Where the service keeps its own files: the jobs database and the images "
+        "of zip jobs until they end.",
+    )
+    jobs_database_url: str | None = Field(
+        default=None,
+        description="default sqlite:///<data_dir>/jobs.sqlite3; only SQLite is implemented",
+    )
+    jobs_result_ttl_s: float = Field(
+        default=7 * 24 * 3600.0, ge=0, description="Seconds a finished job's results are kept."
+    )
+    jobs_max_images: int = Field(default=1000, ge=1, description="URLs or zip members per job.")
+    jobs_max_active: int = Field(default=100, ge=1, description="Jobs queued or running at once.")
+    jobs_zip_max_uncompressed_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    jobs_chunk_images: int = Field(
+        default=8, ge=1, description="Images analysed and committed together."
+    )
+    jobs_poll_seconds: float = Field(default=1.0, gt=0)
+
     @field_validator(
         "api_key_hashes", "api_keys", "url_allow_networks", "cors_origins", mode="before"
     )
@@ -111,12 +139,30 @@ class Settings(BaseSettings):
                 )
         return [digest.lower() for digest in value]
 
+    @field_validator("jobs_database_url")
+    @classmethod
+    def _jobs_database(cls, value: str | None) -> str | None:
+        if value is None or value.lower().startswith("sqlite:///"):
+            return value
+        if value.lower().startswith("postgres"):
+            raise ValueError(
+                "jobs_database_url names PostgreSQL, which is not implemented yet: the jobs "
+                "store is SQLite only. Use sqlite:////path/to/jobs.sqlite3"
+            )
+        raise ValueError("jobs_database_url must be sqlite:////path/to/jobs.sqlite3")
+
     @field_validator("url_allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for network in value:
             ipaddress.ip_network(network, strict=False)
         return value
+
+    def jobs_database(self) -> str:
+        """The jobs database URL: the configured one, or SQLite in `data_dir`."""
+        if self.jobs_database_url:
+            return self.jobs_database_url
+        return f"sqlite:///{(self.data_dir / 'jobs.sqlite3').resolve()}"
 
     def key_digests(self) -> frozenset[str]:
         """Every accepted key's sha256 digest (from both key fields)."""

@@ -671,6 +671,155 @@ async function analyzeExample(name, url) {
   }
 }
 
+// ------------------------------------------------------------------ jobs
+
+const JOB_POLL_MS = 1000;
+const JOB_ENDED = new Set(["done", "failed", "expired"]);
+
+function keyHeaders() {
+  const key = currentKey();
+  return key ? { "X-API-Key": key } : {};
+}
+
+function jobMessage(text) {
+  $("job-message").textContent = text;
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const urls = $("job-urls")
+    .value.split(/\s+/)
+    .map((url) => url.trim())
+    .filter(Boolean);
+  const zip = $("job-zip").files[0];
+  if (!urls.length && !zip) {
+    jobMessage("Give image URLs or choose a zip of photos.");
+    return;
+  }
+  let request;
+  if (zip) {
+    const form = new FormData();
+    form.append("file", zip, zip.name);
+    readOptions(form);
+    request = { method: "POST", body: form, headers: keyHeaders() };
+  } else {
+    const body = { urls };
+    const maxFaces = $("opt-max-faces").value.trim();
+    const minFace = $("opt-min-face").value.trim();
+    if (maxFaces) body.max_faces = Math.max(1, Math.round(Number(maxFaces)));
+    if (minFace) body.min_face = Math.max(0, Number(minFace));
+    request = {
+      method: "POST",
+      body: JSON.stringify(body),
+      headers: { ...keyHeaders(), "Content-Type": "application/json" },
+    };
+  }
+  jobMessage("Starting the job…");
+  let response;
+  let body = null;
+  try {
+    response = await fetch("/v1/jobs", request);
+    body = await response.json().catch(() => null);
+  } catch (error) {
+    jobMessage(`The server could not be reached (${error.message}).`);
+    return;
+  }
+  if (response.status !== 202 || !body || !body.id) {
+    if (response.status === 401) showKeyForm(true);
+    const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
+    jobMessage(`The job was not started: ${message}.`);
+    return;
+  }
+  jobMessage(`Job started: ${plural(body.images_total, "image")}.`);
+  $("job-form").reset();
+  const item = jobItem(body);
+  $("jobs").prepend(item);
+  pollJob(item, body.id);
+}
+
+function jobItem(job) {
+  const item = document.createElement("li");
+  item.dataset.jobId = job.id;
+  const title = document.createElement("strong");
+  title.textContent = `Job ${job.id.slice(0, 8)} · ${job.source === "zip" ? "zip" : "URLs"} · ${plural(job.images_total, "image")}`;
+  const progress = document.createElement("progress");
+  progress.max = 1;
+  progress.setAttribute("aria-label", `Progress of job ${job.id.slice(0, 8)}`);
+  const status = document.createElement("span");
+  status.className = "job-status";
+  const links = document.createElement("span");
+  links.className = "job-links";
+  for (const [label, href, file] of [
+    ["Results (JSON lines)", job.links.results_jsonl, `job-${job.id}.jsonl`],
+    ["Results (Parquet)", job.links.results_parquet, `job-${job.id}.parquet`],
+    ["Report", job.links.report, `job-${job.id}.html`],
+  ]) {
+    const link = document.createElement("a");
+    link.textContent = label;
+    link.href = href;
+    if (label === "Report") link.target = "_blank";
+    link.addEventListener("click", (clicked) => downloadWithKey(clicked, href, file));
+    links.append(link);
+  }
+  links.hidden = true;
+  item.append(title, progress, status, links);
+  showJob(item, job);
+  return item;
+}
+
+function showJob(item, job) {
+  const [progress, status, links] = [
+    item.querySelector("progress"),
+    item.querySelector(".job-status"),
+    item.querySelector(".job-links"),
+  ];
+  progress.value = job.progress;
+  status.dataset.status = job.status;
+  const parts = [`${job.status}: ${job.images_done} of ${plural(job.images_total, "image")}`];
+  parts.push(plural(job.faces, "face"));
+  if (job.errors) parts.push(plural(job.errors, "error"));
+  if (job.message) parts.push(job.message);
+  status.textContent = parts.join(" · ");
+  links.hidden = job.status !== "done";
+}
+
+async function pollJob(item, id) {
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, JOB_POLL_MS));
+    let job;
+    try {
+      const response = await fetch(`/v1/jobs/${encodeURIComponent(id)}`, { headers: keyHeaders() });
+      if (response.status === 404) {
+        item.querySelector(".job-status").textContent = "deleted";
+        return;
+      }
+      if (!response.ok) continue;
+      job = await response.json();
+    } catch {
+      continue; // the server may be restarting; jobs survive that
+    }
+    showJob(item, job);
+    if (JOB_ENDED.has(job.status)) return;
+  }
+}
+
+/** Links cannot send the API key: with a key, fetch the file and save it instead. */
+async function downloadWithKey(event, href, file) {
+  if (!currentKey()) return; // a plain link works without keys
+  event.preventDefault();
+  const response = await fetch(href, { headers: keyHeaders() });
+  if (!response.ok) {
+    jobMessage(`The download failed (HTTP ${response.status}).`);
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = file;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
 // ------------------------------------------------------------------ start
 
 function start() {
@@ -678,6 +827,7 @@ function start() {
   $("download").addEventListener("click", downloadJson);
   setUpFileInputs();
   setUpKeyForm();
+  $("job-form").addEventListener("submit", submitJob);
   if ("ResizeObserver" in window) {
     let lastWidth = 0;
     new ResizeObserver((entries) => {

@@ -1,0 +1,545 @@
+"""Jobs: many images analysed in the background, results kept for a while (`/v1/jobs`).
+
+A job is a list of image URLs or an uploaded zip. It is stored (see jobstore.py) and answered
+at once with its id; one worker task, started in the app's lifespan, takes queued jobs oldest
+first and works through their images a chunk at a time: fetch (URLs, with every SSRF check of
+urlfetch.py) or read (zip members extracted at submission), decode, analyse with the service's
+own loaded models, then commit the chunk's result rows (agelens.rows) in one transaction.
+
+- An image that cannot be fetched, read or decoded becomes an error row; the job goes on.
+- A stopped service resumes its jobs where they stood, and no image gets its rows twice.
+- A zip's images are deleted from disk as soon as its job ends (done, failed or deleted).
+- Results are kept `jobs_result_ttl_s` after the job ends, then the job reads `expired`.
+
+Nothing is created on disk until the first job is submitted (or a database is already there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import shutil
+import stat
+import time
+import uuid
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from agelens.errors import AgelensError
+from agelens.imaging import load_image
+from agelens.models.base import RGBImage
+from agelens.rows import error_row, result_rows, sha256_bytes
+from agelens.server.engine import AnalysisOptions, ModelPool
+from agelens.server.errors import (
+    GoneError,
+    InvalidRequestError,
+    NotFoundError,
+    OverloadedError,
+    RequestTooLargeError,
+)
+from agelens.server.jobstore import (
+    ItemRecord,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    NewItem,
+    open_job_store,
+    sqlite_path,
+)
+from agelens.server.security import RateLimiter
+from agelens.server.settings import Settings
+from agelens.server.urlfetch import UrlFetcher
+
+logger = logging.getLogger(__name__)
+
+_COPY_CHUNK = 1024 * 1024
+_IGNORED_MEMBERS = ("__MACOSX/",)
+_IGNORED_BASENAMES = (".DS_Store", "Thumbs.db")
+
+
+class ZipMemberError(AgelensError):
+    """A member of an uploaded zip could not be read (its row says why)."""
+
+    code = "zip_member_error"
+
+
+class UnsafeZipMemberError(ZipMemberError):
+    """A zip member whose name could escape the upload folder (absolute, `..`, a link)."""
+
+    code = "unsafe_zip_member"
+
+
+# ------------------------------------------------------------------ zip intake
+
+
+def _ignored(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return name.startswith(_IGNORED_MEMBERS) or base.startswith("._") or base in _IGNORED_BASENAMES
+
+
+def unsafe_name_reason(info: zipfile.ZipInfo) -> str | None:
+    """Why a member must not be extracted, or None. Members are stored under generated names
+    anyway; this refuses the names that signal a crafted archive."""
+    name = info.filename
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return f"{name!r} is an absolute path; zip members must be relative"
+    if ".." in parts:
+        return f"{name!r} climbs out of the archive with '..'"
+    if "\x00" in name:
+        return "a member name holds a NUL character"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return f"{name!r} is a symbolic link"
+    return None
+
+
+def extract_zip(
+    data: bytes,
+    folder: Path,
+    *,
+    max_members: int,
+    max_total_bytes: int,
+    max_member_bytes: int,
+) -> list[NewItem]:
+    """The zip's files written to `folder` under generated names, as job items (labelled with
+    their names in the archive). Directories and macOS metadata are skipped; unsafe or
+    unreadable members become refused items (error rows later), not files.
+
+    Raises InvalidRequestError (not a zip, no file, too many files) or RequestTooLargeError
+    (the files add up to more than `max_total_bytes`, checked on the bytes actually
+    inflated, not just the sizes the archive declares); `folder` is removed then.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir() and not _ignored(m.filename)]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as error:
+        raise InvalidRequestError(f"the upload is not a readable zip file: {error}") from error
+    if not members:
+        raise InvalidRequestError("the zip holds no file")
+    if len(members) > max_members:
+        raise InvalidRequestError(
+            f"the zip holds {len(members)} files, over the limit of {max_members} per job"
+        )
+    too_large = RequestTooLargeError(
+        f"the zip's files add up to more than {max_total_bytes} bytes uncompressed; "
+        "split it into several jobs"
+    )
+    if sum(m.file_size for m in members) > max_total_bytes:
+        raise too_large
+    folder.mkdir(parents=True, exist_ok=True)
+    items: list[NewItem] = []
+    total = 0
+    try:
+        for index, info in enumerate(members):
+            label = info.filename
+            reason = unsafe_name_reason(info)
+            if reason is not None:
+                items.append(NewItem(label, None, ("UnsafeZipMemberError", reason)))
+                continue
+            stored = f"{index:06d}"
+            try:
+                written = _copy_member(archive, info, folder / stored, max_member_bytes)
+            except ZipMemberError as error:
+                (folder / stored).unlink(missing_ok=True)
+                items.append(NewItem(label, None, (type(error).__name__, str(error))))
+                continue
+            total += written
+            if total > max_total_bytes:
+                raise too_large
+            items.append(NewItem(label, stored))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return items
+
+
+def _copy_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, max_bytes: int
+) -> int:
+    """Inflate one member into `target`, stopping at `max_bytes`; the bytes written."""
+    if info.flag_bits & 0x1:
+        raise ZipMemberError(f"{info.filename!r} is encrypted")
+    if info.file_size > max_bytes:
+        raise ZipMemberError(f"{info.filename!r} is {info.file_size} bytes, over {max_bytes}")
+    written = 0
+    try:
+        with archive.open(info) as source, target.open("wb") as sink:
+            while chunk := source.read(_COPY_CHUNK):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise ZipMemberError(f"{info.filename!r} inflates to over {max_bytes} bytes")
+                sink.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as error:
+        raise ZipMemberError(f"{info.filename!r} cannot be read: {error}") from error
+    return written
+
+
+# ------------------------------------------------------------------ the manager
+
+
+class JobManager:
+    """The jobs of one service: submission, reading, deletion, expiry and the worker task.
+
+    Uses the service's model pool (no model is loaded twice), its URL fetcher and its key
+    digests and rate limiter (the same limits as every /v1 route).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ModelPool,
+        fetcher: UrlFetcher,
+        *,
+        key_digests: frozenset[str],
+        limiter: RateLimiter,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.fetcher = fetcher
+        self.key_digests = key_digests
+        self.limiter = limiter
+        self.database_url = settings.jobs_database()
+        self.uploads = settings.data_dir / "job-uploads"
+        self.store: JobStore | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._open_lock = asyncio.Lock()
+        self._infer_limiter = anyio.CapacityLimiter(1)
+        self._decode_limiter = anyio.CapacityLimiter(2)
+        self._last_sweep = 0.0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _database_exists(self) -> bool:
+        if not self.database_url.lower().startswith("sqlite:"):
+            return True
+        path = sqlite_path(self.database_url)
+        return path != ":memory:" and Path(path).is_file()
+
+    async def start(self) -> None:
+        """Resume stored jobs when a database is already there (called in the lifespan)."""
+        if self.settings.jobs_enabled and self._database_exists():
+            await self._open()
+
+    async def _open(self) -> JobStore:
+        async with self._open_lock:
+            if self.store is None:
+                self.store = await anyio.to_thread.run_sync(open_job_store, self.database_url)
+                requeued = await anyio.to_thread.run_sync(self.store.requeue_running)
+                if requeued:
+                    logger.info("resuming %d job(s) stopped while running", requeued)
+                await anyio.to_thread.run_sync(self._remove_orphan_uploads, self.store)
+                self._wakeup = asyncio.Event()
+                self._worker = asyncio.create_task(self._work(), name="agelens-jobs")
+            return self.store
+
+    async def stop(self) -> None:
+        """Stop the worker at once. A chunk not committed yet is analysed again on restart."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _remove_orphan_uploads(self, store: JobStore) -> None:
+        """Upload folders of jobs that are no longer active (e.g. the process stopped between
+        a job's end and the folder's removal, or during a submission)."""
+        if not self.uploads.is_dir():
+            return
+        active = store.active_job_ids()
+        for folder in self.uploads.iterdir():
+            if folder.name not in active:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    # ---------------------------------------------------------------- the API's side
+
+    def _check_enabled(self) -> None:
+        if not self.settings.jobs_enabled:
+            raise NotFoundError("the jobs API is turned off on this server (AGELENS_JOBS_ENABLED)")
+
+    def analysis_options(
+        self,
+        detector: str | None,
+        estimator: str | None,
+        min_face: float,
+        max_faces: int | None,
+    ) -> AnalysisOptions:
+        """Engine options with the server defaults filled in (names checked)."""
+        options = AnalysisOptions(
+            detector=detector or self.settings.detector,
+            estimator=estimator or self.settings.estimator,
+            min_face=min_face,
+            max_faces=max_faces,
+        )
+        self.pool.check_names(options.detector, options.estimator)
+        return options
+
+    async def submit_urls(
+        self, owner: str | None, urls: Sequence[str], options: AnalysisOptions
+    ) -> JobRecord:
+        """Queue a job over image URLs (checked when fetched: a refused URL is an error row)."""
+        self._check_enabled()
+        if not self.settings.url_fetch_enabled:
+            raise InvalidRequestError("URL input is turned off on this server")
+        self._check_count(len(urls))
+        items = [NewItem(url, url) for url in urls]
+        return await self._create(owner, "urls", items, options, job_id=_new_id())
+
+    async def submit_zip(
+        self, owner: str | None, data: bytes, options: AnalysisOptions
+    ) -> JobRecord:
+        """Queue a job over the images of a zip (extracted here, deleted when the job ends)."""
+        self._check_enabled()
+        await self._open()  # first: opening removes upload folders of inactive jobs
+        job_id = _new_id()
+        folder = self.uploads / job_id
+        items = await anyio.to_thread.run_sync(
+            lambda: extract_zip(
+                data,
+                folder,
+                max_members=self.settings.jobs_max_images,
+                max_total_bytes=self.settings.jobs_zip_max_uncompressed_bytes,
+                max_member_bytes=self.settings.max_body_bytes,
+            )
+        )
+        try:
+            return await self._create(owner, "zip", items, options, job_id=job_id)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _check_count(self, count: int) -> None:
+        if count == 0:
+            raise InvalidRequestError("the job holds no image")
+        if count > self.settings.jobs_max_images:
+            raise InvalidRequestError(
+                f"{count} images in one job, over the limit of {self.settings.jobs_max_images}"
+            )
+
+    async def _create(
+        self,
+        owner: str | None,
+        source: str,
+        items: list[NewItem],
+        options: AnalysisOptions,
+        *,
+        job_id: str,
+    ) -> JobRecord:
+        self._check_count(len(items))
+        store = await self._open()
+        if await anyio.to_thread.run_sync(store.count_active) >= self.settings.jobs_max_active:
+            raise OverloadedError(
+                f"{self.settings.jobs_max_active} jobs are already queued or running; retry "
+                "when some have finished",
+                headers={"Retry-After": "30"},
+            )
+        job = JobRecord(
+            id=job_id,
+            owner=owner,
+            status="queued",
+            source="zip" if source == "zip" else "urls",
+            options=asdict(options),
+            images_total=len(items),
+            images_done=0,
+            faces=0,
+            images_without_faces=0,
+            errors=0,
+            created_at=time.time(),
+            started_at=None,
+            finished_at=None,
+            expires_at=None,
+            message=None,
+        )
+        await anyio.to_thread.run_sync(store.create_job, job, items)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        logger.info("job %s queued: %d images from %s", job.id, len(items), source)
+        return job
+
+    async def get(self, owner: str | None, job_id: str) -> JobRecord:
+        """The job as the caller may see it (NotFoundError otherwise); a job past its expiry
+        reads `expired` even before the sweep has dropped its rows."""
+        self._check_enabled()
+        job = None
+        if self.store is not None or self._database_exists():
+            store = await self._open()
+            job = await anyio.to_thread.run_sync(store.get_job, job_id)
+        if job is None or job.owner != owner:
+            raise NotFoundError(f"no job {job_id!r}")
+        if job.status in ("done", "failed") and _expired(job):
+            job = JobRecord(**{**asdict(job), "status": "expired"})
+        return job
+
+    async def result_rows(
+        self, owner: str | None, job_id: str
+    ) -> tuple[JobRecord, list[dict[str, Any]]]:
+        """The job and its committed rows (every image's rows once the job is done). Raises
+        GoneError once the results have expired."""
+        job = await self.get(owner, job_id)
+        if job.status == "expired":
+            raise GoneError(
+                f"the results of job {job_id} expired at {_iso(job.expires_at)} (they are kept "
+                f"{self.settings.jobs_result_ttl_s:g} s after a job ends); submit it again"
+            )
+        assert self.store is not None
+        rows = await anyio.to_thread.run_sync(self.store.result_rows, job_id)
+        return job, rows
+
+    async def delete(self, owner: str | None, job_id: str) -> None:
+        """Remove the job, its rows and its uploaded images; a running job stops."""
+        await self.get(owner, job_id)
+        assert self.store is not None
+        await anyio.to_thread.run_sync(self.store.delete_job, job_id)
+        await anyio.to_thread.run_sync(self._remove_uploads, job_id)
+
+    def _remove_uploads(self, job_id: str) -> None:
+        shutil.rmtree(self.uploads / job_id, ignore_errors=True)
+
+    # ---------------------------------------------------------------- the worker
+
+    async def _work(self) -> None:
+        assert self.store is not None
+        assert self._wakeup is not None
+        store, wakeup = self.store, self._wakeup
+        while True:
+            await self._sweep(store)
+            job = None
+            if self.pool.ready:
+                job = await anyio.to_thread.run_sync(store.claim_next, time.time())
+            if job is None:
+                wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), self.settings.jobs_poll_seconds)
+                continue
+            await self._run_job(store, job)
+
+    async def _sweep(self, store: JobStore) -> None:
+        now = time.time()
+        if now - self._last_sweep < self.settings.jobs_poll_seconds:
+            return
+        self._last_sweep = now
+        expired = await anyio.to_thread.run_sync(store.expire, now)
+        if expired:
+            logger.info("results of %d job(s) expired", len(expired))
+        await anyio.to_thread.run_sync(
+            store.purge_expired, now - max(self.settings.jobs_result_ttl_s, 24 * 3600.0)
+        )
+
+    async def _run_job(self, store: JobStore, job: JobRecord) -> None:
+        logger.info("job %s running (%d/%d done)", job.id, job.images_done, job.images_total)
+        status: JobStatus = "done"
+        message: str | None = None
+        try:
+            options = AnalysisOptions(**job.options)
+            while True:
+                items = await anyio.to_thread.run_sync(
+                    store.pending_items, job.id, self.settings.jobs_chunk_images
+                )
+                if not items:
+                    break
+                rows = await self._analyse_chunk(job, options, items)
+                if not await anyio.to_thread.run_sync(store.commit_items, job.id, rows):
+                    logger.info("job %s was deleted while running", job.id)
+                    await anyio.to_thread.run_sync(self._remove_uploads, job.id)
+                    return
+        except AgelensError as error:
+            status, message = "failed", f"{type(error).__name__}: {error}"
+            logger.warning("job %s failed: %s", job.id, message)
+        except Exception as error:
+            status, message = "failed", "an unexpected error stopped the job; it has been logged"
+            logger.exception("job %s failed", job.id, exc_info=error)
+        now = time.time()
+        await anyio.to_thread.run_sync(
+            store.finish_job, job.id, status, now, now + self.settings.jobs_result_ttl_s, message
+        )
+        await anyio.to_thread.run_sync(self._remove_uploads, job.id)
+        logger.info("job %s %s", job.id, status)
+
+    async def _analyse_chunk(
+        self, job: JobRecord, options: AnalysisOptions, items: Sequence[ItemRecord]
+    ) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Rows per item of one chunk: inputs fetched/read and decoded side by side, then one
+        batched Analyzer run over the images that decoded."""
+        loaded = await asyncio.gather(*(self._load(job, item) for item in items))
+        rows: dict[int, list[dict[str, Any]]] = {}
+        decoded: list[tuple[ItemRecord, str | None, RGBImage]] = []
+        for item, (digest, image, error) in zip(items, loaded, strict=True):
+            if image is None:
+                assert error is not None
+                rows[item.index] = [error_row(item.label, digest, error)]
+            else:
+                decoded.append((item, digest, image))
+        if decoded:
+            results = await anyio.to_thread.run_sync(
+                self.pool.run,
+                options,
+                [image for _, _, image in decoded],
+                limiter=self._infer_limiter,
+            )
+            for (item, digest, _), result in zip(decoded, results, strict=True):
+                rows[item.index] = result_rows(item.label, digest, result)
+        return [(item.index, rows[item.index]) for item in items]
+
+    async def _load(
+        self, job: JobRecord, item: ItemRecord
+    ) -> tuple[str | None, RGBImage | None, BaseException | tuple[str, str] | None]:
+        """(content sha256, decoded image, None) or (sha256 or None, None, the error)."""
+        if item.refused is not None:
+            return None, None, item.refused
+        assert item.source is not None
+        try:
+            if job.source == "urls":
+                data = (await self.fetcher.fetch(item.source)).data
+            else:
+                data = await anyio.to_thread.run_sync(self._read_upload, job.id, item.source)
+        except AgelensError as error:
+            return None, None, error
+        digest = sha256_bytes(data)
+        try:
+            image = await anyio.to_thread.run_sync(
+                lambda: load_image(
+                    data,
+                    max_pixels=self.settings.max_pixels,
+                    max_bytes=self.settings.max_body_bytes,
+                    label=item.label,
+                ),
+                limiter=self._decode_limiter,
+            )
+        except AgelensError as error:
+            return digest, None, error
+        return digest, image, None
+
+    def _read_upload(self, job_id: str, name: str) -> bytes:
+        try:
+            return (self.uploads / job_id / name).read_bytes()
+        except OSError as error:
+            raise ZipMemberError(
+                f"the uploaded file is gone from the server ({error.strerror})"
+            ) from error
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _expired(job: JobRecord) -> bool:
+    return job.expires_at is not None and job.expires_at <= time.time()
+
+
+def _iso(seconds: float | None) -> str:
+    import datetime as dt
+
+    if seconds is None:
+        return "–"
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
