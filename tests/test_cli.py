@@ -86,6 +86,8 @@ def test_stdin_input(astronaut_file: Path) -> None:
         (["models", "fetch", "nope"], EXIT_USAGE),
         (["models", "info", "nope"], EXIT_USAGE),
         (["eval", "/nonexistent-dir"], EXIT_USAGE),
+        (["analyze", "x.jpg", "--preset", "nope"], EXIT_USAGE),
+        (["serve", "--preset", "nope"], EXIT_USAGE),
     ],
 )
 def test_usage_errors(args: list[str], code: int) -> None:
@@ -111,6 +113,27 @@ def test_models_list_and_info() -> None:
     assert all(r["fetched"] for r in rows)
     info = runner.invoke(app, ["models", "info", "faceapi"])
     assert json.loads(info.stdout)["license"] == "MIT"
+    trained = json.loads(runner.invoke(app, ["models", "info", "heads-utkface"]).stdout)
+    assert trained["source"] == "agelens (shipped)"
+    assert trained["license"] == "non-commercial (UTKFace-derived)"
+    assert "non-commercial research only" in trained["description"]
+    assert trained["card"]["backbones"] == ["faceres", "faceapi", "cydral"]
+    table = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
+    assert "heads-utkface" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("preset", "estimator"),
+    [("fast", "faceapi"), ("balanced", "ensemble"), ("accurate", "heads-utkface")],
+)
+def test_analyze_with_a_preset(astronaut_file: Path, preset: str, estimator: str) -> None:
+    result = runner.invoke(app, ["analyze", str(astronaut_file), "--preset", preset, "--json"])
+    assert result.exit_code == 0, result.output
+    [face] = json.loads(result.stdout)["faces"]
+    # The wiring is under test here (the +/-10-year rule on the raw portrait is in
+    # tests/models); every model reads this JPEG copy of the portrait as 30-36.
+    assert 20 <= face["age_years"] <= 60
+    assert json.loads(result.stdout)["models"]["estimator"].startswith(estimator)
 
 
 def test_models_fetch_is_idempotent_and_offline() -> None:

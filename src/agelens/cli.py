@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from agelens.errors import AgelensError, ModelFetchError, ModelNotFetchedError, UnknownModelError
+from agelens.models.backends import resolve_models
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
 IMAGE_SUFFIXES = {
@@ -87,9 +88,10 @@ def models_fetch(
 
 def _model_rows() -> list[dict[str, Any]]:
     from agelens.models.fetch import folder_size_bytes, is_fetched, model_folder
+    from agelens.models.heads import read_card, shipped_dir, trained_folders
     from agelens.models.registry import MODELS
 
-    return [
+    rows = [
         {
             "name": spec.name,
             "task": spec.task,
@@ -103,6 +105,30 @@ def _model_rows() -> list[dict[str, Any]]:
         }
         for spec in MODELS.values()
     ]
+    for name, folder in trained_folders().items():
+        card = read_card(folder)
+        shipped = folder.parent == shipped_dir()
+        rows.append(
+            {
+                "name": name,
+                "task": "age+gender (trained heads)",
+                "source": "agelens (shipped)" if shipped else "agelens train (yours)",
+                "license": "non-commercial (UTKFace-derived)"
+                if "non-commercial" in card.get("data_notice", "")
+                else "see its card",
+                "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+                "files": dict(card["files"]),
+                "fetched": all(is_fetched(MODELS[b]) for b in card["backbones"]),
+                "path": str(folder),
+                "description": (
+                    f"heads over {', '.join(card['backbones'])}; "
+                    f"{card['training']['dataset']} {card['training']['split']} "
+                    f"({card['training']['faces_used']} faces). {card.get('data_notice', '')}"
+                ).strip(),
+                "card": card,
+            }
+        )
+    return rows
 
 
 @models_app.command("list")
@@ -169,8 +195,16 @@ def analyze(
     draw: Annotated[
         Path | None, typer.Option(help="Write annotated images to this folder (or file).")
     ] = None,
-    detector: Annotated[str, typer.Option(help="Detector name.")] = "blazeface-full",
-    estimator: Annotated[str, typer.Option(help="Estimator name.")] = "ensemble",
+    preset: Annotated[
+        str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
+    ] = None,
+    detector: Annotated[
+        str | None, typer.Option(help="Detector name (overrides --preset).")
+    ] = None,
+    estimator: Annotated[
+        str | None,
+        typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
+    ] = None,
     min_face: Annotated[float, typer.Option(help="Smallest face side, pixels.")] = 0.0,
     max_faces: Annotated[int | None, typer.Option(help="Most faces per image.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
@@ -185,6 +219,7 @@ def analyze(
     if not inputs:
         raise _fail("no images found in the given paths", EXIT_USAGE)
     try:
+        detector, estimator = resolve_models(preset, detector, estimator)
         analyzer = Analyzer(detector, estimator, threads=threads, workers=workers)
     except (UnknownModelError, ValueError) as error:
         raise _fail(str(error), EXIT_USAGE) from error
@@ -300,8 +335,16 @@ def batch(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per network run.")] = 16,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model per worker.")] = 1,
-    detector: Annotated[str, typer.Option(help="Detector name.")] = "blazeface-full",
-    estimator: Annotated[str, typer.Option(help="Estimator name.")] = "ensemble",
+    preset: Annotated[
+        str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
+    ] = None,
+    detector: Annotated[
+        str | None, typer.Option(help="Detector name (overrides --preset).")
+    ] = None,
+    estimator: Annotated[
+        str | None,
+        typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
+    ] = None,
     min_face: Annotated[float, typer.Option(help="Smallest face side, pixels.")] = 0.0,
     max_faces: Annotated[int | None, typer.Option(help="Most faces per image.")] = None,
     crops: Annotated[
@@ -327,6 +370,7 @@ def batch(
     if engine not in ("local", "ray"):
         raise _fail(f"--engine must be local or ray, not {engine!r}", EXIT_USAGE)
     try:
+        detector, estimator = resolve_models(preset, detector, estimator)
         options = BatchOptions(
             detector=detector,
             estimator=estimator,
@@ -338,7 +382,7 @@ def batch(
             crops_dir=crops,
             chunk_images=chunk_size,
         )
-    except ValueError as error:
+    except (UnknownModelError, ValueError) as error:
         raise _fail(str(error), EXIT_USAGE) from error
     show_progress = not quiet and sys.stderr.isatty()
     try:
@@ -506,8 +550,16 @@ def evaluate_command(
         float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
     ] = 0.0,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
-    detector: Annotated[str, typer.Option(help="Detector name.")] = "blazeface-full",
-    estimator: Annotated[str, typer.Option(help="Estimator name.")] = "ensemble",
+    preset: Annotated[
+        str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
+    ] = None,
+    detector: Annotated[
+        str | None, typer.Option(help="Detector name (overrides --preset).")
+    ] = None,
+    estimator: Annotated[
+        str | None,
+        typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
     records: Annotated[
         Path | None, typer.Option(help="Write per-image predictions (JSONL) here.")
@@ -542,6 +594,7 @@ def evaluate_command(
     if not rows:
         raise _fail(f"no rows in {labels_csv} (split={split!r})", EXIT_USAGE)
     try:
+        detector, estimator = resolve_models(preset, detector, estimator)
         analyzer = Analyzer(detector, estimator, threads=threads)
     except UnknownModelError as error:
         raise _fail(str(error), EXIT_USAGE) from error
@@ -621,7 +674,7 @@ def train_command(
         str, typer.Option(help="Detector that finds the faces.")
     ] = "blazeface-full",
     folds: Annotated[int, typer.Option(help="Cross-fitting folds (= heads averaged).")] = 5,
-    epochs: Annotated[int, typer.Option(help="Most epochs per fold (early stopping).")] = 40,
+    epochs: Annotated[int, typer.Option(help="Most epochs per fold (early stopping).")] = 30,
     patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 8,
     hidden: Annotated[int, typer.Option(help="Hidden units per head.")] = 512,
     reweight: Annotated[
@@ -629,7 +682,7 @@ def train_command(
     ] = 0.5,
     debias: Annotated[
         float, typer.Option(help="Share (0-1) of the per-age bias the calibration removes.")
-    ] = 0.5,
+    ] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and batches.")] = 0,
     float16: Annotated[
         bool, typer.Option(help="Store weights as float16 (half the size, same outputs).")
@@ -765,6 +818,9 @@ def serve(
         bool,
         typer.Option(help="Serve on a non-loopback address without API keys (behind a proxy)."),
     ] = False,
+    preset: Annotated[
+        str | None, typer.Option(help="Default models: fast, balanced or accurate.")
+    ] = None,
     detector: Annotated[str | None, typer.Option(help="Default detector.")] = None,
     estimator: Annotated[str | None, typer.Option(help="Default estimator.")] = None,
     examples_dir: Annotated[
@@ -788,6 +844,11 @@ def serve(
     from agelens.server.app import create_app
     from agelens.server.settings import Settings
 
+    if preset is not None:
+        try:
+            detector, estimator = resolve_models(preset, detector, estimator)
+        except UnknownModelError as error:
+            raise _fail(str(error), EXIT_USAGE) from error
     overrides: dict[str, Any] = {
         k: v
         for k, v in {

@@ -7,7 +7,14 @@ import pytest
 from numpy.typing import NDArray
 
 from agelens.errors import UnknownModelError
-from agelens.models.backends import DETECTORS, ESTIMATORS, create_detector, create_estimator
+from agelens.models.backends import (
+    DETECTORS,
+    PRESETS,
+    create_detector,
+    create_estimator,
+    estimator_names,
+    resolve_models,
+)
 from agelens.models.base import chip_count, concat_chips
 
 
@@ -37,7 +44,7 @@ def test_detector_contract(name: str, astronaut: NDArray[np.uint8]) -> None:
     assert detector.detect_many([]) == []
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", estimator_names())
 def test_estimator_contract(
     name: str, astronaut: NDArray[np.uint8], portrait_detection: object
 ) -> None:
@@ -66,3 +73,31 @@ def test_estimator_contract(
 def test_unknown_backend_names_list_the_choices(factory: object) -> None:
     with pytest.raises(UnknownModelError, match="choose from"):
         factory("no-such-model")  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("preset", "detector", "estimator", "expected"),
+    [
+        (None, None, None, ("blazeface-full", "ensemble")),
+        ("fast", None, None, ("blazeface-fast", "faceapi")),
+        ("balanced", None, None, ("blazeface-full", "ensemble")),
+        ("accurate", None, None, ("blazeface-full", "heads-utkface")),
+        ("accurate", "blazeface-fast", None, ("blazeface-fast", "heads-utkface")),
+        ("fast", None, "cydral", ("blazeface-fast", "cydral")),
+    ],
+)
+def test_presets_resolve_and_explicit_names_win(
+    preset: str | None, detector: str | None, estimator: str | None, expected: tuple[str, str]
+) -> None:
+    assert resolve_models(preset, detector, estimator) == expected
+
+
+def test_every_preset_names_registered_models_and_its_terms() -> None:
+    for name, preset in PRESETS.items():
+        assert preset.detector in DETECTORS, name
+        assert preset.estimator in estimator_names(), name
+        assert preset.weights_terms
+    assert "permissive" in PRESETS["fast"].weights_terms
+    assert "non-commercial" in PRESETS["accurate"].weights_terms
+    with pytest.raises(UnknownModelError, match="unknown preset"):
+        resolve_models("fastest", None, None)

@@ -7,6 +7,7 @@ backends are registered here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from agelens.errors import UnknownModelError
 from agelens.models.base import Detector, Estimator
@@ -89,6 +90,48 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
 
 DEFAULT_DETECTOR = "blazeface-full"
 DEFAULT_ESTIMATOR = "ensemble"
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """A detector + estimator pair chosen for a trade-off, with the terms of its weights."""
+
+    detector: str
+    estimator: str
+    weights_terms: str
+
+
+#: Measured accuracy and speed of each preset: README.md, "Presets".
+PRESETS: dict[str, Preset] = {
+    "fast": Preset(
+        "blazeface-fast",
+        "faceapi",
+        "permissive: BlazeFace (Apache-2.0), face-api AgeGenderNet (MIT)",
+    ),
+    "balanced": Preset(
+        DEFAULT_DETECTOR,
+        DEFAULT_ESTIMATOR,
+        "permissive networks: BlazeFace (Apache-2.0), Cydral (CC0), face-api (MIT); "
+        "8 combination weights fitted by agelens on UTKFace dev",
+    ),
+    "accurate": Preset(
+        DEFAULT_DETECTOR,
+        "heads-utkface",
+        "non-commercial research only: heads trained by agelens on UTKFace, over faceres "
+        "(HSE, Apache-2.0), face-api (MIT) and Cydral (CC0) embeddings",
+    ),
+}
+
+
+def resolve_models(
+    preset: str | None, detector: str | None, estimator: str | None
+) -> tuple[str, str]:
+    """(detector, estimator): explicit names win over the preset, the preset over the
+    defaults. UnknownModelError for an unknown preset."""
+    if preset is not None and preset not in PRESETS:
+        raise UnknownModelError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    chosen = PRESETS[preset] if preset else Preset(DEFAULT_DETECTOR, DEFAULT_ESTIMATOR, "")
+    return detector or chosen.detector, estimator or chosen.estimator
 
 
 def create_detector(name: str, threads: int | None = None) -> Detector:

@@ -51,19 +51,19 @@ class TrainConfig:
     """Hyper-parameters of `train_heads` (defaults: the shipped heads' recipe)."""
 
     hidden: int = 512
-    input_dropout: float = 0.1
-    hidden_dropout: float = 0.3
-    epochs: int = 40
+    input_dropout: float = 0.3
+    hidden_dropout: float = 0.5
+    epochs: int = 30
     patience: int = 8
     batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-2
     sigma_years: float = 2.0
     l1_weight: float = 0.1
     label_smoothing: float = 0.05
     reweight: float = 0.5
     folds: int = 5
-    debias: float = 0.5
+    debias: float = 0.3
     seed: int = 0
     threads: int = 1
 
