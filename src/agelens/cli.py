@@ -42,6 +42,16 @@ models_app = typer.Typer(help="Obtain and inspect models.", no_args_is_help=True
 app.add_typer(models_app, name="models")
 logger = logging.getLogger("agelens.cli")
 
+# The model choice shared by analyze, eval and batch: explicit names win over the preset.
+PresetOption = Annotated[
+    str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
+]
+DetectorOption = Annotated[str | None, typer.Option(help="Detector name (overrides --preset).")]
+EstimatorOption = Annotated[
+    str | None,
+    typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
+]
+
 
 @app.callback()
 def _configure(
@@ -195,16 +205,9 @@ def analyze(
     draw: Annotated[
         Path | None, typer.Option(help="Write annotated images to this folder (or file).")
     ] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
-    ] = None,
-    detector: Annotated[
-        str | None, typer.Option(help="Detector name (overrides --preset).")
-    ] = None,
-    estimator: Annotated[
-        str | None,
-        typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
-    ] = None,
+    preset: PresetOption = None,
+    detector: DetectorOption = None,
+    estimator: EstimatorOption = None,
     min_face: Annotated[float, typer.Option(help="Smallest face side, pixels.")] = 0.0,
     max_faces: Annotated[int | None, typer.Option(help="Most faces per image.")] = None,
     threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
@@ -335,16 +338,9 @@ def batch(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per network run.")] = 16,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model per worker.")] = 1,
-    preset: Annotated[
-        str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
-    ] = None,
-    detector: Annotated[
-        str | None, typer.Option(help="Detector name (overrides --preset).")
-    ] = None,
-    estimator: Annotated[
-        str | None,
-        typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
-    ] = None,
+    preset: PresetOption = None,
+    detector: DetectorOption = None,
+    estimator: EstimatorOption = None,
     min_face: Annotated[float, typer.Option(help="Smallest face side, pixels.")] = 0.0,
     max_faces: Annotated[int | None, typer.Option(help="Most faces per image.")] = None,
     crops: Annotated[
@@ -550,16 +546,9 @@ def evaluate_command(
         float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
     ] = 0.0,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
-    ] = None,
-    detector: Annotated[
-        str | None, typer.Option(help="Detector name (overrides --preset).")
-    ] = None,
-    estimator: Annotated[
-        str | None,
-        typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
-    ] = None,
+    preset: PresetOption = None,
+    detector: DetectorOption = None,
+    estimator: EstimatorOption = None,
     threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
     records: Annotated[
         Path | None, typer.Option(help="Write per-image predictions (JSONL) here.")

@@ -13,7 +13,6 @@ Shipped models live in `agelens/trained/NAME/`; models a user trains go to
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from numpy.typing import NDArray
 from agelens.errors import ModelNotFetchedError, UnknownModelError
 from agelens.models.base import Chips, RGBImage
 from agelens.models.embeddings import Backbone, create_backbone
+from agelens.models.fetch import sha256_file
 from agelens.models.runtime import create_session
 from agelens.paths import agelens_home
 from agelens.types import AgeGenderEstimate, Detection
@@ -70,15 +70,6 @@ def read_card(folder: Path) -> dict[str, Any]:
     if card.get("kind") != "agelens-heads":
         raise UnknownModelError(f"{folder} does not hold an agelens trained model")
     return card
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sigmoid(z: NDArray[np.float64]) -> NDArray[np.float64]:

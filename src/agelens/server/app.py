@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio
 import numpy as np
@@ -26,7 +26,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agelens.errors import AgelensError
@@ -43,6 +42,8 @@ from agelens.server.errors import (
     UnsupportedMediaTypeError,
     error_body,
     status_of,
+    validated,
+    validation_message,
 )
 from agelens.server.jobs import JobManager
 from agelens.server.jobs_api import router as jobs_router
@@ -77,7 +78,6 @@ from agelens.server.urlfetch import UrlFetcher
 from agelens.types import ImageResult
 
 logger = logging.getLogger(__name__)
-_M = TypeVar("_M", bound=BaseModel)
 
 EXAMPLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 _PAGE_SECURITY_HEADERS = {
@@ -266,23 +266,6 @@ _BATCH_BODY_DOC: dict[str, Any] = {
 }
 
 
-def _validated(model: type[_M], values: dict[str, Any] | bytes) -> _M:
-    try:
-        if isinstance(values, bytes):
-            return model.model_validate_json(values)
-        return model.model_validate(values)
-    except ValidationError as error:
-        raise InvalidRequestError(_validation_message(error)) from error
-
-
-def _validation_message(error: ValidationError | RequestValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "request"
-        parts.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "; ".join(parts) or "invalid request"
-
-
 def _decode_base64(text: str) -> bytes:
     if text.startswith("data:") and "," in text:  # a data URL from a browser
         text = text.split(",", 1)[1]
@@ -378,11 +361,11 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
             uploads = [f for f in files if f.field_name == "image"] or files
             if len(uploads) != 1:
                 raise InvalidRequestError("send one file in the form field `image`")
-            given = _validated(AnalyzeOptions, {**query, **fields})
+            given = validated(AnalyzeOptions, {**query, **fields})
             data, label = uploads[0].data, uploads[0].filename or "<upload>"
         elif media_type == "application/json":
-            request_json = _validated(AnalyzeJson, body)
-            given = _validated(
+            request_json = validated(AnalyzeJson, body)
+            given = validated(
                 AnalyzeOptions,
                 {
                     **query,
@@ -395,7 +378,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
                 service, request_json.image_base64, request_json.image_url
             )
         elif media_type.startswith("image/") or media_type == "application/octet-stream":
-            given = _validated(AnalyzeOptions, query)
+            given = validated(AnalyzeOptions, query)
             data, label = body, "<upload>"
         else:
             raise UnsupportedMediaTypeError(
@@ -427,12 +410,12 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
                 request.headers["content-type"],
                 max_parts=service.settings.max_batch_images + 8,
             )
-            given = _validated(AnalyzeOptions, {**query, **fields})
+            given = validated(AnalyzeOptions, {**query, **fields})
             for upload in files:
                 sources.append(_constant_source(upload.data, upload.filename or "<upload>"))
         elif media_type == "application/json":
-            batch = _validated(BatchJson, body)
-            given = _validated(
+            batch = validated(BatchJson, body)
+            given = validated(
                 AnalyzeOptions,
                 {**query, **batch.model_dump(exclude={"images"}, exclude_unset=True)},
             )
@@ -600,7 +583,7 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return respond("invalid_request", _validation_message(error), 400)
+        return respond("invalid_request", validation_message(error), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -3,9 +3,18 @@ HTTP status each stable `code` maps to."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from agelens.errors import AgelensError
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _HasErrors(Protocol):
+    def errors(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 class ApiError(AgelensError):
@@ -124,3 +133,22 @@ def status_of(error: AgelensError) -> int:
 def error_body(code: str, message: str) -> dict[str, Any]:
     """The one error shape every endpoint uses."""
     return {"error": {"code": code, "message": message}}
+
+
+def validation_message(error: _HasErrors) -> str:
+    """One line naming each invalid field (pydantic's or FastAPI's validation errors)."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def validated(model: type[_M], values: Mapping[str, Any] | bytes) -> _M:
+    """`model` from a dict or JSON bytes; InvalidRequestError (400) naming the bad fields."""
+    try:
+        if isinstance(values, bytes):
+            return model.model_validate_json(values)
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise InvalidRequestError(validation_message(error)) from error

@@ -6,20 +6,18 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ValidationError
 
 from agelens.rows import COLUMN_NAMES, rows_to_table
-from agelens.server.errors import InvalidRequestError, UnsupportedMediaTypeError
+from agelens.server.errors import InvalidRequestError, UnsupportedMediaTypeError, validated
 from agelens.server.jobs import JobManager
 from agelens.server.jobstore import JobRecord
 from agelens.server.schemas import ErrorOut, JobJson, JobLinks, JobOptions, JobOut
 from agelens.server.security import authenticate, parse_multipart
 
-_M = TypeVar("_M", bound=BaseModel)
 ZIP_MEDIA_TYPES = frozenset(
     {"application/zip", "application/x-zip-compressed", "application/octet-stream"}
 )
@@ -56,19 +54,6 @@ def _owner(request: Request, manager: Manager) -> str | None:
 
 
 Owner = Annotated[str | None, Depends(_owner)]
-
-
-def _validated(model: type[_M], values: dict[str, Any] | bytes) -> _M:
-    try:
-        if isinstance(values, bytes):
-            return model.model_validate_json(values)
-        return model.model_validate(values)
-    except ValidationError as error:
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'request'}: {e.get('msg')}"
-            for e in error.errors()
-        ]
-        raise InvalidRequestError("; ".join(parts)) from error
 
 
 def _iso(seconds: float | None) -> dt.datetime | None:
@@ -142,7 +127,7 @@ async def create_job(
     query = dict(request.query_params)
     body = await request.body()
     if media_type == "application/json":
-        given = _validated(JobJson, body)
+        given = validated(JobJson, body)
         options = _options(
             manager, {**query, **given.model_dump(exclude={"urls"}, exclude_unset=True)}
         )
@@ -166,7 +151,7 @@ async def create_job(
 
 
 def _options(manager: JobManager, values: dict[str, Any]) -> Any:
-    given = _validated(JobOptions, values)
+    given = validated(JobOptions, values)
     return manager.analysis_options(
         given.detector, given.estimator, given.min_face, given.max_faces
     )

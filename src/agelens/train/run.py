@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from agelens.evaluate import LabelledImage, compute_metrics, read_labels
-from agelens.models.heads import CARD_FILE, HEAD_FILE, HeadsEstimator, sha256_file
+from agelens.models.fetch import sha256_file
+from agelens.models.heads import CARD_FILE, HEAD_FILE, HeadsEstimator
 from agelens.train.features import Features, build_features
 from agelens.train.heads import AGE_YEARS, TrainConfig, TrainedHeads, run_heads, train_heads
 
