@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 some inputs could not be analysed (each is reported, th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -867,7 +868,16 @@ def finetune_command(
         require_extra("torch", "train")
     except MissingExtraError as error:
         raise _fail(str(error), EXIT_USAGE) from error
-    from agelens.train.finetune import BACKBONES, FinetuneConfig, FinetuneRequest, finetune_model
+    from agelens.train.finetune import (
+        BACKBONES,
+        ONNX2TORCH_INSTALL,
+        FinetuneConfig,
+        FinetuneRequest,
+        finetune_model,
+    )
+
+    if importlib.util.find_spec("onnx2torch") is None:
+        raise _fail(f"'onnx2torch' is not installed; run: {ONNX2TORCH_INSTALL}", EXIT_USAGE)
     from agelens.train.run import UTKFACE_NOTICE
 
     if backbone not in BACKBONES:

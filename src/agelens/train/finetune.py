@@ -55,6 +55,8 @@ TRAIN_CHIP = 72
 TRAIN_PADDING = 0.2875
 CHIP = 64
 BACKBONES = ("cydral",)
+#: onnx2torch's requirements pull torchvision and a CUDA torch: it is installed on its own.
+ONNX2TORCH_INSTALL = "pip install --no-deps onnx2torch==1.5.15"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,7 @@ def _onnx2torch_convert() -> Callable[..., Any]:
     """onnx2torch's `convert`. onnx2torch imports torchvision (for NMS and RoIAlign, which
     these networks do not use) at import; when torchvision is absent a stub stands in, since
     a torchvision wheel that matches a CPU torch is not always installable."""
-    from agelens.errors import require_extra
+    from agelens.errors import MissingExtraError
 
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         stub = types.ModuleType("torchvision")
@@ -137,7 +139,8 @@ def _onnx2torch_convert() -> Callable[..., Any]:
         stub.ops = ops  # type: ignore[attr-defined]
         sys.modules["torchvision"] = stub
         sys.modules["torchvision.ops"] = ops
-    require_extra("onnx2torch", "train")
+    if importlib.util.find_spec("onnx2torch") is None:
+        raise MissingExtraError(f"'onnx2torch' is not installed; run: {ONNX2TORCH_INSTALL}")
     from onnx2torch import convert
 
     return convert  # type: ignore[no-any-return]
