@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of PyTorch, named by version so pip takes it and not a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
+	# onnx2torch (agelens finetune) without its dependencies, which would pull torchvision and a CUDA torch.
+	$(BIN)/pip install --quiet --no-deps onnx2torch==1.5.15
 	$(BIN)/pip install --quiet -e '.[dev,server,train]'
 	touch $(STAMP)
 

@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 some inputs could not be analysed (each is reported, th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -98,7 +99,7 @@ def models_fetch(
 
 def _model_rows() -> list[dict[str, Any]]:
     from agelens.models.fetch import folder_size_bytes, is_fetched, model_folder
-    from agelens.models.heads import read_card, shipped_dir, trained_folders
+    from agelens.models.heads import card_kind, read_card, shipped_dir, trained_folders
     from agelens.models.registry import MODELS
 
     rows = [
@@ -116,6 +117,9 @@ def _model_rows() -> list[dict[str, Any]]:
         for spec in MODELS.values()
     ]
     for name, folder in trained_folders().items():
+        if card_kind(folder) == "agelens-finetuned":
+            rows.append(_finetuned_row(name, folder))
+            continue
         card = read_card(folder)
         shipped = folder.parent == shipped_dir()
         rows.append(
@@ -139,6 +143,33 @@ def _model_rows() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _finetuned_row(name: str, folder: Path) -> dict[str, Any]:
+    from agelens.models.fetch import is_fetched
+    from agelens.models.finetuned import read_finetuned_card
+    from agelens.models.registry import MODELS
+
+    card = read_finetuned_card(folder)
+    training = card["training"]
+    return {
+        "name": name,
+        "task": "age+gender (fine-tuned Cydral age)",
+        "source": "agelens finetune (yours)",
+        "license": "non-commercial (UTKFace-derived)"
+        if "non-commercial" in card.get("data_notice", "")
+        else "see its card",
+        "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+        "files": dict(card["files"]),
+        "fetched": is_fetched(MODELS["cydral"]),
+        "path": str(folder),
+        "description": (
+            f"Cydral age fine-tuned on {training['dataset']} {training['split']} "
+            f"({training['faces_used']} faces), validation MAE "
+            f"{card['metrics']['validation']['age_mae']:.2f}. {card.get('data_notice', '')}"
+        ).strip(),
+        "card": card,
+    }
 
 
 @models_app.command("list")
@@ -766,6 +797,124 @@ def train_command(
                 config,
                 on_rows=lambda done, total: progress.update(embedding, completed=done, total=total),
                 on_epoch=on_epoch,
+            )
+        except (ModelNotFetchedError, ModelFetchError) as error:
+            raise _fail(str(error), EXIT_MODEL) from error
+        except (UnknownModelError, ValueError) as error:
+            raise _fail(str(error), EXIT_USAGE) from error
+    typer.echo(json.dumps(outcome.card, indent=2))
+    logger.info("use it with: agelens analyze --estimator %s PHOTO", outcome.folder)
+
+
+@app.command("finetune")
+def finetune_command(
+    context: typer.Context,
+    dataset_dir: Annotated[Path, typer.Argument(help="Folder the labels' file paths are in.")],
+    backbone: Annotated[str, typer.Option(help="Network to fine-tune (cydral).")] = "cydral",
+    name: Annotated[str, typer.Option(help="Name of the fine-tuned estimator.")] = "my-finetuned",
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Labels CSV with file,age (default DATASET_DIR/labels.csv)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Train on rows whose split column equals this (none: all).")
+    ] = "dev",
+    limit: Annotated[int | None, typer.Option(help="Train on a seeded sample of N rows.")] = None,
+    pad: Annotated[
+        float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
+    ] = 0.5,
+    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping on validation).")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the split, augmentation and batches.")] = 0,
+    threads: Annotated[int, typer.Option(help="PyTorch threads for training.")] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Model folder (default $AGELENS_HOME/trained/NAME, usable by name)."),
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="Chip cache folder (default beside --out).")
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option(help="Static int8 quantization; the validation MAE change is recorded.")
+    ] = False,
+    data_notice: Annotated[
+        str | None,
+        typer.Option(help="Terms of the training data, written to the model card."),
+    ] = None,
+) -> None:
+    """Fine-tune a backbone's age network end to end (needs the `train` extra: PyTorch and
+    onnx2torch).
+
+    Cuts each face's dlib chips once (cached), trains with augmentation and early stopping on
+    a seeded 10% validation split, exports age.onnx and writes a model card. Prints the card
+    as JSON.
+    """
+    from rich.progress import Progress
+
+    from agelens.errors import MissingExtraError, require_extra
+    from agelens.models.heads import user_dir
+
+    try:
+        require_extra("torch", "train")
+    except MissingExtraError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    from agelens.train.finetune import (
+        BACKBONES,
+        ONNX2TORCH_INSTALL,
+        FinetuneConfig,
+        FinetuneRequest,
+        finetune_model,
+    )
+
+    if importlib.util.find_spec("onnx2torch") is None:
+        raise _fail(f"'onnx2torch' is not installed; run: {ONNX2TORCH_INSTALL}", EXIT_USAGE)
+    from agelens.train.run import UTKFACE_NOTICE
+
+    if backbone not in BACKBONES:
+        raise _fail(
+            f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}", EXIT_USAGE
+        )
+    labels_csv = labels or dataset_dir / "labels.csv"
+    if not labels_csv.is_file():
+        raise _fail(f"labels file not found: {labels_csv}", EXIT_USAGE)
+    if data_notice is None and "utkface" in str(dataset_dir.resolve()).lower():
+        data_notice = UTKFACE_NOTICE
+    request = FinetuneRequest(
+        dataset_dir=dataset_dir,
+        labels_csv=labels_csv,
+        out_dir=out or user_dir() / name,
+        name=name,
+        backbone=backbone,
+        split=split,
+        limit=limit,
+        pad=pad,
+        cache_root=cache,
+        int8=int8,
+        data_notice=data_notice,
+        command=_command_line(context),
+    )
+    config = FinetuneConfig(epochs=epochs, seed=seed, threads=threads)
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+        chipping = progress.add_task("cutting chips", total=None)
+        training = progress.add_task("fine-tuning", total=None)
+
+        def on_step(entry: dict[str, Any]) -> None:
+            steps = entry["steps"]
+            description = f"epoch {entry['epoch'] + 1}/{epochs}"
+            if "val_mae" in entry:
+                description += f": validation MAE {entry['val_mae']:.2f}"
+            progress.update(
+                training,
+                total=steps * epochs,
+                completed=entry["epoch"] * steps + entry["step"],
+                description=description,
+            )
+
+        try:
+            outcome = finetune_model(
+                request,
+                config,
+                on_rows=lambda done, total: progress.update(chipping, completed=done, total=total),
+                on_step=on_step,
             )
         except (ModelNotFetchedError, ModelFetchError) as error:
             raise _fail(str(error), EXIT_MODEL) from error

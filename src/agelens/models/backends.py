@@ -154,9 +154,13 @@ def create_estimator(name: str, threads: int | None = None) -> Estimator:
     lists the choices."""
     if name in ESTIMATORS:
         return ESTIMATORS[name](threads)
-    from agelens.models.heads import HeadsEstimator, find_trained
+    from agelens.models.heads import HeadsEstimator, card_kind, find_trained
 
     folder = find_trained(name)
     if folder is None:
         raise UnknownModelError(f"unknown estimator {name!r}; choose from {estimator_names()}")
+    if card_kind(folder) == "agelens-finetuned":
+        from agelens.models.finetuned import FinetunedCydralEstimator
+
+        return FinetunedCydralEstimator(folder, threads=threads)
     return HeadsEstimator(folder, threads=threads)

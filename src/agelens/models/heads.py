@@ -32,6 +32,9 @@ from agelens.types import AgeGenderEstimate, Detection
 
 CARD_FILE = "card.json"
 HEAD_FILE = "head.onnx"
+#: The model folders agelens writes: heads (`agelens train`) and fine-tuned Cydral age
+#: networks (`agelens finetune`, agelens.models.finetuned).
+TRAINED_KINDS = ("agelens-heads", "agelens-finetuned")
 AGE_YEARS = np.arange(101, dtype=np.float64)
 
 
@@ -45,14 +48,26 @@ def user_dir() -> Path:
     return agelens_home() / "trained"
 
 
+def card_kind(folder: Path) -> str | None:
+    """The `kind` of the folder's card (one of TRAINED_KINDS), or None when it has no card
+    agelens can read."""
+    try:
+        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kind = card.get("kind") if isinstance(card, dict) else None
+    return kind if kind in TRAINED_KINDS else None
+
+
 def trained_folders() -> dict[str, Path]:
-    """Every trained model found, by name: shipped ones, then the user's (which may not
-    shadow a shipped name)."""
+    """Every trained or fine-tuned model found, by name: shipped ones, then the user's (which
+    may not shadow a shipped name)."""
     found: dict[str, Path] = {}
     for root in (shipped_dir(), user_dir()):
         if root.is_dir():
             for card in sorted(root.glob(f"*/{CARD_FILE}")):
-                found.setdefault(card.parent.name, card.parent)
+                if card_kind(card.parent) is not None:
+                    found.setdefault(card.parent.name, card.parent)
     return found
 
 

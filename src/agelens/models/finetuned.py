@@ -1,0 +1,96 @@
+"""Cydral with a fine-tuned age network: the model folders `agelens finetune` writes.
+
+A folder holds `card.json` (`"kind": "agelens-finetuned"`, training data and command, the
+validation metrics per epoch, the 80% interval's half-width by age, the sha256 of each file,
+checked at load), `age.onnx` (`images (N, 3, 64, 64)` -> `probabilities (N, 101)`, ages
+0..100) and `MODEL_CARD.md`. Alignment (dlib 5-point chips) and gender (Cydral gender-v1)
+are those of the registered `cydral` model, which must be fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agelens.errors import ModelNotFetchedError, UnknownModelError
+from agelens.models.base import Chips, RGBImage
+from agelens.models.heads import CARD_FILE, sha256_file
+from agelens.models.runtime import create_session
+from agelens.types import AgeGenderEstimate, Detection
+
+FINETUNED_KIND = "agelens-finetuned"
+AGE_FILE = "age.onnx"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+
+
+def read_finetuned_card(folder: Path) -> dict[str, Any]:
+    """The card of a fine-tuned model folder; UnknownModelError for any other folder."""
+    card: dict[str, Any] = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    if card.get("kind") != FINETUNED_KIND:
+        raise UnknownModelError(f"{folder} does not hold an agelens fine-tuned model")
+    return card
+
+
+def verify_files(folder: Path, files: dict[str, str]) -> None:
+    """Every file the card lists must be there with the card's sha256 (ModelNotFetchedError)."""
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelNotFetchedError(f"{path} is missing; fine-tune the model again")
+        if sha256_file(path) != expected:
+            raise ModelNotFetchedError(
+                f"{path} does not match the sha256 in its card ({expected[:16]}…); "
+                "fine-tune the model again"
+            )
+
+
+class FinetunedCydralEstimator:
+    """Cydral's alignment and gender network, the folder's fine-tuned age network."""
+
+    def __init__(self, folder: Path, *, threads: int | None = None) -> None:
+        from agelens.models.cydral import CydralEstimator
+        from agelens.models.fetch import model_file
+        from agelens.models.registry import get_spec
+
+        card = read_finetuned_card(folder)
+        verify_files(folder, card["files"])
+        self.card = card
+        self.name = str(card["name"])
+        spec = get_spec("cydral")
+        self._cydral = CydralEstimator(spec, threads=threads)
+        # gender-v1 unchanged, in its own session so P(male) is computed without the old
+        # age network.
+        self._gender = create_session(model_file(spec, "gender.onnx"), threads)
+        self._age = create_session(folder / AGE_FILE, threads)
+        self._ages = np.arange(int(card["age_classes"]), dtype=np.float64)
+        self._knots_x = np.asarray(card["interval"]["knots_x"], dtype=np.float64)
+        self._knots_y = np.asarray(card["interval"]["knots_y"], dtype=np.float64)
+
+    def version(self) -> str:
+        """Model name and what it was made from."""
+        return f"{self.name} (agelens fine-tuned age over {self._cydral.version()})"
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """Cydral's 64-px age and 32-px gender chips."""
+        return self._cydral.align(image, detections)
+
+    def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
+        """Expected age (0..100), the 80% interval from validation residuals, P(male)."""
+        if not chips:
+            return []
+        probabilities = self._age.run(None, {"images": chips["cydral_age"]})[0]
+        ages = probabilities.astype(np.float64) @ self._ages
+        widths = np.interp(ages, self._knots_x, self._knots_y)
+        male = self._gender.run(None, {"images": chips["cydral_gender"]})[0][:, 1]
+        return [
+            AgeGenderEstimate(
+                age_years=float(age),
+                age_interval=(float(max(0.0, age - width)), float(age + width)),
+                gender_probability_male=float(p),
+            )
+            for age, width, p in zip(ages, widths, male, strict=True)
+        ]

@@ -1,0 +1,731 @@
+"""`agelens finetune`: the Cydral age network trained end to end on a labelled folder.
+
+The recipe is the one measured in MEASUREMENTS.md ("Cydral upgrade"): age-v1 converted to
+PyTorch with onnx2torch (after relabelling its opset 18 -> 13: onnx2torch cannot read Pad-18,
+and these Pad nodes mean the same under opset 13), dlib's folded scale/offset layers made
+trainable, the 81-way age output widened to 101 classes (ages 0..100; the first 81 start from
+the original, whose oldest class is 80), trained on 72-px dlib chips (padding 0.2875, the same
+face scale as the estimator's 64-px chips at padding 0.2) randomly cropped to 64 px, with
+flips, colour jitter and some grayscale; validated on the exact 64-px chip the estimator cuts.
+gender-v1 is kept unchanged (a new gender head did not beat it).
+
+Faces are found once (detector on the padded image, the face `agelens eval` would score, dlib
+landmarks) and both chips are cached as uint8 arrays in one .npz, so epochs only run the
+network. The model folder (see agelens.models.finetuned) holds `age.onnx`, `card.json` and
+`MODEL_CARD.md`; it is written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.evaluate import LabelledImage, iter_dataset, read_labels, scored_index
+from agelens.models.finetuned import (
+    AGE_FILE,
+    FINETUNED_KIND,
+    MODEL_CARD_FILE,
+    FinetunedCydralEstimator,
+)
+from agelens.models.heads import CARD_FILE, sha256_file
+
+logger = logging.getLogger(__name__)
+
+#: Ages of the widened age output's classes.
+AGE_CLASSES = 101
+#: Training chips: 72 px at padding 0.2875 shows the face at the scale of the estimator's
+#: 64-px chip at padding 0.2 (64 / 1.4 = 72 / 1.575 face pixels), with 8 px to crop from.
+TRAIN_CHIP = 72
+TRAIN_PADDING = 0.2875
+CHIP = 64
+BACKBONES = ("cydral",)
+#: onnx2torch's requirements pull torchvision and a CUDA torch: it is installed on its own.
+ONNX2TORCH_INSTALL = "pip install --no-deps onnx2torch==1.5.15"
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneConfig:
+    """Hyper-parameters of a fine-tuning run (defaults: the measured recipe)."""
+
+    epochs: int = 8
+    batch_size: int = 128
+    lr_body: float = 3e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.15
+    label_sigma: float = 2.0
+    l1_weight: float = 0.1
+    jitter: float = 0.2
+    grayscale: float = 0.05
+    validation_fraction: float = 0.1
+    patience: int = 3
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneRequest:
+    """Everything `agelens finetune` was asked to do."""
+
+    dataset_dir: Path
+    labels_csv: Path
+    out_dir: Path
+    name: str
+    backbone: str = "cydral"
+    split: str | None = "dev"
+    limit: int | None = None
+    pad: float = 0.5
+    detector: str = "blazeface-full"
+    cache_root: Path | None = None
+    int8: bool = False
+    data_notice: str | None = None
+    command: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneOutcome:
+    """Where the model went and its card."""
+
+    folder: Path
+    card: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChipSet:
+    """Cached chips of the rows where a face was found, in label order.
+
+    `train_chips` `(n, 72, 72, 3)` and `eval_chips` `(n, 64, 64, 3)` are RGB uint8.
+    """
+
+    rows: tuple[LabelledImage, ...]
+    train_chips: NDArray[np.uint8]
+    eval_chips: NDArray[np.uint8]
+
+    @property
+    def ages(self) -> NDArray[np.float32]:
+        """Labelled ages, `(n,)`."""
+        return np.array([row.age for row in self.rows], dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _onnx2torch_convert() -> Callable[..., Any]:
+    """onnx2torch's `convert`. onnx2torch imports torchvision (for NMS and RoIAlign, which
+    these networks do not use) at import; when torchvision is absent a stub stands in, since
+    a torchvision wheel that matches a CPU torch is not always installable."""
+    from agelens.errors import MissingExtraError
+
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        stub = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+        ops.roi_align = None  # type: ignore[attr-defined]
+        stub.ops = ops  # type: ignore[attr-defined]
+        sys.modules["torchvision"] = stub
+        sys.modules["torchvision.ops"] = ops
+    if importlib.util.find_spec("onnx2torch") is None:
+        raise MissingExtraError(f"'onnx2torch' is not installed; run: {ONNX2TORCH_INSTALL}")
+    from onnx2torch import convert
+
+    return convert  # type: ignore[no-any-return]
+
+
+def convert_age_network(path: Path) -> Any:
+    """Cydral's age.onnx as a torch module computing the same probabilities `(N, 81)`."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = 13
+    module = _onnx2torch_convert()(model)
+    module.eval()
+    return module
+
+
+def age_network(path: Path) -> Any:
+    """The trainable network: converted age-v1 without its softmax, folded scale/offset
+    layers as parameters, the age output widened to 101 logits (ages 0..100)."""
+    import torch
+
+    module = convert_age_network(path)
+    initializers = module.initializers
+    for name, buffer in list(initializers.named_buffers(recurse=False)):
+        if buffer.is_floating_point():
+            delattr(initializers, name)
+            initializers.register_parameter(name, torch.nn.Parameter(buffer.detach().clone()))
+    old = module.layer_1_fc
+    wide = torch.nn.Linear(old.in_features, AGE_CLASSES)
+    with torch.no_grad():
+        wide.weight.zero_()
+        wide.weight[: old.out_features] = old.weight
+        # New classes (81..100) start far less likely than any original one.
+        wide.bias.fill_(float(old.bias.min()) - 4.0)
+        wide.bias[: old.out_features] = old.bias
+    module.layer_1_fc = wide
+    module.probabilities = torch.nn.Identity()
+    return module
+
+
+def _head_parameters(network: Any) -> list[Any]:
+    return list(network.layer_1_fc.parameters())
+
+
+# ----------------------------------------------------------------------------- chips
+
+
+def _chip_config(request: FinetuneRequest, rows: Sequence[LabelledImage]) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(f"{row.file}\n".encode())
+    return {
+        "dataset_dir": str(request.dataset_dir.resolve()),
+        "pad": float(request.pad),
+        "detector": request.detector,
+        "chips": [TRAIN_CHIP, TRAIN_PADDING, CHIP],
+        "files_sha256": digest.hexdigest(),
+    }
+
+
+def build_chips(
+    request: FinetuneRequest,
+    rows: Sequence[LabelledImage],
+    cache_root: Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> ChipSet:
+    """Both chips of every row with a face, from `cache_root` when cached before.
+
+    Rows whose image does not decode or holds no face are left out (logged).
+    """
+    from agelens.models.backends import create_detector
+    from agelens.models.cydral import CydralEstimator
+    from agelens.models.registry import get_spec
+
+    config = _chip_config(request, rows)
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    target = cache_root / f"chips-{key}.npz"
+    if not target.is_file():
+        detector = create_detector(request.detector, 1)
+        cydral = CydralEstimator(get_spec("cydral"), threads=1)
+        dlib = cydral._dlib
+        found = np.zeros(len(rows), dtype=bool)
+        train: list[NDArray[np.uint8]] = []
+        evaluation: list[NDArray[np.uint8]] = []
+        index = 0
+        for batch in iter_dataset(request.dataset_dir, rows, request.pad):
+            images = [image for _, image in batch if image is not None]
+            detections = iter(detector.detect_many(images)) if images else iter(())
+            for _, image in batch:
+                position, index = index, index + 1
+                if image is None:
+                    continue
+                faces = next(detections)
+                chosen = scored_index([d.box_xyxy for d in faces], image.shape[1::-1])
+                if chosen is None:
+                    continue
+                image = np.ascontiguousarray(image)
+                shape = cydral.landmarks(image, faces[chosen])
+                for size, padding, out in (
+                    (TRAIN_CHIP, TRAIN_PADDING, train),
+                    (CHIP, cydral._padding, evaluation),
+                ):
+                    details = dlib.get_face_chip_details(shape, size, padding)
+                    out.append(np.asarray(dlib.extract_image_chip(image, details), np.uint8))
+                found[position] = True
+            if progress is not None:
+                progress(index, len(rows))
+        cache_root.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_suffix(".tmp.npz")
+        np.savez(
+            temporary,
+            found=found,
+            train=np.stack(train) if train else np.zeros((0, TRAIN_CHIP, TRAIN_CHIP, 3), np.uint8),
+            eval=np.stack(evaluation) if evaluation else np.zeros((0, CHIP, CHIP, 3), np.uint8),
+        )
+        os.replace(temporary, target)
+        (cache_root / f"chips-{key}.json").write_text(json.dumps(config, indent=2) + "\n")
+    with np.load(target) as data:
+        found, train_chips, eval_chips = data["found"], data["train"], data["eval"]
+    kept = tuple(row for row, hit in zip(rows, found, strict=True) if hit)
+    if len(kept) < len(rows):
+        logger.info(
+            "%d of %d rows had no usable face and are left out", len(rows) - len(kept), len(rows)
+        )
+    if not kept:
+        raise ValueError("no face was found in any labelled image: check --pad and the folder")
+    return ChipSet(rows=kept, train_chips=train_chips, eval_chips=eval_chips)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _normalise(chips: Any, mean: Any, scale: float) -> Any:
+    """uint8-valued float `(N, H, W, 3)` -> the network's input `(N, 3, H, W)`."""
+    return ((chips - mean) * scale).permute(0, 3, 1, 2).contiguous()
+
+
+def augment(chips: Any, config: FinetuneConfig, generator: Any) -> Any:
+    """Random 64-px crops of 72-px chips, flips, brightness/contrast/saturation, grayscale.
+
+    `chips` is a uint8 tensor `(N, 72, 72, 3)`; returns float32 `(N, 64, 64, 3)` in 0..255.
+    """
+    import torch
+
+    n = chips.shape[0]
+    margin = chips.shape[1] - CHIP
+    offsets = torch.randint(0, margin + 1, (n, 2), generator=generator)
+    rows = offsets[:, 0, None] + torch.arange(CHIP)[None, :]
+    cols = offsets[:, 1, None] + torch.arange(CHIP)[None, :]
+    batch = torch.arange(n)[:, None, None]
+    x = chips[batch, rows[:, :, None], cols[:, None, :]].float()
+    flip = torch.rand(n, generator=generator) < 0.5
+    x[flip] = x[flip].flip(2)
+
+    def factor() -> Any:
+        low, high = 1 - config.jitter, 1 + config.jitter
+        return (low + (high - low) * torch.rand(n, generator=generator))[:, None, None, None]
+
+    weights = torch.tensor([0.299, 0.587, 0.114])
+    x = x * factor()
+    gray = (x * weights).sum(-1, keepdim=True)
+    x = gray.mean((1, 2), keepdim=True) + (x - gray.mean((1, 2), keepdim=True)) * factor()
+    gray = (x * weights).sum(-1, keepdim=True)
+    x = gray + (x - gray) * factor()
+    to_gray = torch.rand(n, generator=generator) < config.grayscale
+    x[to_gray] = (x[to_gray] * weights).sum(-1, keepdim=True).expand(-1, -1, -1, 3)
+    return x.clamp(0, 255)
+
+
+def age_loss(logits: Any, ages: Any, config: FinetuneConfig) -> Any:
+    """Cross-entropy to a Gaussian label distribution (σ years) + weight × L1 on the
+    expected age."""
+    import torch
+
+    classes = torch.arange(AGE_CLASSES, dtype=torch.float32)
+    target = torch.exp(-0.5 * ((classes[None, :] - ages[:, None]) / config.label_sigma) ** 2)
+    target = target / target.sum(1, keepdim=True)
+    log_probabilities = torch.log_softmax(logits, 1)
+    expected = (log_probabilities.exp() * classes).sum(1)
+    cross_entropy = -(target * log_probabilities).sum(1).mean()
+    return cross_entropy + config.l1_weight * (expected - ages).abs().mean()
+
+
+def predict_ages(
+    network: Any, chips: NDArray[np.uint8], batch_size: int = 256
+) -> NDArray[np.float64]:
+    """Expected ages of exact 64-px chips `(N, 64, 64, 3)` uint8."""
+    import torch
+
+    from agelens.models.registry import get_spec
+
+    spec = get_spec("cydral")
+    mean = torch.tensor(spec.mean, dtype=torch.float32)
+    classes = torch.arange(AGE_CLASSES, dtype=torch.float32)
+    network.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(chips), batch_size):
+            x = torch.from_numpy(chips[start : start + batch_size]).float()
+            logits = network(_normalise(x, mean, spec.scale))
+            out.append((torch.softmax(logits, 1) * classes).sum(1).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def validation_split(
+    count: int, fraction: float, seed: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(train indices, validation indices): a seeded `fraction` of rows held out."""
+    order = np.random.default_rng(seed).permutation(count)
+    held = max(1, round(count * fraction))
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def train_network(
+    network: Any,
+    chips: ChipSet,
+    config: FinetuneConfig,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], NDArray[np.int64], NDArray[np.float64]]:
+    """Train in place; keeps the weights of the best validation epoch.
+
+    Returns (one record per epoch, validation indices, validation predictions of the kept
+    weights).
+    """
+    import torch
+
+    from agelens.models.registry import get_spec
+
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(max(1, config.threads))
+    generator = torch.Generator().manual_seed(config.seed)
+    spec = get_spec("cydral")
+    mean = torch.tensor(spec.mean, dtype=torch.float32)
+    train_index, val_index = validation_split(
+        len(chips.rows), config.validation_fraction, config.seed
+    )
+    train_chips = torch.from_numpy(chips.train_chips[train_index])
+    train_ages = torch.from_numpy(chips.ages[train_index])
+    val_ages = chips.ages[val_index].astype(np.float64)
+    head = _head_parameters(network)
+    head_ids = {id(p) for p in head}
+    body = [p for p in network.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": config.lr_body}, {"params": head, "lr": config.lr_head}],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[config.lr_body, config.lr_head],
+        total_steps=max(2, steps_per_epoch * config.epochs),
+        pct_start=config.warmup_fraction,
+        anneal_strategy="cos",
+    )
+    history: list[dict[str, Any]] = []
+    best_mae, best_state, best_predictions, stale = math.inf, None, np.zeros(0), 0
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        network.train()
+        order = torch.randperm(len(train_index), generator=generator)
+        total, seen = 0.0, 0
+        for step, start in enumerate(range(0, len(order), config.batch_size)):
+            picked = order[start : start + config.batch_size]
+            x = _normalise(augment(train_chips[picked], config, generator), mean, spec.scale)
+            loss = age_loss(network(x), train_ages[picked], config)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(picked)
+            seen += len(picked)
+            if on_step is not None:
+                on_step({"epoch": epoch, "step": step + 1, "steps": steps_per_epoch})
+        predictions = predict_ages(network, chips.eval_chips[val_index])
+        mae = float(np.abs(predictions - val_ages).mean())
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": round(total / max(1, seen), 4),
+            "val_mae": round(mae, 4),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        history.append(record)
+        logger.info(
+            "epoch %d: train loss %.3f, validation MAE %.3f", epoch + 1, record["train_loss"], mae
+        )
+        if on_step is not None:
+            on_step({"epoch": epoch, "step": steps_per_epoch, "steps": steps_per_epoch, **record})
+        if mae < best_mae:
+            best_mae, stale, best_predictions = mae, 0, predictions
+            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+    return history, val_index, best_predictions
+
+
+# ----------------------------------------------------------------------------- export
+
+
+class _Probabilities:
+    """Factory of the export wrapper (a torch module: softmax over the network's logits)."""
+
+    @staticmethod
+    def wrap(network: Any) -> Any:
+        import torch
+
+        class Probabilities(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, images: Any) -> Any:
+                return torch.softmax(self.inner(images), 1)
+
+        return Probabilities(network).eval()
+
+
+def export_onnx(network: Any, path: Path) -> None:
+    """`images (N, 3, 64, 64)` -> `probabilities (N, 101)`, with the TorchScript exporter."""
+    import warnings
+
+    import torch
+
+    wrapped = _Probabilities.wrap(network)
+    example = torch.zeros(1, 3, CHIP, CHIP)
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its own deprecation; it is the one that exports
+        # onnx2torch's modules without onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["probabilities"],
+            dynamic_axes={"images": {0: "faces"}, "probabilities": {0: "faces"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def onnx_ages(path: Path, chips: NDArray[np.uint8]) -> NDArray[np.float64]:
+    """Expected ages of exact 64-px chips by an exported age.onnx."""
+    from agelens.models.registry import get_spec
+    from agelens.models.runtime import create_session
+
+    spec = get_spec("cydral")
+    session = create_session(path, 1)
+    out = []
+    for start in range(0, len(chips), 256):
+        x = (
+            chips[start : start + 256].astype(np.float32) - np.asarray(spec.mean, np.float32)
+        ) * spec.scale
+        probabilities = session.run(
+            None, {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+        )[0]
+        out.append(probabilities.astype(np.float64) @ np.arange(AGE_CLASSES))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def quantize_static_int8(source: Path, target: Path, calibration: NDArray[np.uint8]) -> None:
+    """Static QDQ int8 (per channel, MinMax) calibrated on exact 64-px chips."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from agelens.models.registry import get_spec
+
+    spec = get_spec("cydral")
+    x = (calibration.astype(np.float32) - np.asarray(spec.mean, np.float32)) * spec.scale
+    batches = iter(
+        [
+            {"images": np.ascontiguousarray(x[i : i + 1].transpose(0, 3, 1, 2))}
+            for i in range(len(x))
+        ]
+    )
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+            return next(batches, None)
+
+    prepared = target.with_suffix(".prep.onnx")
+    quant_pre_process(str(source), str(prepared))
+    quantize_static(
+        str(prepared),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink()
+
+
+def interval_knots(
+    predictions: NDArray[np.float64], ages: NDArray[np.float64], coverage: float = 0.8
+) -> dict[str, list[float]]:
+    """Half-width of the central `coverage` interval by predicted age: the `coverage`
+    quantile of |residual| in predicted-age bins of at least 30 validation rows."""
+    residual = np.abs(predictions - ages)
+    if len(residual) < 60:
+        width = float(np.quantile(residual, coverage)) if len(residual) else 5.0
+        return {"knots_x": [0.0], "knots_y": [round(width, 3)]}
+    order = np.argsort(predictions)
+    bins = np.array_split(order, max(1, min(10, len(order) // 30)))
+    return {
+        "knots_x": [round(float(np.median(predictions[b])), 3) for b in bins],
+        "knots_y": [round(float(np.quantile(residual[b], coverage)), 3) for b in bins],
+    }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def finetune_model(
+    request: FinetuneRequest,
+    config: FinetuneConfig,
+    *,
+    on_rows: Callable[[int, int], None] | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> FinetuneOutcome:
+    """Run the whole fine-tuning; returns the installed model folder and its card."""
+    from agelens.models.fetch import model_file
+    from agelens.models.registry import get_spec
+
+    if request.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {request.backbone!r}; choose from {list(BACKBONES)}")
+    started = time.perf_counter()
+    rows = read_labels(request.labels_csv, split=request.split, limit=request.limit, seed=0)
+    labelled = [r for r in rows if r.age is not None]
+    if len(labelled) < 20:
+        raise ValueError(
+            f"{len(labelled)} rows with an age is too few to fine-tune; give at least 20"
+        )
+    cache_root = request.cache_root or request.out_dir.parent / ".agelens-train-cache"
+    chips = build_chips(request, labelled, cache_root, progress=on_rows)
+    chip_seconds = time.perf_counter() - started
+    spec = get_spec("cydral")
+    network = age_network(model_file(spec, "age.onnx"))
+    history, val_index, val_predictions = train_network(network, chips, config, on_step=on_step)
+    val_ages = chips.ages[val_index].astype(np.float64)
+
+    staging = request.out_dir.with_name(f".{request.out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    export_onnx(network, staging / AGE_FILE)
+    exported = onnx_ages(staging / AGE_FILE, chips.eval_chips[val_index])
+    gap = float(np.abs(exported - val_predictions).max())
+    if gap > 0.05:
+        raise RuntimeError(
+            f"exported age.onnx disagrees with the trained network ({gap:.3f} years)"
+        )
+    val_mae = float(np.abs(exported - val_ages).mean())
+    metrics: dict[str, Any] = {"validation": {"rows": len(val_index), "age_mae": round(val_mae, 4)}}
+    if request.int8:
+        train_index = np.setdiff1d(np.arange(len(chips.rows)), val_index)
+        calibration = np.random.default_rng(config.seed).choice(
+            train_index, min(512, len(train_index)), replace=False
+        )
+        quantized = staging / "age.int8.onnx"
+        quantize_static_int8(staging / AGE_FILE, quantized, chips.eval_chips[np.sort(calibration)])
+        int8_ages = onnx_ages(quantized, chips.eval_chips[val_index])
+        int8_mae = float(np.abs(int8_ages - val_ages).mean())
+        metrics["int8"] = {
+            "calibration_chips": len(calibration),
+            "validation_age_mae": round(int8_mae, 4),
+            "validation_age_mae_change_years": round(int8_mae - val_mae, 4),
+            "size_bytes": {
+                "float32": (staging / AGE_FILE).stat().st_size,
+                "int8": quantized.stat().st_size,
+            },
+        }
+        quantized.replace(staging / AGE_FILE)
+        exported = int8_ages
+    card: dict[str, Any] = {
+        "kind": FINETUNED_KIND,
+        "format_version": 1,
+        "name": request.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "task": "age (fine-tuned) + gender (gender-v1 unchanged)",
+        "backbone": request.backbone,
+        "age_classes": AGE_CLASSES,
+        "weights": "int8" if request.int8 else "float32",
+        "interval": interval_knots(exported, val_ages),
+        "files": {AGE_FILE: sha256_file(staging / AGE_FILE)},
+        "training": {
+            "dataset": request.dataset_dir.name,
+            "labels": request.labels_csv.name,
+            "split": request.split,
+            "rows": len(labelled),
+            "faces_used": len(chips.rows),
+            "validation_rows": len(val_index),
+            "pad": request.pad,
+            "detector": request.detector,
+            "chips": {
+                "train": [TRAIN_CHIP, TRAIN_PADDING],
+                "eval": [CHIP, spec.params["chip_padding"]],
+            },
+            "command": request.command,
+            "config": asdict(config),
+            "epochs": history,
+            "epochs_run": len(history),
+            "best_epoch": 1 + int(np.argmin([h["val_mae"] for h in history])),
+            "chip_seconds": round(chip_seconds, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+        },
+        "metrics": metrics,
+        "data_notice": request.data_notice or "",
+        "license": (
+            "Fine-tuned from Cydral age-v1 (dlib-models, CC0-1.0); the weights are derived from "
+            "the training data named above and its terms apply. gender-v1 is used unchanged."
+        ),
+    }
+    markdown = model_card_markdown(card)
+    (staging / MODEL_CARD_FILE).write_text(markdown, encoding="utf-8")
+    card["files"][MODEL_CARD_FILE] = sha256_file(staging / MODEL_CARD_FILE)
+    (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    # Loading it the way users will proves the folder is complete before it is installed.
+    FinetunedCydralEstimator(staging, threads=1)
+    if request.out_dir.exists():
+        shutil.rmtree(request.out_dir)
+    staging.replace(request.out_dir)
+    logger.info("model %s written to %s", request.name, request.out_dir)
+    return FinetuneOutcome(folder=request.out_dir, card=card)
+
+
+def model_card_markdown(card: dict[str, Any]) -> str:
+    """The card as Markdown for people."""
+    training = card["training"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"Cydral age-v1 fine-tuned end to end by `agelens finetune` ({card['age_classes']} age "
+        f"classes, ages 0..100, weights {card['weights']}); gender from Cydral gender-v1, "
+        "unchanged.",
+        "",
+    ]
+    if card["data_notice"]:
+        lines += [f"**Data terms:** {card['data_notice']}", ""]
+    lines += [
+        "## Training",
+        f"- data: `{training['dataset']}/{training['labels']}`, split `{training['split']}`: "
+        f"{training['rows']} labelled rows, {training['faces_used']} with a face found "
+        f"(detector {training['detector']}, pad {training['pad']}); "
+        f"{training['validation_rows']} held out (seeded) for validation",
+        f"- command: `{training['command']}`",
+        f"- epochs run: {training['epochs_run']}, kept: epoch {training['best_epoch']}, "
+        f"seed {training['config']['seed']}, {training['total_seconds']} s in all",
+        "",
+        "## Validation by epoch",
+        "Held-out rows of the training split: expect higher errors on photos unlike them.",
+        "",
+        "| epoch | train loss | validation age MAE | seconds |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {h['epoch']} | {h['train_loss']:.3f} | {h['val_mae']:.2f} | {h['seconds']} |"
+        for h in training["epochs"]
+    ]
+    lines += [
+        "",
+        "Exported age.onnx on the validation rows: "
+        f"MAE {card['metrics']['validation']['age_mae']:.2f}.",
+    ]
+    if "int8" in card["metrics"]:
+        q = card["metrics"]["int8"]
+        lines += [
+            "",
+            "## int8",
+            f"Static QDQ, per channel, {q['calibration_chips']} calibration chips: validation MAE "
+            f"{q['validation_age_mae']:.2f} ({q['validation_age_mae_change_years']:+.3f} years), "
+            f"{q['size_bytes']['float32']} -> {q['size_bytes']['int8']} bytes.",
+        ]
+    lines += ["", "## Licence", card["license"], ""]
+    return "\n".join(lines)

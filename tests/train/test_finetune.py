@@ -1,0 +1,230 @@
+"""`agelens finetune`: the converted Cydral network, its export, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+if importlib.util.find_spec("onnx2torch") is None:
+    # Not importorskip: importing onnx2torch needs torchvision, which agelens stubs out.
+    pytest.skip("onnx2torch is not installed (the train extra)", allow_module_level=True)
+
+import torch
+
+from agelens.cli import EXIT_USAGE, app
+from agelens.errors import ModelNotFetchedError
+from agelens.evaluate import scored_face
+from agelens.models.backends import create_detector, create_estimator
+from agelens.models.base import Chips
+from agelens.models.cydral import CydralEstimator
+from agelens.models.fetch import model_file
+from agelens.models.finetuned import FinetunedCydralEstimator
+from agelens.models.heads import card_kind, trained_folders
+from agelens.models.registry import get_spec
+from agelens.models.runtime import create_session
+from agelens.pipeline import Analyzer
+from agelens.train.finetune import (
+    AGE_CLASSES,
+    FinetuneConfig,
+    age_loss,
+    age_network,
+    augment,
+    convert_age_network,
+    export_onnx,
+    interval_knots,
+    validation_split,
+)
+from agelens.train.run import UTKFACE_NOTICE
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def astronaut_chips(astronaut: np.ndarray) -> Chips:
+    """Cydral's normalised chips of the astronaut's face, and of its mirror image."""
+    detector = create_detector("blazeface-full", 1)
+    cydral = CydralEstimator(get_spec("cydral"), threads=1)
+    chips = []
+    for image in (astronaut, np.ascontiguousarray(astronaut[:, ::-1])):
+        (faces,) = detector.detect_many([image])
+        chips.append(cydral.align(image, faces[:1]))
+    return {key: np.concatenate([c[key] for c in chips]) for key in chips[0]}
+
+
+def test_converted_network_reproduces_age_onnx(astronaut_chips: Chips) -> None:
+    path = model_file(get_spec("cydral"), "age.onnx")
+    images = astronaut_chips["cydral_age"]
+    expected = create_session(path, 1).run(None, {"images": images})[0]
+    with torch.no_grad():
+        converted = convert_age_network(path)(torch.from_numpy(images)).numpy()
+    assert converted.shape == expected.shape == (2, 81)
+    assert np.abs(converted - expected).max() < 1e-4
+
+
+def test_widened_network_starts_where_the_original_was(astronaut_chips: Chips) -> None:
+    path = model_file(get_spec("cydral"), "age.onnx")
+    network = age_network(path).eval()
+    with torch.no_grad():
+        probabilities = torch.softmax(network(torch.from_numpy(astronaut_chips["cydral_age"])), 1)
+    assert probabilities.shape == (2, AGE_CLASSES)
+    assert float(probabilities[:, 81:].sum(1).max()) < 0.01
+    trainable = {name for name, p in network.named_parameters() if p.requires_grad}
+    assert any(name.startswith("initializers.") for name in trainable)  # dlib's scale/offset
+
+
+def test_exported_onnx_matches_the_torch_network(astronaut_chips: Chips, tmp_path: Path) -> None:
+    network = age_network(model_file(get_spec("cydral"), "age.onnx")).eval()
+    images = astronaut_chips["cydral_age"]
+    export_onnx(network, tmp_path / "age.onnx")
+    exported = create_session(tmp_path / "age.onnx", 1).run(None, {"images": images})[0]
+    with torch.no_grad():
+        expected = torch.softmax(network(torch.from_numpy(images)), 1).numpy()
+    assert exported.shape == (2, AGE_CLASSES)
+    assert np.abs(exported - expected).max() < 1e-3
+
+
+def test_augmentation_is_seeded_and_keeps_shape_and_range() -> None:
+    chips = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 72, 72, 3), np.uint8))
+    config = FinetuneConfig()
+    first = augment(chips, config, torch.Generator().manual_seed(1))
+    again = augment(chips, config, torch.Generator().manual_seed(1))
+    assert first.shape == (8, 64, 64, 3)
+    assert torch.equal(first, again)
+    assert float(first.min()) >= 0
+    assert float(first.max()) <= 255
+
+
+@pytest.mark.parametrize(
+    ("age", "better", "worse"), [(0.0, 0, 10), (42.0, 42, 30), (100.0, 100, 80)]
+)
+def test_loss_is_lowest_at_the_labelled_age(age: float, better: int, worse: int) -> None:
+    config = FinetuneConfig()
+    ages = torch.tensor([age])
+
+    def loss_peaked_at(year: int) -> float:
+        logits = torch.full((1, AGE_CLASSES), -10.0)
+        logits[0, year] = 10.0
+        return float(age_loss(logits, ages, config))
+
+    assert loss_peaked_at(better) < loss_peaked_at(worse)
+
+
+@pytest.mark.parametrize(
+    ("count", "fraction", "held"), [(1, 0.1, 1), (200, 0.1, 20), (95, 0.1, 10)]
+)
+def test_validation_split_is_seeded_and_disjoint(count: int, fraction: float, held: int) -> None:
+    train, validation = validation_split(count, fraction, seed=3)
+    assert len(validation) == held
+    assert not set(train) & set(validation)
+    assert len(train) + len(validation) == count
+    assert np.array_equal(validation, validation_split(count, fraction, seed=3)[1])
+
+
+def test_interval_knots_cover_80_percent() -> None:
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(1, 90, 1000)
+    predictions = ages + rng.normal(0, 3, 1000)
+    knots = interval_knots(predictions, ages)
+    widths = np.interp(predictions, knots["knots_x"], knots["knots_y"])
+    covered = np.mean(np.abs(predictions - ages) <= widths)
+    assert 0.75 <= covered <= 0.85
+    assert interval_knots(np.zeros(0), np.zeros(0)) == {"knots_x": [0.0], "knots_y": [5.0]}
+
+
+@pytest.fixture(scope="module")
+def finetuned(utkface_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch on 200 seeded UTKFace dev rows, int8: every step, not a useful model."""
+    root = tmp_path_factory.mktemp("finetune")
+    result = runner.invoke(
+        app,
+        [
+            "finetune", str(utkface_dir), "--backbone", "cydral", "--limit", "200",
+            "--epochs", "1", "--name", "tiny", "--out", str(root / "model"),
+            "--cache", str(root / "cache"), "--int8",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "tiny"
+    return root / "model"
+
+
+def test_finetune_writes_a_complete_model_folder(finetuned: Path) -> None:
+    assert sorted(p.name for p in finetuned.iterdir()) == ["MODEL_CARD.md", "age.onnx", "card.json"]
+    card = json.loads((finetuned / "card.json").read_text())
+    assert card["kind"] == "agelens-finetuned" == card_kind(finetuned)
+    assert card["backbone"] == "cydral"
+    assert card["data_notice"] == UTKFACE_NOTICE
+    assert set(card["files"]) == {"age.onnx", "MODEL_CARD.md"}
+    training = card["training"]
+    assert training["split"] == "dev"
+    assert training["rows"] == 200
+    assert training["validation_rows"] == round(0.1 * training["faces_used"])
+    assert [epoch["epoch"] for epoch in training["epochs"]] == [1]
+    assert training["command"].startswith("agelens finetune ")
+    assert math.isfinite(card["metrics"]["validation"]["age_mae"])
+    assert card["metrics"]["int8"]["calibration_chips"] > 0
+    assert "non-commercial" in (finetuned / "MODEL_CARD.md").read_text()
+    assert [p.name for p in finetuned.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_finetuned_folder_is_an_estimator(finetuned: Path, astronaut: np.ndarray) -> None:
+    estimator = create_estimator(str(finetuned), threads=1)
+    assert isinstance(estimator, FinetunedCydralEstimator)
+    result = Analyzer("blazeface-full", estimator).analyze(astronaut)
+    face = scored_face(result)
+    assert face is not None
+    assert math.isfinite(face.age_years)
+    assert 0 <= face.age_years <= 100
+    assert face.age_interval[0] <= face.age_years <= face.age_interval[1]
+    assert face.gender == "F"
+    assert result.models["estimator"].startswith("tiny (agelens fine-tuned age over cydral")
+
+
+def test_finetuned_folders_are_listed_by_name(
+    finetuned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agelens.models.heads.user_dir", lambda: tmp_path)
+    shutil.copytree(finetuned, tmp_path / "tiny")
+    assert trained_folders()["tiny"] == tmp_path / "tiny"
+    result = runner.invoke(app, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "tiny" in result.output
+
+
+@pytest.mark.parametrize("file", ["age.onnx", "MODEL_CARD.md"])
+def test_a_tampered_file_is_refused(finetuned: Path, tmp_path: Path, file: str) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finetuned, copy)
+    target = copy / file
+    target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelNotFetchedError, match="sha256"):
+        FinetunedCydralEstimator(copy, threads=1)
+    target.unlink()
+    with pytest.raises(ModelNotFetchedError, match="missing"):
+        FinetunedCydralEstimator(copy, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--backbone", "resnet"], "unknown backbone"),
+        (["--labels", "missing.csv"], "labels file not found"),
+        (["--split", "nothing"], "too few to fine-tune"),
+    ],
+)
+def test_usage_errors(
+    utkface_dir: Path, tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    result = runner.invoke(
+        app, ["finetune", str(utkface_dir), "--out", str(tmp_path / "m"), *arguments]
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.output
