@@ -35,7 +35,14 @@ def _features(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 def test_heads_learn_a_known_relation_and_are_reproducible() -> None:
     x, mirrored, ages, male = _features(600, seed=1)
     config = TrainConfig(
-        hidden=32, epochs=30, folds=2, patience=30, batch_size=64, learning_rate=1e-2
+        hidden=32,
+        epochs=30,
+        folds=2,
+        patience=30,
+        batch_size=64,
+        learning_rate=1e-2,
+        input_dropout=0.0,
+        hidden_dropout=0.1,
     )
     first = train_heads(x, mirrored, ages, male, config)
     oof_mae = np.abs(first.calibration.age(first.oof_raw_age) - ages).mean()
