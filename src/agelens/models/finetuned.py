@@ -18,7 +18,8 @@ import numpy as np
 
 from agelens.errors import ModelNotFetchedError, UnknownModelError
 from agelens.models.base import Chips, RGBImage
-from agelens.models.heads import CARD_FILE, sha256_file
+from agelens.models.fetch import sha256_file
+from agelens.models.heads import CARD_FILE
 from agelens.models.runtime import create_session
 from agelens.types import AgeGenderEstimate, Detection
 

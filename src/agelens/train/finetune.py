@@ -37,13 +37,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_dataset, read_labels, scored_index
+from agelens.models.fetch import sha256_file
 from agelens.models.finetuned import (
     AGE_FILE,
     FINETUNED_KIND,
     MODEL_CARD_FILE,
     FinetunedCydralEstimator,
 )
-from agelens.models.heads import CARD_FILE, sha256_file
+from agelens.models.heads import CARD_FILE
 
 logger = logging.getLogger(__name__)
 
