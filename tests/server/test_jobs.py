@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from agelens.rows import COLUMN_NAMES, rows_to_table, sha256_bytes
 from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
-from agelens.server.jobstore import SqliteJobStore, open_job_store
+from agelens.server.jobstore import JobStoreUnavailableError, open_job_store
 from agelens.server.settings import Settings
 from tests.server.conftest import ClientFactory
 
@@ -334,14 +334,23 @@ def test_zip_limits(
 # ------------------------------------------------------------------ restart
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_restart_mid_job_resumes_without_duplicate_rows(
+    database: str,
     model_pool: ModelPool,
     image_server: ImageServer,
     astronaut_jpeg: bytes,
     blank_jpeg: bytes,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    settings = Settings(data_dir=tmp_path / "data", url_allow_networks=LOCAL, jobs_chunk_images=1)
+    database_url = request.getfixturevalue("postgres_url") if database == "postgres" else None
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        url_allow_networks=LOCAL,
+        jobs_chunk_images=1,
+        jobs_database_url=database_url,
+    )
     urls = [
         image_server.add(f"/{i}.jpg", Route(astronaut_jpeg if i % 2 else blank_jpeg, gated=i >= 3))
         for i in range(7)
@@ -353,7 +362,7 @@ def test_restart_mid_job_resumes_without_duplicate_rows(
         before = wait_for(first, created["id"], lambda job: True)
         assert (before["status"], before["images_done"]) == ("running", 3)
     # the service is stopped mid-job: three images committed, the job still `running`
-    store = SqliteJobStore(tmp_path / "data" / "jobs.sqlite3")
+    store = open_job_store(settings.jobs_database())
     stopped = store.get_job(created["id"])
     assert stopped is not None
     assert (stopped.status, stopped.images_done) == ("running", 3)
@@ -370,6 +379,36 @@ def test_restart_mid_job_resumes_without_duplicate_rows(
         rows = jsonl_rows(second, created["id"])
     assert [r["path"] for r in rows] == urls  # one row set per image, in order, none twice
     assert [r["status"] for r in rows] == ["no_face", "face"] * 3 + ["no_face"]
+    store = open_job_store(settings.jobs_database())
+    assert len(store.result_rows(created["id"])) == 7
+    store.close()
+
+
+def test_postgres_job_end_to_end_and_read_by_a_second_app(
+    make_client: ClientFactory,
+    image_server: ImageServer,
+    astronaut_jpeg: bytes,
+    blank_jpeg: bytes,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    urls = [
+        image_server.add("/a.jpg", Route(astronaut_jpeg)),
+        image_server.add("/b.jpg", Route(blank_jpeg)),
+    ]
+    first = make_client(url_allow_networks=LOCAL, jobs_database_url=postgres_url)
+    created = first.post("/v1/jobs", json={"urls": urls}).json()
+    job = wait_for(first, created["id"])
+    assert (job["status"], job["images_done"], job["faces"]) == ("done", 2, 1)
+    rows = jsonl_rows(first, job["id"])
+    assert [r["status"] for r in rows] == ["face", "no_face"]
+    # another replica (its own data folder) on the same database sees the same job and rows
+    second = make_client(
+        url_allow_networks=LOCAL, jobs_database_url=postgres_url, data_dir=tmp_path / "other"
+    )
+    assert wait_for(second, job["id"]) == job
+    assert jsonl_rows(second, job["id"]) == rows
+    assert image_server.hits.count("/a.jpg") == 1  # analysed once
 
 
 # ------------------------------------------------------------------ expiry, keys, errors
@@ -458,11 +497,11 @@ def test_nothing_is_written_before_the_first_job(
     assert not (tmp_path / "data").exists()
 
 
-def test_postgresql_is_refused_clearly(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="PostgreSQL, which is not implemented"):
-        Settings(jobs_database_url="postgresql://agelens@db/agelens")
-    with pytest.raises(ValueError, match="not implemented"):
-        open_job_store("postgresql://agelens@db/agelens")
+def test_database_urls(tmp_path: Path) -> None:
+    for url in ("postgresql://agelens@db/agelens", "postgresql+psycopg://a:b@db:5432/jobs"):
+        assert Settings(jobs_database_url=url).jobs_database() == url
+    with pytest.raises(ValidationError, match="postgresql://user:password@host"):
+        Settings(jobs_database_url="mysql://agelens@db/agelens")
     url = f"sqlite:///{tmp_path / 'elsewhere' / 'jobs.sqlite3'}"
     store = open_job_store(url)
     store.close()
@@ -470,3 +509,13 @@ def test_postgresql_is_refused_clearly(tmp_path: Path) -> None:
     assert sqlite3.connect(tmp_path / "elsewhere" / "jobs.sqlite3").execute(
         "SELECT COUNT(*) FROM jobs"
     ).fetchone() == (0,)
+
+
+def test_unreachable_postgres_stops_the_service_at_start(model_pool: ModelPool) -> None:
+    pytest.importorskip("psycopg")
+    settings = Settings(jobs_database_url="postgresql://agelens:secret@127.0.0.1:9/agelens")
+    with (
+        pytest.raises(JobStoreUnavailableError, match="cannot connect to the jobs database"),
+        TestClient(create_app(settings, pool=model_pool)),
+    ):
+        pass

@@ -1,15 +1,29 @@
-"""The SQLite job store on its own: a chunk commits once, a stopped job requeues, deletion
-cascades, expiry drops rows and later the job."""
+"""The job stores on their own, SQLite and PostgreSQL (a throwaway server, see conftest.py):
+a chunk commits once, a stopped job requeues, deletion cascades, expiry drops rows and later
+the job; stores sharing a PostgreSQL database never claim the same job."""
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agelens.errors import MissingExtraError
 from agelens.rows import error_row
-from agelens.server.jobstore import JobRecord, NewItem, SqliteJobStore, sqlite_path
+from agelens.server.jobstore import (
+    JobRecord,
+    JobStore,
+    JobStoreUnavailableError,
+    NewItem,
+    PostgresJobStore,
+    open_job_store,
+    postgres_conninfo,
+    redact_url,
+    sqlite_path,
+)
 
 
 def _job(job_id: str, created_at: float) -> JobRecord:
@@ -32,9 +46,18 @@ def _job(job_id: str, created_at: float) -> JobRecord:
     )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteJobStore]:
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+def store(database_url: str) -> Iterator[JobStore]:
+    store = open_job_store(database_url)
     items = [NewItem("a", "http://x/a"), NewItem("b", "http://x/b"), NewItem("c", None, ("E", "m"))]
     store.create_job(_job("older", 1.0), items)
     store.create_job(_job("newer", 2.0), items)
@@ -42,7 +65,7 @@ def store(tmp_path: Path) -> Iterator[SqliteJobStore]:
     store.close()
 
 
-def test_chunks_commit_once_and_resume(store: SqliteJobStore) -> None:
+def test_chunks_commit_once_and_resume(store: JobStore) -> None:
     claimed = store.claim_next(now=10.0)
     assert claimed is not None
     assert (claimed.id, claimed.status, claimed.started_at) == ("older", "running", 10.0)
@@ -60,7 +83,7 @@ def test_chunks_commit_once_and_resume(store: SqliteJobStore) -> None:
     assert not store.commit_items("newer", rows)  # not running: refused
 
 
-def test_delete_expire_and_purge(store: SqliteJobStore) -> None:
+def test_delete_expire_and_purge(store: JobStore) -> None:
     assert store.claim_next(now=1.0) is not None
     store.commit_items("older", [(0, [error_row("a", None, ("E", "1"))])])
     store.finish_job("older", "done", now=5.0, expires_at=6.0, message=None)
@@ -78,6 +101,78 @@ def test_delete_expire_and_purge(store: SqliteJobStore) -> None:
     assert not store.delete_job("newer")
     assert store.pending_items("newer", 10) == []
     assert store.count_active() == 0
+
+
+def test_reopening_keeps_the_jobs(store: JobStore, database_url: str) -> None:
+    again = open_job_store(database_url)  # CREATE TABLE IF NOT EXISTS: idempotent
+    try:
+        assert again.active_job_ids() == {"older", "newer"}
+        older = again.get_job("older")
+        assert older is not None
+        assert older.options["max_faces"] is None
+        assert older.created_at == 1.0
+    finally:
+        again.close()
+
+
+def test_stores_sharing_postgres_never_claim_the_same_job(postgres_url: str) -> None:
+    stores = [open_job_store(postgres_url) for _ in range(2)]
+    job_ids = [f"job{i:03d}" for i in range(40)]
+    for i, job_id in enumerate(job_ids):
+        stores[0].create_job(_job(job_id, float(i % 5)), [NewItem("a", "http://x/a")])
+    claimed: list[list[str]] = [[], [], [], []]
+    start = threading.Barrier(len(claimed))
+
+    def claim_all(worker: int) -> None:
+        store = stores[worker % 2]
+        start.wait()
+        while (job := store.claim_next(now=100.0)) is not None:
+            claimed[worker].append(job.id)
+
+    threads = [threading.Thread(target=claim_all, args=(w,)) for w in range(len(claimed))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    everything = [job_id for ids in claimed for job_id in ids]
+    assert sorted(everything) == job_ids  # every job once, none twice
+    assert all(ids for ids in claimed[:2])  # both stores took part
+
+
+def test_unreachable_postgres_is_a_clear_error() -> None:
+    pytest.importorskip("psycopg")
+    url = "postgresql+psycopg://agelens:secret@127.0.0.1:9/agelens"  # port 9: nothing listens
+    with pytest.raises(JobStoreUnavailableError, match="cannot connect") as raised:
+        PostgresJobStore(url, connect_timeout_s=2)
+    assert "secret" not in str(raised.value)
+    assert "AGELENS_JOBS_DATABASE_URL" in str(raised.value)
+
+
+def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'agelens\[postgres\]'"):
+        open_job_store("postgresql://agelens@db/agelens")
+
+
+@pytest.mark.parametrize(
+    ("url", "conninfo", "redacted"),
+    [
+        ("postgresql://u:p@h:5432/d", "postgresql://u:p@h:5432/d", "postgresql://u:***@h:5432/d"),
+        ("postgresql+psycopg://u@h/d", "postgresql://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("POSTGRESQL://h/d", "postgresql://h/d", "POSTGRESQL://h/d"),
+    ],
+)
+def test_postgres_urls(url: str, conninfo: str, redacted: str) -> None:
+    assert postgres_conninfo(url) == conninfo
+    assert redact_url(url) == redacted
+
+
+@pytest.mark.parametrize("url", ["postgres://h/d", "mysql://h/d", "postgresql:h"])
+def test_bad_postgres_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        postgres_conninfo(url)
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,18 @@
-"""Where jobs, their images and their result rows live: the `JobStore` interface and its one
-implementation, SQLite (the embedded default, stdlib `sqlite3`, nothing to install).
+"""Where jobs, their images and their result rows live: the `JobStore` interface and its two
+implementations, SQLite (the embedded default, stdlib `sqlite3`, nothing to install) and
+PostgreSQL (psycopg 3, `pip install 'agelens[postgres]'`), chosen by the database URL.
 
-The interface is small on purpose, so that a PostgreSQL store could implement it for several
-service replicas; that store is NOT implemented: `open_job_store` refuses `postgresql://` URLs
-with a message saying so.
+Both stores run the same SQL (`_SqlJobStore`); a `_Dialect` holds the few differences
+(placeholders, row locks). The schema is created if missing, so opening a store is idempotent.
 
 Durability: a chunk of images is committed in one transaction (its rows and the items' `done`
 flags together), so a service stopped at any moment resumes with exactly the images whose rows
-were not committed, and never writes an image's rows twice. One service process per database:
-`requeue_running` at start-up assumes no other process is working on the jobs.
+were not committed, and never writes an image's rows twice.
+
+Several processes: with PostgreSQL, `claim_next` takes a queued job with `FOR UPDATE SKIP
+LOCKED`, so replicas sharing the database never claim the same job. `requeue_running` still
+assumes it runs when no other process is working on the jobs (see its docstring): with several
+replicas, a starting replica puts back the jobs the others are running.
 """
 
 from __future__ import annotations
@@ -20,10 +24,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from agelens.errors import AgelensError, MissingExtraError
+
+if TYPE_CHECKING:
+    import psycopg
 
 JobStatus = Literal["queued", "running", "done", "failed", "expired"]
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running")
+POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg")
+
+
+class JobStoreUnavailableError(AgelensError):
+    """The jobs database cannot be reached (a PostgreSQL server down, a wrong URL)."""
+
+    code = "job_store_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +99,14 @@ class JobStore(Protocol):
         """Ids of the jobs queued or running."""
 
     def requeue_running(self) -> int:
-        """Put jobs left `running` by a stopped process back in the queue; how many."""
+        """Put every job left `running` back in the queue; how many. Called at start-up, it
+        assumes no other process is working on the same database: with several replicas on
+        one PostgreSQL database, the jobs the others are running are queued again, and may
+        then be analysed twice over (never stored twice: the `done` flags decide)."""
 
     def claim_next(self, now: float) -> JobRecord | None:
-        """Mark the oldest queued job running (keeping its first start time) and return it."""
+        """Mark the oldest queued job running (keeping its first start time) and return it.
+        Safe with several processes: no two calls get the same job."""
 
     def pending_items(self, job_id: str, limit: int) -> list[ItemRecord]:
         """Up to `limit` images of the job not analysed yet, in order."""
@@ -118,8 +138,10 @@ class JobStore(Protocol):
         """Release the connection."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+# One schema for both databases: DOUBLE PRECISION (not REAL, a 4-byte float in PostgreSQL that
+# would round Unix times to minutes) has REAL affinity in SQLite.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     owner TEXT,
     status TEXT NOT NULL,
@@ -130,14 +152,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     faces INTEGER NOT NULL DEFAULT 0,
     images_without_faces INTEGER NOT NULL DEFAULT 0,
     errors INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    expires_at REAL,
+    created_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    expires_at DOUBLE PRECISION,
     message TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
-CREATE TABLE IF NOT EXISTS job_items (
+)""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)",
+    """CREATE TABLE IF NOT EXISTS job_items (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     item_index INTEGER NOT NULL,
     label TEXT NOT NULL,
@@ -146,19 +168,64 @@ CREATE TABLE IF NOT EXISTS job_items (
     refused_message TEXT,
     done INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, item_index)
-);
-CREATE TABLE IF NOT EXISTS job_rows (
+)""",
+    """CREATE TABLE IF NOT EXISTS job_rows (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     item_index INTEGER NOT NULL,
     row_index INTEGER NOT NULL,
     row_json TEXT NOT NULL,
     PRIMARY KEY (job_id, item_index, row_index)
-);
-"""
+)""",
+)
 _JOB_COLUMNS = (
     "id, owner, status, source, options, images_total, images_done, faces, "
     "images_without_faces, errors, created_at, started_at, finished_at, expires_at, message"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Dialect:
+    """What differs between the two databases in the shared SQL (written with `?`)."""
+
+    placeholder: str  # what `?` becomes
+    lock_row: str  # appended to a SELECT whose rows the transaction will update
+    skip_locked: str  # appended to the SELECT that claims a job
+
+
+_SQLITE = _Dialect(placeholder="?", lock_row="", skip_locked="")  # BEGIN IMMEDIATE locks all
+_POSTGRES = _Dialect(
+    placeholder="%s", lock_row=" FOR UPDATE", skip_locked=" FOR UPDATE SKIP LOCKED"
+)
+
+
+class _Cursor:
+    """A DB-API cursor that takes `?` placeholders and gives rows as dicts."""
+
+    def __init__(self, raw: Any, dialect: _Dialect) -> None:
+        self._raw = raw
+        self._dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self._dialect.placeholder)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        self._raw.execute(self._sql(sql), tuple(params))
+        return self
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        if params:
+            self._raw.executemany(self._sql(sql), [tuple(p) for p in params])
+
+    def fetchone(self) -> dict[str, Any] | None:
+        row: dict[str, Any] | None = self._raw.fetchone()
+        return row
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return list(self._raw.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._raw.rowcount)
 
 
 def _plain(value: Any) -> Any:
@@ -168,40 +235,33 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _job(row: sqlite3.Row) -> JobRecord:
+def _job(row: dict[str, Any]) -> JobRecord:
     values = dict(row)
     values["options"] = json.loads(values["options"])
     return JobRecord(**values)
 
 
-class SqliteJobStore:
-    """JobStore on one SQLite file (WAL mode), shared by threads through one lock."""
-
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._connection = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._connection.row_factory = sqlite3.Row
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA foreign_keys=ON")
-        self._connection.executescript(_SCHEMA)
+class _SqlJobStore:
+    """The JobStore queries, shared by both databases. A subclass supplies `_transaction`
+    (one transaction, committed on exit, rolled back on an exception) and `_read` (one
+    statement's worth of reading), each yielding a `_Cursor`."""
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._connection
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+    def _transaction(self) -> Iterator[_Cursor]:
+        raise NotImplementedError
+        yield
+
+    @contextmanager
+    def _read(self) -> Iterator[_Cursor]:
+        raise NotImplementedError
+        yield
+
+    @property
+    def _dialect(self) -> _Dialect:
+        raise NotImplementedError
 
     def create_job(self, job: JobRecord, items: Sequence[NewItem]) -> None:
+        """Store a queued job and its images in one transaction."""
         with self._transaction() as db:
             db.execute(
                 f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 15)})",
@@ -240,35 +300,39 @@ class SqliteJobStore:
             )
 
     def get_job(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._connection.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
+        """The job, or None."""
+        with self._read() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job(row)
 
     def count_active(self) -> int:
-        with self._lock:
-            row = self._connection.execute(
-                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+        """Jobs queued or running."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT COUNT(*) AS n FROM jobs WHERE status IN ('queued', 'running')"
             ).fetchone()
-        return int(row[0])
+        assert row is not None
+        return int(row["n"])
 
     def active_job_ids(self) -> set[str]:
-        with self._lock:
-            rows = self._connection.execute(
+        """Ids of the jobs queued or running."""
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
             ).fetchall()
-        return {str(r[0]) for r in rows}
+        return {str(r["id"]) for r in rows}
 
     def requeue_running(self) -> int:
+        """Put every job left `running` back in the queue; how many (see JobStore)."""
         with self._transaction() as db:
             return db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'").rowcount
 
     def claim_next(self, now: float) -> JobRecord | None:
+        """Mark the oldest queued job running and return it; no two callers get the same job."""
         with self._transaction() as db:
             row = db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'queued' "
-                "ORDER BY created_at, id LIMIT 1"
+                "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+                + self._dialect.skip_locked
             ).fetchone()
             if row is None:
                 return None
@@ -280,11 +344,13 @@ class SqliteJobStore:
             row = db.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (row["id"],)
             ).fetchone()
+        assert row is not None
         return _job(row)
 
     def pending_items(self, job_id: str, limit: int) -> list[ItemRecord]:
-        with self._lock:
-            rows = self._connection.execute(
+        """Up to `limit` images of the job not analysed yet, in order."""
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT item_index, label, source, refused_type, refused_message FROM job_items "
                 "WHERE job_id = ? AND done = 0 ORDER BY item_index LIMIT ?",
                 (job_id, limit),
@@ -302,8 +368,12 @@ class SqliteJobStore:
     def commit_items(
         self, job_id: str, rows_by_item: Sequence[tuple[int, list[dict[str, Any]]]]
     ) -> bool:
+        """Store the rows of these images and mark them done, in one transaction; False (and
+        nothing stored) when the job is no longer running."""
         with self._transaction() as db:
-            job = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            job = db.execute(
+                "SELECT status FROM jobs WHERE id = ?" + self._dialect.lock_row, (job_id,)
+            ).fetchone()
             if job is None or job["status"] != "running":
                 return False
             done = [
@@ -344,6 +414,7 @@ class SqliteJobStore:
     def finish_job(
         self, job_id: str, status: JobStatus, now: float, expires_at: float, message: str | None
     ) -> None:
+        """Mark a running job done or failed."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, expires_at = ?, message = ? "
@@ -352,23 +423,27 @@ class SqliteJobStore:
             )
 
     def result_rows(self, job_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._connection.execute(
+        """Every committed row of the job, in image order then face order."""
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT row_json FROM job_rows WHERE job_id = ? ORDER BY item_index, row_index",
                 (job_id,),
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [json.loads(r["row_json"]) for r in rows]
 
     def delete_job(self, job_id: str) -> bool:
+        """Remove the job, its images and its rows; False when there was no such job."""
         with self._transaction() as db:
             return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
 
     def expire(self, now: float) -> list[str]:
+        """Mark ended jobs past `expires_at` expired and drop their rows; their ids."""
         with self._transaction() as db:
             ids = [
-                str(r[0])
+                str(r["id"])
                 for r in db.execute(
-                    "SELECT id FROM jobs WHERE status IN ('done', 'failed') AND expires_at <= ?",
+                    "SELECT id FROM jobs WHERE status IN ('done', 'failed') AND expires_at <= ?"
+                    + self._dialect.lock_row,
                     (now,),
                 ).fetchall()
             ]
@@ -379,12 +454,155 @@ class SqliteJobStore:
         return ids
 
     def purge_expired(self, before: float) -> int:
+        """Forget expired jobs that expired before `before`; how many."""
         with self._transaction() as db:
             return db.execute(
                 "DELETE FROM jobs WHERE status = 'expired' AND expires_at <= ?", (before,)
             ).rowcount
 
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {column[0]: value for column, value in zip(cursor.description, row, strict=True)}
+
+
+class SqliteJobStore(_SqlJobStore):
+    """JobStore on one SQLite file (WAL mode), shared by threads through one lock. One
+    process per file."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._connection.row_factory = _dict_row
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA foreign_keys=ON")
+        with self._transaction() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    @property
+    def _dialect(self) -> _Dialect:
+        return _SQLITE
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Cursor]:
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Cursor(self._connection.cursor(), _SQLITE)
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[_Cursor]:
+        with self._lock:
+            yield _Cursor(self._connection.cursor(), _SQLITE)
+
     def close(self) -> None:
+        """Release the connection."""
+        with self._lock:
+            self._connection.close()
+
+
+# Held while creating the schema, so replicas starting together do not race on CREATE TABLE.
+_SCHEMA_LOCK_KEY = 0x6167656C656E73  # "agelens"
+
+
+def postgres_conninfo(url: str) -> str:
+    """The libpq URL of a `postgresql://` or `postgresql+psycopg://` (SQLAlchemy's form) URL."""
+    scheme, rest = url.split("://", 1) if "://" in url else ("", "")
+    if scheme.lower() not in POSTGRES_SCHEMES:
+        raise ValueError(
+            f"not a PostgreSQL URL: {redact_url(url)!r} (write postgresql://user:password@host:"
+            "port/database)"
+        )
+    return f"postgresql://{rest}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by `***` (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+class PostgresJobStore(_SqlJobStore):
+    """JobStore on a PostgreSQL database (psycopg 3), which several service replicas may share:
+    `claim_next` never gives two of them the same job. One connection per store, shared by
+    threads through one lock, opened again if the server dropped it.
+
+    Raises MissingExtraError without psycopg, JobStoreUnavailableError when the server cannot
+    be reached.
+    """
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 10.0) -> None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as error:
+            raise MissingExtraError(
+                "a postgresql:// jobs database needs psycopg, which is not installed; run: "
+                "pip install 'agelens[postgres]'"
+            ) from error
+        self.url = url
+        self._conninfo = postgres_conninfo(url)
+        self._connect_timeout_s = connect_timeout_s
+        self._lock = threading.Lock()
+        self._connection = self._connect()
+        with self._transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK_KEY,))
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    @property
+    def _dialect(self) -> _Dialect:
+        return _POSTGRES
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        try:
+            return psycopg.connect(
+                self._conninfo,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=max(1, round(self._connect_timeout_s)),
+                application_name="agelens-jobs",
+            )
+        except psycopg.OperationalError as error:
+            raise JobStoreUnavailableError(
+                f"cannot connect to the jobs database {redact_url(self.url)}: "
+                f"{str(error).strip()}. Check AGELENS_JOBS_DATABASE_URL and that the PostgreSQL "
+                "server is running and reachable"
+            ) from error
+
+    def _connection_now(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._connection.closed or self._connection.broken:
+            self._connection = self._connect()
+        return self._connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[_Cursor]:
+        with self._lock:
+            connection = self._connection_now()
+            with connection.transaction(), connection.cursor() as cursor:
+                yield _Cursor(cursor, _POSTGRES)
+
+    @contextmanager
+    def _read(self) -> Iterator[_Cursor]:
+        with self._lock, self._connection_now().cursor() as cursor:
+            yield _Cursor(cursor, _POSTGRES)
+
+    def close(self) -> None:
+        """Release the connection."""
         with self._lock:
             self._connection.close()
 
@@ -400,15 +618,14 @@ def sqlite_path(url: str) -> str:
 
 
 def open_job_store(url: str) -> JobStore:
-    """The store behind a database URL. Only SQLite is implemented; PostgreSQL URLs raise
-    ValueError saying so."""
+    """The store behind a database URL: `sqlite:///...` or `postgresql://...` (also
+    `postgresql+psycopg://`). Raises ValueError for another scheme, MissingExtraError or
+    JobStoreUnavailableError for PostgreSQL without psycopg or without a reachable server."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         return SqliteJobStore(sqlite_path(url))
-    if scheme.startswith("postgres"):
-        raise ValueError(
-            "AGELENS_JOBS_DATABASE_URL names PostgreSQL, which is not implemented yet: the job "
-            "store is SQLite only (a PostgreSQL JobStore would implement agelens.server.jobstore."
-            "JobStore). Use a sqlite:/// URL"
-        )
-    raise ValueError(f"unsupported AGELENS_JOBS_DATABASE_URL scheme {scheme!r}; use sqlite:///")
+    if scheme in POSTGRES_SCHEMES:
+        return PostgresJobStore(url)
+    raise ValueError(
+        f"unsupported AGELENS_JOBS_DATABASE_URL scheme {scheme!r}; use sqlite:/// or postgresql://"
+    )

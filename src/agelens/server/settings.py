@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     )
     jobs_database_url: str | None = Field(
         default=None,
-        description="default sqlite:///<data_dir>/jobs.sqlite3; only SQLite is implemented",
+        description="default sqlite:///<data_dir>/jobs.sqlite3; or postgresql://user:password@"
+        "host:port/database (pip install 'agelens[postgres]'), which several replicas may share",
     )
     jobs_result_ttl_s: float = Field(
         default=7 * 24 * 3600.0, ge=0, description="Seconds a finished job's results are kept."
@@ -144,12 +145,12 @@ class Settings(BaseSettings):
     def _jobs_database(cls, value: str | None) -> str | None:
         if value is None or value.lower().startswith("sqlite:///"):
             return value
-        if value.lower().startswith("postgres"):
-            raise ValueError(
-                "jobs_database_url names PostgreSQL, which is not implemented yet: the jobs "
-                "store is SQLite only. Use sqlite:////path/to/jobs.sqlite3"
-            )
-        raise ValueError("jobs_database_url must be sqlite:////path/to/jobs.sqlite3")
+        if value.lower().startswith(("postgresql://", "postgresql+psycopg://")):
+            return value
+        raise ValueError(
+            "jobs_database_url must be sqlite:////path/to/jobs.sqlite3 or "
+            "postgresql://user:password@host:port/database"
+        )
 
     @field_validator("url_allow_networks")
     @classmethod
