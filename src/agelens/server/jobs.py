@@ -10,6 +10,9 @@ own loaded models, then commit the chunk's result rows (agelens.rows) in one tra
 - A stopped service resumes its jobs where they stood, and no image gets its rows twice.
 - A zip's images are deleted from disk as soon as its job ends (done, failed or deleted).
 - Results are kept `jobs_result_ttl_s` after the job ends, then the job reads `expired`.
+- With a PostgreSQL database, several services may share the queue (each claims distinct
+  jobs); starting one requeues every running job (see JobStore.requeue_running), and zip jobs
+  need a `data_dir` they all share.
 
 Nothing is created on disk until the first job is submitted (or a database is already there).
 """
