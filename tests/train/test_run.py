@@ -97,6 +97,8 @@ def test_int8_records_its_measured_change(plumbing_folder: Path, tmp_path: Path)
     change = metrics["int8"]
     assert change["rows"] == 120
     assert 0 <= change["mean_abs_age_change_years"] < 3
+    sizes = change["size_bytes"]
+    assert sizes["head.int8.onnx"] < 0.5 * sizes["head.onnx"]  # really quantized
     assert "## int8" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
 
 

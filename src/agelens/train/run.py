@@ -166,7 +166,12 @@ def train_model(
     staging = request.out_dir.with_name(f".{request.out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    write_onnx(trained.heads, staging / HEAD_FILE, float16_weights=request.float16_weights)
+    # The int8 quantizer only sees weights stored as initializers, not float16 ones behind a Cast.
+    write_onnx(
+        trained.heads,
+        staging / HEAD_FILE,
+        float16_weights=request.float16_weights and not request.int8,
+    )
     int8: dict[str, Any] | None = None
     if request.int8:
         quantize_int8(staging / HEAD_FILE, staging / "head.int8.onnx")
