@@ -173,11 +173,13 @@ def train_model(
         float16_weights=request.float16_weights and not request.int8,
     )
     int8: dict[str, Any] | None = None
+    # The float graph must compute what was trained; int8 then departs from it by a measured
+    # amount, recorded in the card rather than bounded here.
+    _check_export(trained, features, names, staging / HEAD_FILE)
     if request.int8:
         quantize_int8(staging / HEAD_FILE, staging / "head.int8.onnx")
         int8 = _int8_change(staging, features, names)
         (staging / "head.int8.onnx").replace(staging / HEAD_FILE)
-    _check_export(trained, features, names, staging / HEAD_FILE, exact=not request.int8)
     dims = {name: int(features.embeddings[name].shape[1]) for name in names}
     card = {
         "kind": "agelens-heads",
@@ -225,7 +227,7 @@ def train_model(
 
 
 def _check_export(
-    trained: TrainedHeads, features: Features, names: Sequence[str], path: Path, *, exact: bool
+    trained: TrainedHeads, features: Features, names: Sequence[str], path: Path
 ) -> None:
     """The exported graph must compute what the trained heads compute."""
     import onnxruntime as ort
@@ -235,7 +237,7 @@ def _check_export(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probabilities, logit = session.run(None, {"features": x})
     age_gap = np.abs(probabilities @ AGE_YEARS - expected @ AGE_YEARS).max()
-    tolerance = 0.05 if exact else 2.0
+    tolerance = 0.05
     if age_gap > tolerance or np.abs(logit - expected_logit).max() > 20 * tolerance:
         raise RuntimeError(f"exported heads disagree with the trained ones ({age_gap:.3f} years)")
 
