@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from agelens.models.base import Chips, RGBImage
 from agelens.models.cydral import AGE_CLASS_YEARS, CydralEstimator
-from agelens.models.distribution import expected_age
+from agelens.models.distribution import estimates, expected_age
 from agelens.models.faceapi import FaceApiEstimator
 from agelens.models.registry import get_spec
 from agelens.types import AgeGenderEstimate, Detection
@@ -146,11 +146,4 @@ class EnsembleEstimator:
         if not chips:
             return []
         age, male, half_width = self.combine(self.member_outputs(chips))
-        return [
-            AgeGenderEstimate(
-                age_years=float(a),
-                age_interval=(float(max(0.0, a - h)), float(a + h)),
-                gender_probability_male=float(m),
-            )
-            for a, m, h in zip(age, male, half_width, strict=True)
-        ]
+        return estimates(age, half_width, male)

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 from agelens.geometry import square_box
 from agelens.models.base import Chips, RGBImage
 from agelens.models.crops import crop_resized
+from agelens.models.distribution import estimates
 from agelens.models.fetch import model_file
 from agelens.models.runtime import create_session
 from agelens.models.spec import ModelSpec
@@ -66,11 +67,4 @@ class FaceApiEstimator:
             return []
         ages, male = self.predict(chips)
         a, b = INTERVAL_COEFFICIENTS
-        return [
-            AgeGenderEstimate(
-                age_years=float(age),
-                age_interval=(float(max(0.0, age - (a + b * age))), float(age + a + b * age)),
-                gender_probability_male=float(p_male),
-            )
-            for age, p_male in zip(ages, male, strict=True)
-        ]
+        return estimates(ages, a + b * ages, male)

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from agelens.geometry import square_box
 from agelens.models.base import Chips, RGBImage
 from agelens.models.crops import crop_resized
-from agelens.models.distribution import expected_age
+from agelens.models.distribution import estimates, expected_age
 from agelens.models.fetch import model_file
 from agelens.models.runtime import create_session
 from agelens.models.spec import ModelSpec
@@ -108,11 +108,4 @@ class FaceResEstimator:
         probabilities, male = self.predict(chips)
         ages = expected_age(probabilities, AGE_CLASS_YEARS)
         a, b = self._interval
-        return [
-            AgeGenderEstimate(
-                age_years=float(age),
-                age_interval=(float(max(0.0, age - (a + b * age))), float(age + a + b * age)),
-                gender_probability_male=float(p_male),
-            )
-            for age, p_male in zip(ages, male, strict=True)
-        ]
+        return estimates(ages, a + b * ages, male)

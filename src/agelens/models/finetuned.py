@@ -18,6 +18,7 @@ import numpy as np
 
 from agelens.errors import ModelNotFetchedError, UnknownModelError
 from agelens.models.base import Chips, RGBImage
+from agelens.models.distribution import estimates
 from agelens.models.fetch import sha256_file
 from agelens.models.heads import CARD_FILE
 from agelens.models.runtime import create_session
@@ -87,11 +88,4 @@ class FinetunedCydralEstimator:
         ages = probabilities.astype(np.float64) @ self._ages
         widths = np.interp(ages, self._knots_x, self._knots_y)
         male = self._gender.run(None, {"images": chips["cydral_gender"]})[0][:, 1]
-        return [
-            AgeGenderEstimate(
-                age_years=float(age),
-                age_interval=(float(max(0.0, age - width)), float(age + width)),
-                gender_probability_male=float(p),
-            )
-            for age, width, p in zip(ages, widths, male, strict=True)
-        ]
+        return estimates(ages, widths, male)

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from agelens.errors import ModelNotFetchedError, UnknownModelError
 from agelens.models.base import Chips, RGBImage
+from agelens.models.distribution import estimates
 from agelens.models.embeddings import Backbone, create_backbone
 from agelens.models.fetch import sha256_file
 from agelens.models.runtime import create_session
@@ -197,11 +198,4 @@ class HeadsEstimator:
         ages = np.clip(calibration.age(probabilities.astype(np.float64) @ AGE_YEARS), 0, 110)
         widths = calibration.half_width(ages)
         male = calibration.male(logit)
-        return [
-            AgeGenderEstimate(
-                age_years=float(age),
-                age_interval=(float(max(0.0, age - width)), float(age + width)),
-                gender_probability_male=float(p),
-            )
-            for age, width, p in zip(ages, widths, male, strict=True)
-        ]
+        return estimates(ages, widths, male)
