@@ -31,8 +31,9 @@ from numpy.typing import NDArray
 
 from agelens.errors import AgelensError
 from agelens.imaging import load_image
+from agelens.models.base import Detector
 from agelens.pipeline import Analyzer
-from agelens.types import Face, ImageResult
+from agelens.types import Detection, Face, ImageResult
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,29 @@ def iter_dataset(
             batch = []
     if batch:
         yield batch
+
+
+def iter_scored_faces(
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    pad: float,
+    detector: Detector,
+    batch_size: int = 16,
+) -> Iterator[tuple[NDArray[np.uint8], Detection] | None]:
+    """For each row, in order: (its padded image, the face scored by the rule above), or None
+    when the image could not be decoded or holds no face. Detection runs one batch at a time
+    (what `agelens train` and `agelens finetune` cut their training faces from)."""
+    for batch in iter_dataset(dataset_dir, rows, pad, batch_size):
+        images = [image for _, image in batch if image is not None]
+        detections = iter(detector.detect_many(images)) if images else iter(())
+        for _, image in batch:
+            if image is None:
+                yield None
+                continue
+            faces = next(detections)
+            height, width = image.shape[:2]
+            chosen = scored_index([d.box_xyxy for d in faces], (width, height))
+            yield None if chosen is None else (image, faces[chosen])
 
 
 def _decade(age: float) -> str:

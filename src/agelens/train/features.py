@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.evaluate import LabelledImage, iter_dataset, scored_index
+from agelens.evaluate import LabelledImage, iter_scored_faces
 
 logger = logging.getLogger(__name__)
 
@@ -95,26 +95,18 @@ def _embed_chunk(
     backbones: list[Backbone] = _worker["backbones"]  # type: ignore[assignment]
     found = np.zeros(len(rows), dtype=bool)
     columns: dict[str, list[NDArray[np.float32]]] = {}
-    index = 0
-    for batch in iter_dataset(Path(config.dataset_dir), rows, config.pad):
-        images = [image for _, image in batch if image is not None]
-        detections = iter(detector.detect_many(images)) if images else iter(())
-        for _, image in batch:
-            position, index = index, index + 1
-            if image is None:
-                continue
-            faces = next(detections)
-            height, width = image.shape[:2]
-            chosen = scored_index([d.box_xyxy for d in faces], (width, height))
-            if chosen is None:
-                continue
-            found[position] = True
-            for backbone in backbones:
-                chips = backbone.align(image, [faces[chosen]])
-                columns.setdefault(backbone.name, []).append(backbone.embed(chips))
-                columns.setdefault(f"{backbone.name}__mirrored", []).append(
-                    backbone.embed(chips, mirrored=True)
-                )
+    scored = iter_scored_faces(Path(config.dataset_dir), rows, config.pad, detector)
+    for position, face in enumerate(scored):
+        if face is None:
+            continue
+        image, detection = face
+        found[position] = True
+        for backbone in backbones:
+            chips = backbone.align(image, [detection])
+            columns.setdefault(backbone.name, []).append(backbone.embed(chips))
+            columns.setdefault(f"{backbone.name}__mirrored", []).append(
+                backbone.embed(chips, mirrored=True)
+            )
     arrays = {key: np.concatenate(values).astype(np.float32) for key, values in columns.items()}
     temporary = target.with_suffix(".tmp.npz")
     np.savez(temporary, found=found, **arrays)  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.evaluate import LabelledImage, iter_dataset, read_labels, scored_index
+from agelens.evaluate import LabelledImage, iter_scored_faces, read_labels
 from agelens.models.fetch import sha256_file
 from agelens.models.finetuned import (
     AGE_FILE,
@@ -229,20 +229,12 @@ def build_chips(
         found = np.zeros(len(rows), dtype=bool)
         train: list[NDArray[np.uint8]] = []
         evaluation: list[NDArray[np.uint8]] = []
-        index = 0
-        for batch in iter_dataset(request.dataset_dir, rows, request.pad):
-            images = [image for _, image in batch if image is not None]
-            detections = iter(detector.detect_many(images)) if images else iter(())
-            for _, image in batch:
-                position, index = index, index + 1
-                if image is None:
-                    continue
-                faces = next(detections)
-                chosen = scored_index([d.box_xyxy for d in faces], image.shape[1::-1])
-                if chosen is None:
-                    continue
+        scored = iter_scored_faces(request.dataset_dir, rows, request.pad, detector)
+        for position, face in enumerate(scored):
+            if face is not None:
+                image, detection = face
                 image = np.ascontiguousarray(image)
-                shape = cydral.landmarks(image, faces[chosen])
+                shape = cydral.landmarks(image, detection)
                 for size, padding, out in (
                     (TRAIN_CHIP, TRAIN_PADDING, train),
                     (CHIP, cydral._padding, evaluation),
@@ -250,8 +242,8 @@ def build_chips(
                     details = dlib.get_face_chip_details(shape, size, padding)
                     out.append(np.asarray(dlib.extract_image_chip(image, details), np.uint8))
                 found[position] = True
-            if progress is not None:
-                progress(index, len(rows))
+            if progress is not None and ((position + 1) % 16 == 0 or position + 1 == len(rows)):
+                progress(position + 1, len(rows))
         cache_root.mkdir(parents=True, exist_ok=True)
         temporary = target.with_suffix(".tmp.npz")
         np.savez(
