@@ -667,6 +667,21 @@ def _command_line(context: typer.Context) -> str:
 # ----------------------------------------------------------------------------- train
 
 
+def _training_data(
+    dataset_dir: Path, labels: Path | None, data_notice: str | None
+) -> tuple[Path, str | None]:
+    """(labels CSV, terms of the data for the model card) of `train` and `finetune`: UTKFace's
+    non-commercial terms when the folder is UTKFace and no notice was given."""
+    from agelens.train.run import UTKFACE_NOTICE
+
+    labels_csv = labels or dataset_dir / "labels.csv"
+    if not labels_csv.is_file():
+        raise _fail(f"labels file not found: {labels_csv}", EXIT_USAGE)
+    if data_notice is None and "utkface" in str(dataset_dir.resolve()).lower():
+        data_notice = UTKFACE_NOTICE
+    return labels_csv, data_notice
+
+
 @app.command("train")
 def train_command(
     context: typer.Context,
@@ -737,7 +752,7 @@ def train_command(
     except MissingExtraError as error:
         raise _fail(str(error), EXIT_USAGE) from error
     from agelens.train.heads import TrainConfig
-    from agelens.train.run import UTKFACE_NOTICE, TrainRequest, train_model
+    from agelens.train.run import TrainRequest, train_model
 
     chosen = tuple(b.strip() for b in backbones.split(",") if b.strip())
     unknown = sorted(set(chosen) - set(BACKBONE_NAMES))
@@ -745,11 +760,7 @@ def train_command(
         raise _fail(
             f"unknown backbones {unknown}; choose from {', '.join(BACKBONE_NAMES)}", EXIT_USAGE
         )
-    labels_csv = labels or dataset_dir / "labels.csv"
-    if not labels_csv.is_file():
-        raise _fail(f"labels file not found: {labels_csv}", EXIT_USAGE)
-    if data_notice is None and "utkface" in str(dataset_dir.resolve()).lower():
-        data_notice = UTKFACE_NOTICE
+    labels_csv, data_notice = _training_data(dataset_dir, labels, data_notice)
     request = TrainRequest(
         dataset_dir=dataset_dir,
         labels_csv=labels_csv,
@@ -867,17 +878,11 @@ def finetune_command(
 
     if importlib.util.find_spec("onnx2torch") is None:
         raise _fail(f"'onnx2torch' is not installed; run: {ONNX2TORCH_INSTALL}", EXIT_USAGE)
-    from agelens.train.run import UTKFACE_NOTICE
-
     if backbone not in BACKBONES:
         raise _fail(
             f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}", EXIT_USAGE
         )
-    labels_csv = labels or dataset_dir / "labels.csv"
-    if not labels_csv.is_file():
-        raise _fail(f"labels file not found: {labels_csv}", EXIT_USAGE)
-    if data_notice is None and "utkface" in str(dataset_dir.resolve()).lower():
-        data_notice = UTKFACE_NOTICE
+    labels_csv, data_notice = _training_data(dataset_dir, labels, data_notice)
     request = FinetuneRequest(
         dataset_dir=dataset_dir,
         labels_csv=labels_csv,
