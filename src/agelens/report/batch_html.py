@@ -7,7 +7,6 @@ Reading a results file needs only pyarrow; drawing needs the `report` extra (mat
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import statistics
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agelens.errors import ResultsFileError
-from agelens.report.html import CSS, empty, esc, figure, num, table
+from agelens.report.html import empty, esc, figure, num, page, table
 from agelens.rows import COLUMN_NAMES, arrow_schema
 
 if TYPE_CHECKING:
@@ -483,8 +482,6 @@ def render_batch_html(
 ) -> str:
     """The report as one HTML string. `summary` and `charts` are computed when not given
     (pass them to avoid drawing twice when PNGs are written too). Needs matplotlib."""
-    from agelens import __version__
-
     summary = summary if summary is not None else summarise(results)
     charts = charts if charts is not None else draw_charts(results, summary)
     heading = title or f"agelens report: {source or 'results'}"
@@ -495,7 +492,6 @@ def render_batch_html(
         ("detector", esc(", ".join(models["detector"]) or "–")),
         ("estimator", esc(", ".join(models["estimator"]) or "–")),
     ]
-    nav = " · ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in SECTIONS)
     no_faces = "No face in these results."
     body = "".join(
         (
@@ -511,19 +507,11 @@ def render_batch_html(
             _section("errors", _errors(summary)),
         )
     )
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(heading)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{esc(heading)}</h1>"
-        f"{table(('run', ''), [(esc(k), v) for k, v in run], css='run')}"
-        f"<p class='caveat'>{CAVEAT}</p><nav>{nav}</nav></header>"
-        f"<main>{body}</main>"
-        f"<footer>agelens {esc(__version__)} · generated {stamp}</footer>"
-        "</body></html>\n"
+    header = (
+        table(("run", ""), [(esc(k), v) for k, v in run], css="run")
+        + f"<p class='caveat'>{CAVEAT}</p>"
     )
+    return page(heading, header, SECTIONS, body)
 
 
 def write_report(

@@ -5,17 +5,16 @@ an issue. Needs the `report` extra (matplotlib).
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agelens.report import plots
-from agelens.report.html import CSS as _CSS
 from agelens.report.html import empty as _empty
 from agelens.report.html import esc as _esc
 from agelens.report.html import figure as _figure
 from agelens.report.html import num as _num
+from agelens.report.html import page
 from agelens.report.html import table as _table
 
 SECTIONS = (
@@ -249,10 +248,7 @@ def render_eval_html(
 ) -> str:
     """The report as one HTML string, from `agelens.evaluate.evaluate`'s (metrics, records);
     `dataset`, `labels`, `split` and `command` in metrics fill the header when present."""
-    from agelens import __version__
-
     heading = title or f"agelens eval: {metrics.get('dataset', 'dataset')}"
-    nav = " · ".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in SECTIONS)
     body = "".join(
         (
             _section("summary", _summary(metrics)),
@@ -264,17 +260,7 @@ def render_eval_html(
             _section("gender-calibration", _calibration(metrics)),
         )
     )
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(heading)}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>{_esc(heading)}</h1>{_header(metrics)}<nav>{nav}</nav></header>"
-        f"<main>{body}</main>"
-        f"<footer>agelens {_esc(__version__)} · generated {stamp}</footer>"
-        "</body></html>\n"
-    )
+    return page(heading, _header(metrics), SECTIONS, body)
 
 
 def write_eval_html(

@@ -3,6 +3,7 @@ tables and figures. Plain strings, no template engine; everything is escaped on 
 
 from __future__ import annotations
 
+import datetime as _dt
 import html
 from collections.abc import Sequence
 from typing import Any
@@ -60,3 +61,22 @@ def figure(svg: str, caption: str) -> str:
 def empty(text: str) -> str:
     """The sentence shown where a section has nothing to plot."""
     return f"<p class='empty'>{esc(text)}</p>"
+
+
+def page(heading: str, header: str, sections: Sequence[tuple[str, str]], body: str) -> str:
+    """A whole self-contained report page: `heading` (escaped), `header` HTML under it, a
+    navigation line of (anchor, title) `sections`, the `body` HTML and a dated footer."""
+    from agelens import __version__
+
+    nav = " · ".join(f'<a href="#{anchor}">{esc(title)}</a>' for anchor, title in sections)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(heading)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{esc(heading)}</h1>{header}<nav>{nav}</nav></header>"
+        f"<main>{body}</main>"
+        f"<footer>agelens {esc(__version__)} · generated {stamp}</footer>"
+        "</body></html>\n"
+    )
