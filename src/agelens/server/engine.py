@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from agelens.models.backends import (
     DETECTORS,
+    ESTIMATORS,
     create_detector,
     create_estimator,
     estimator_names,
@@ -64,13 +65,18 @@ class ModelPool:
         self.analyzer(self.default_detector, self.default_estimator)
         self.ready = True
 
-    @staticmethod
-    def check_names(detector: str, estimator: str) -> None:
-        """Raise InvalidRequestError for names that are not registered."""
+    def check_names(self, detector: str, estimator: str) -> None:
+        """Raise InvalidRequestError for names that are not registered. Registered and loaded
+        names are answered from memory; only an unloaded name that may be a trained model
+        looks at the trained-model folders (every request passes here)."""
         if detector not in DETECTORS:
             raise InvalidRequestError(
                 f"unknown detector {detector!r}; choose one of {', '.join(sorted(DETECTORS))}"
             )
+        with self._lock:
+            loaded = estimator in self._estimators
+        if loaded or estimator in ESTIMATORS:
+            return
         names = estimator_names()
         if estimator not in names:
             raise InvalidRequestError(
