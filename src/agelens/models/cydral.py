@@ -32,15 +32,20 @@ AGE_CLASS_YEARS = np.array([0.25, *range(1, 81)], dtype=np.float32)
 class CydralEstimator:
     """Age (81-way distribution) and gender from 64-px and 32-px dlib chips."""
 
-    def __init__(self, spec: ModelSpec, *, threads: int | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, *, threads: int | None = None, embedding_outputs: bool = False
+    ) -> None:
         import dlib
 
         self.name = spec.name
         self.spec = spec
         self._dlib: Any = dlib
         self._landmarks = dlib.shape_predictor(str(model_file(spec, "landmarks_5.dat")))
-        self._age = create_session(model_file(spec, "age.onnx"), threads)
-        self._gender = create_session(model_file(spec, "gender.onnx"), threads)
+        # `embedding_outputs` also exposes each network's last hidden layer (`layer_1_flatten`),
+        # for agelens.models.embeddings, so that it need not load the networks a second time.
+        extra = ("layer_1_flatten",) if embedding_outputs else ()
+        self._age = create_session(model_file(spec, "age.onnx"), threads, extra_outputs=extra)
+        self._gender = create_session(model_file(spec, "gender.onnx"), threads, extra_outputs=extra)
         self._age_chip = int(spec.params["age_chip"])  # type: ignore[call-overload]
         self._gender_chip = int(spec.params["gender_chip"])  # type: ignore[call-overload]
         self._padding = float(spec.params["chip_padding"])  # type: ignore[arg-type]
@@ -78,8 +83,8 @@ class CydralEstimator:
 
     def predict(self, chips: Chips) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Raw outputs: age class probabilities `(N, 81)` and P(male) `(N,)`."""
-        age = self._age.run(None, {"images": chips["cydral_age"]})[0]
-        gender = self._gender.run(None, {"images": chips["cydral_gender"]})[0]
+        age = self._age.run(["probabilities"], {"images": chips["cydral_age"]})[0]
+        gender = self._gender.run(["probabilities"], {"images": chips["cydral_gender"]})[0]
         return age.astype(np.float32), gender[:, 1].astype(np.float32)
 
     def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:

@@ -24,9 +24,7 @@ from agelens.models.base import Chips, RGBImage
 from agelens.models.cydral import CydralEstimator
 from agelens.models.faceapi import FaceApiEstimator
 from agelens.models.faceres import FaceResEstimator
-from agelens.models.fetch import model_file
 from agelens.models.registry import get_spec
-from agelens.models.runtime import create_session
 from agelens.types import Detection
 
 Embedding = NDArray[np.float32]
@@ -114,14 +112,11 @@ class CydralBackbone:
     def __init__(self, *, threads: int | None = None) -> None:
         self.name = "cydral"
         self.dim = 256 + 16 + 81 + 1
-        spec = get_spec("cydral")
-        self._estimator = CydralEstimator(spec, threads=threads)
-        self._age = create_session(
-            model_file(spec, "age.onnx"), threads, extra_outputs=("layer_1_flatten",)
+        self._estimator = CydralEstimator(
+            get_spec("cydral"), threads=threads, embedding_outputs=True
         )
-        self._gender = create_session(
-            model_file(spec, "gender.onnx"), threads, extra_outputs=("layer_1_flatten",)
-        )
+        self._age = self._estimator._age
+        self._gender = self._estimator._gender
 
     def version(self) -> str:
         return self._estimator.version()
