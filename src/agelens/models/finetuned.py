@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from agelens.errors import ModelNotFetchedError, UnknownModelError
+from agelens.errors import UnknownModelError
 from agelens.models.base import Chips, RGBImage
 from agelens.models.distribution import estimates
-from agelens.models.fetch import sha256_file
-from agelens.models.heads import CARD_FILE
+from agelens.models.heads import CARD_FILE, verify_card_files
 from agelens.models.runtime import create_session
 from agelens.types import AgeGenderEstimate, Detection
 
@@ -37,36 +36,20 @@ def read_finetuned_card(folder: Path) -> dict[str, Any]:
     return card
 
 
-def verify_files(folder: Path, files: dict[str, str]) -> None:
-    """Every file the card lists must be there with the card's sha256 (ModelNotFetchedError)."""
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
-            raise ModelNotFetchedError(f"{path} is missing; fine-tune the model again")
-        if sha256_file(path) != expected:
-            raise ModelNotFetchedError(
-                f"{path} does not match the sha256 in its card ({expected[:16]}…); "
-                "fine-tune the model again"
-            )
-
-
 class FinetunedCydralEstimator:
     """Cydral's alignment and gender network, the folder's fine-tuned age network."""
 
     def __init__(self, folder: Path, *, threads: int | None = None) -> None:
         from agelens.models.cydral import CydralEstimator
-        from agelens.models.fetch import model_file
         from agelens.models.registry import get_spec
 
         card = read_finetuned_card(folder)
-        verify_files(folder, card["files"])
+        verify_card_files(folder, card["files"], "fine-tune the model again")
         self.card = card
         self.name = str(card["name"])
         spec = get_spec("cydral")
         self._cydral = CydralEstimator(spec, threads=threads)
-        # gender-v1 unchanged, in its own session so P(male) is computed without the old
-        # age network.
-        self._gender = create_session(model_file(spec, "gender.onnx"), threads)
+        self._gender = self._cydral._gender  # gender-v1, unchanged
         self._age = create_session(folder / AGE_FILE, threads)
         self._ages = np.arange(int(card["age_classes"]), dtype=np.float64)
         self._knots_x = np.asarray(card["interval"]["knots_x"], dtype=np.float64)

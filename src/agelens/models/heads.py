@@ -88,6 +88,19 @@ def read_card(folder: Path) -> dict[str, Any]:
     return card
 
 
+def verify_card_files(folder: Path, files: dict[str, str], remedy: str) -> None:
+    """Every file a trained model's card lists must be in `folder` with the card's sha256;
+    ModelNotFetchedError ending with `remedy` otherwise."""
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelNotFetchedError(f"{path} is missing; {remedy}")
+        if sha256_file(path) != expected:
+            raise ModelNotFetchedError(
+                f"{path} does not match the sha256 in its card ({expected[:16]}…); {remedy}"
+            )
+
+
 def sigmoid(z: NDArray[np.float64]) -> NDArray[np.float64]:
     """1 / (1 + exp(-z)) without overflow for large |z|."""
     return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64))))
@@ -152,20 +165,12 @@ class HeadsEstimator:
         card = read_card(folder)
         self.card = card
         self.name = str(card["name"])
-        head = folder / HEAD_FILE
-        if not head.is_file():
-            raise ModelNotFetchedError(f"{head} is missing; train or reinstall the model")
-        expected = card["files"][HEAD_FILE]
-        if sha256_file(head) != expected:
-            raise ModelNotFetchedError(
-                f"{head} does not match the sha256 in its card ({expected[:16]}…); "
-                "train it again or reinstall agelens"
-            )
+        verify_card_files(folder, card["files"], "train it again or reinstall agelens")
         self.backbones: list[Backbone] = [
             create_backbone(name, threads=threads) for name in card["backbones"]
         ]
         self.calibration = HeadsCalibration.from_card(card["calibration"])
-        self._session = create_session(head, threads)
+        self._session = create_session(folder / HEAD_FILE, threads)
 
     def version(self) -> str:
         """Model name and the backbones it reads."""
