@@ -152,19 +152,27 @@ def _finetuned_row(name: str, folder: Path) -> dict[str, Any]:
 
     card = read_finetuned_card(folder)
     training = card["training"]
+    base = "faceapi" if card.get("backbone") == "faceapi" else "cydral"
+    what = (
+        f"face-api age+gender fine-tuned at {card.get('input_size')} px"
+        if base == "faceapi"
+        else "Cydral age fine-tuned"
+    )
     return {
         "name": name,
-        "task": "age+gender (fine-tuned Cydral age)",
+        "task": "age+gender (fine-tuned face-api)"
+        if base == "faceapi"
+        else "age+gender (fine-tuned Cydral age)",
         "source": "agelens finetune (yours)",
         "license": "non-commercial (UTKFace-derived)"
         if "non-commercial" in card.get("data_notice", "")
         else "see its card",
         "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
         "files": dict(card["files"]),
-        "fetched": is_fetched(MODELS["cydral"]),
+        "fetched": base == "faceapi" or is_fetched(MODELS["cydral"]),
         "path": str(folder),
         "description": (
-            f"Cydral age fine-tuned on {training['dataset']} {training['split']} "
+            f"{what} on {training['dataset']} {training['split']} "
             f"({training['faces_used']} faces), validation MAE "
             f"{card['metrics']['validation']['age_mae']:.2f}. {card.get('data_notice', '')}"
         ).strip(),
@@ -821,7 +829,19 @@ def train_command(
 def finetune_command(
     context: typer.Context,
     dataset_dir: Annotated[Path, typer.Argument(help="Folder the labels' file paths are in.")],
-    backbone: Annotated[str, typer.Option(help="Network to fine-tune (cydral).")] = "cydral",
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Network to fine-tune: cydral (its age network) or faceapi (age and gender, "
+            "at --size px)."
+        ),
+    ] = "cydral",
+    size: Annotated[
+        int, typer.Option(help="faceapi only: input size in pixels (64, 80, 96 or 112).")
+    ] = 64,
+    detector: Annotated[
+        str, typer.Option(help="Detector that finds the training faces.")
+    ] = "blazeface-full",
     name: Annotated[str, typer.Option(help="Name of the fine-tuned estimator.")] = "my-finetuned",
     labels: Annotated[
         Path | None,
@@ -852,12 +872,11 @@ def finetune_command(
         typer.Option(help="Terms of the training data, written to the model card."),
     ] = None,
 ) -> None:
-    """Fine-tune a backbone's age network end to end (needs the `train` extra: PyTorch and
-    onnx2torch).
+    """Fine-tune a backbone end to end (needs the `train` extra: PyTorch and onnx2torch).
 
-    Cuts each face's dlib chips once (cached), trains with augmentation and early stopping on
-    a seeded 10% validation split, exports age.onnx and writes a model card. Prints the card
-    as JSON.
+    Cuts each face's chips once (cached; dlib chips for cydral, face-api's square crop for
+    faceapi), trains with augmentation and early stopping on a seeded 10% validation split,
+    exports ONNX and writes a model card. Prints the card as JSON.
     """
     from rich.progress import Progress
 
@@ -882,6 +901,15 @@ def finetune_command(
         raise _fail(
             f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}", EXIT_USAGE
         )
+    from agelens.train.finetune_faceapi import check_size, finetune_faceapi_model
+
+    if backbone == "faceapi":
+        try:
+            check_size(size)
+        except ValueError as error:
+            raise _fail(str(error), EXIT_USAGE) from error
+        if int8:
+            raise _fail("--int8 is only available for --backbone cydral", EXIT_USAGE)
     labels_csv, data_notice = _training_data(dataset_dir, labels, data_notice)
     request = FinetuneRequest(
         dataset_dir=dataset_dir,
@@ -892,6 +920,7 @@ def finetune_command(
         split=split,
         limit=limit,
         pad=pad,
+        detector=detector,
         cache_root=cache,
         int8=int8,
         data_notice=data_notice,
@@ -915,12 +944,16 @@ def finetune_command(
             )
 
         try:
-            outcome = finetune_model(
-                request,
-                config,
-                on_rows=lambda done, total: progress.update(chipping, completed=done, total=total),
-                on_step=on_step,
-            )
+
+            def on_rows(done: int, total: int) -> None:
+                progress.update(chipping, completed=done, total=total)
+
+            if backbone == "faceapi":
+                outcome = finetune_faceapi_model(
+                    request, config, size, on_rows=on_rows, on_step=on_step
+                )
+            else:
+                outcome = finetune_model(request, config, on_rows=on_rows, on_step=on_step)
         except (ModelNotFetchedError, ModelFetchError) as error:
             raise _fail(str(error), EXIT_MODEL) from error
         except (UnknownModelError, ValueError) as error:

@@ -160,7 +160,7 @@ def create_estimator(name: str, threads: int | None = None) -> Estimator:
     if folder is None:
         raise UnknownModelError(f"unknown estimator {name!r}; choose from {estimator_names()}")
     if card_kind(folder) == "agelens-finetuned":
-        from agelens.models.finetuned import FinetunedCydralEstimator
+        from agelens.models.finetuned import load_finetuned
 
-        return FinetunedCydralEstimator(folder, threads=threads)
+        return load_finetuned(folder, threads=threads)
     return HeadsEstimator(folder, threads=threads)

@@ -21,6 +21,28 @@ from agelens.types import AgeGenderEstimate, Detection
 INTERVAL_COEFFICIENTS = (3.2059, 0.1348)
 
 
+def faceapi_crop_box(
+    spec: ModelSpec, detection: Detection, factor: float = 1.0
+) -> NDArray[np.float32]:
+    """The square region face-api's network sees: the detector's box, squared, scaled by
+    the spec's `box_scale` (times `factor`) and moved down by `box_shift_y` of its height.
+    BlazeFace boxes sit higher on the face than the boxes face-api was trained on; the shift
+    was chosen on UTKFace `dev` rows (MAE 4.86 -> 4.78, gender 92.5% -> 93.3% on 1,500 rows)."""
+    scale = float(spec.params["box_scale"]) * factor  # type: ignore[arg-type]
+    return square_box(detection.box_xyxy, scale, float(spec.params["box_shift_y"]))  # type: ignore[arg-type]
+
+
+def faceapi_chips(
+    spec: ModelSpec, image: RGBImage, detections: Sequence[Detection], size: int
+) -> NDArray[np.float32]:
+    """face-api's network input for each detection: `(N, 3, size, size)`, normalised."""
+    crops = np.stack(
+        [crop_resized(image, faceapi_crop_box(spec, d), size) for d in detections]
+    ).astype(np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    return np.ascontiguousarray(((crops - mean) * np.float32(spec.scale)).transpose(0, 3, 1, 2))
+
+
 class FaceApiEstimator:
     """Age (regressed years) and gender from a 112-px square crop of the detector's box."""
 
@@ -29,30 +51,20 @@ class FaceApiEstimator:
         self.spec = spec
         self._session = create_session(model_file(spec, "age_gender.onnx"), threads)
         self._size = spec.input_hw[0]
-        self._box_scale = float(spec.params["box_scale"])  # type: ignore[arg-type]
-        self._box_shift_y = float(spec.params["box_shift_y"])  # type: ignore[arg-type]
-        self._mean = np.asarray(spec.mean, dtype=np.float32)
 
     def version(self) -> str:
         """Model name and the package it came from."""
         return f"{self.name} ({self.spec.source.pinned})"
 
     def crop_box(self, detection: Detection) -> NDArray[np.float32]:
-        """The square region fed to the network: the detector's box, squared, scaled by
-        `box_scale` and moved down by `box_shift_y` of its height. BlazeFace boxes sit higher
-        on the face than the boxes face-api was trained on; the shift was chosen on UTKFace
-        `dev` rows (MAE 4.86 -> 4.78, gender 92.5% -> 93.3% on 1,500 rows)."""
-        return square_box(detection.box_xyxy, self._box_scale, self._box_shift_y)
+        """The square region fed to the network (see `faceapi_crop_box`)."""
+        return faceapi_crop_box(self.spec, detection)
 
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
         """Square crops of each box, resized to the network's input."""
         if not detections:
             return {}
-        crops = np.stack(
-            [crop_resized(image, self.crop_box(d), self._size) for d in detections]
-        ).astype(np.float32)
-        tensor = ((crops - self._mean) * self.spec.scale).transpose(0, 3, 1, 2)
-        return {"faceapi": np.ascontiguousarray(tensor)}
+        return {"faceapi": faceapi_chips(self.spec, image, detections, self._size)}
 
     def predict(self, chips: Chips) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Raw outputs: age in years `(N,)` and P(male) `(N,)`."""

@@ -1,10 +1,15 @@
-"""Cydral with a fine-tuned age network: the model folders `agelens finetune` writes.
+"""Networks fine-tuned by `agelens finetune`: the model folders it writes.
 
-A folder holds `card.json` (`"kind": "agelens-finetuned"`, training data and command, the
-validation metrics per epoch, the 80% interval's half-width by age, the sha256 of each file,
-checked at load), `age.onnx` (`images (N, 3, 64, 64)` -> `probabilities (N, 101)`, ages
-0..100) and `MODEL_CARD.md`. Alignment (dlib 5-point chips) and gender (Cydral gender-v1)
-are those of the registered `cydral` model, which must be fetched.
+`"backbone": "cydral"` (FinetunedCydralEstimator): a folder holds `card.json` (`"kind":
+"agelens-finetuned"`, training data and command, the validation metrics per epoch, the 80%
+interval's half-width by age, the sha256 of each file, checked at load), `age.onnx`
+(`images (N, 3, 64, 64)` -> `probabilities (N, 101)`, ages 0..100) and `MODEL_CARD.md`.
+Alignment (dlib 5-point chips) and gender (Cydral gender-v1) are those of the registered
+`cydral` model, which must be fetched.
+
+`"backbone": "faceapi"` (FinetunedFaceApiEstimator): `age_gender.onnx` (`input (N, 3, S, S)`
+-> `age_probabilities (N, 101)`, `gender_probability (N,)`, S = the card's `input_size`), with
+face-api's square crop and normalisation; it needs nothing fetched.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from agelens.errors import UnknownModelError
-from agelens.models.base import Chips, RGBImage
+from agelens.models.base import Chips, Estimator, RGBImage
 from agelens.models.distribution import estimates
 from agelens.models.heads import CARD_FILE, verify_card_files
 from agelens.models.runtime import create_session
@@ -25,6 +30,7 @@ from agelens.types import AgeGenderEstimate, Detection
 
 FINETUNED_KIND = "agelens-finetuned"
 AGE_FILE = "age.onnx"
+FACEAPI_FILE = "age_gender.onnx"
 MODEL_CARD_FILE = "MODEL_CARD.md"
 
 
@@ -72,3 +78,54 @@ class FinetunedCydralEstimator:
         widths = np.interp(ages, self._knots_x, self._knots_y)
         male = self._gender.run(None, {"images": chips["cydral_gender"]})[0][:, 1]
         return estimates(ages, widths, male)
+
+
+class FinetunedFaceApiEstimator:
+    """face-api's crop at the card's input size, the folder's fine-tuned network."""
+
+    def __init__(self, folder: Path, *, threads: int | None = None) -> None:
+        from agelens.models.registry import get_spec
+
+        card = read_finetuned_card(folder)
+        if card.get("backbone") != "faceapi":
+            raise UnknownModelError(f"{folder} does not hold a fine-tuned face-api network")
+        verify_card_files(folder, card["files"], "fine-tune the model again")
+        self.card = card
+        self.name = str(card["name"])
+        self.spec = get_spec("faceapi")
+        self._size = int(card["input_size"])
+        self._session = create_session(folder / FACEAPI_FILE, threads)
+        self._ages = np.arange(int(card["age_classes"]), dtype=np.float64)
+        self._knots_x = np.asarray(card["interval"]["knots_x"], dtype=np.float64)
+        self._knots_y = np.asarray(card["interval"]["knots_y"], dtype=np.float64)
+
+    def version(self) -> str:
+        """Model name and what it was made from."""
+        return (
+            f"{self.name} (agelens fine-tuned {self.spec.name} at {self._size} px, "
+            f"{self.spec.source.pinned})"
+        )
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """face-api's square crops at the fine-tuned input size."""
+        from agelens.models.faceapi import faceapi_chips
+
+        if not detections:
+            return {}
+        return {"faceapi": faceapi_chips(self.spec, image, detections, self._size)}
+
+    def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
+        """Expected age (0..100), the 80% interval from validation residuals, P(male)."""
+        if not chips:
+            return []
+        probabilities, male = self._session.run(None, {"input": chips["faceapi"]})
+        ages = probabilities.astype(np.float64) @ self._ages
+        widths = np.interp(ages, self._knots_x, self._knots_y)
+        return estimates(ages, widths, male.astype(np.float64))
+
+
+def load_finetuned(folder: Path, *, threads: int | None = None) -> Estimator:
+    """The estimator of a fine-tuned model folder, by its card's backbone."""
+    if read_finetuned_card(folder).get("backbone") == "faceapi":
+        return FinetunedFaceApiEstimator(folder, threads=threads)
+    return FinetunedCydralEstimator(folder, threads=threads)

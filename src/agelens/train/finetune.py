@@ -55,7 +55,7 @@ AGE_CLASSES = 101
 TRAIN_CHIP = 72
 TRAIN_PADDING = 0.2875
 CHIP = 64
-BACKBONES = ("cydral",)
+BACKBONES = ("cydral", "faceapi")
 #: onnx2torch's requirements pull torchvision and a CUDA torch: it is installed on its own.
 ONNX2TORCH_INSTALL = "pip install --no-deps onnx2torch==1.5.15"
 
@@ -274,18 +274,19 @@ def _normalise(chips: Any, mean: Any, scale: float) -> Any:
     return ((chips - mean) * scale).permute(0, 3, 1, 2).contiguous()
 
 
-def augment(chips: Any, config: FinetuneConfig, generator: Any) -> Any:
-    """Random 64-px crops of 72-px chips, flips, brightness/contrast/saturation, grayscale.
+def augment(chips: Any, config: FinetuneConfig, generator: Any, *, size: int = CHIP) -> Any:
+    """Random `size`-px crops of larger chips, flips, brightness/contrast/saturation, grayscale.
 
-    `chips` is a uint8 tensor `(N, 72, 72, 3)`; returns float32 `(N, 64, 64, 3)` in 0..255.
+    `chips` is a uint8 tensor `(N, T, T, 3)` (Cydral: 72 px); returns float32
+    `(N, size, size, 3)` in 0..255.
     """
     import torch
 
     n = chips.shape[0]
-    margin = chips.shape[1] - CHIP
+    margin = chips.shape[1] - size
     offsets = torch.randint(0, margin + 1, (n, 2), generator=generator)
-    rows = offsets[:, 0, None] + torch.arange(CHIP)[None, :]
-    cols = offsets[:, 1, None] + torch.arange(CHIP)[None, :]
+    rows = offsets[:, 0, None] + torch.arange(size)[None, :]
+    cols = offsets[:, 1, None] + torch.arange(size)[None, :]
     batch = torch.arange(n)[:, None, None]
     x = chips[batch, rows[:, :, None], cols[:, None, :]].float()
     flip = torch.rand(n, generator=generator) < 0.5
@@ -572,8 +573,8 @@ def finetune_model(
     from agelens.models.fetch import model_file
     from agelens.models.registry import get_spec
 
-    if request.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {request.backbone!r}; choose from {list(BACKBONES)}")
+    if request.backbone != "cydral":
+        raise ValueError(f"finetune_model trains Cydral; got {request.backbone!r}")
     started = time.perf_counter()
     rows = read_labels(request.labels_csv, split=request.split, limit=request.limit, seed=0)
     labelled = [r for r in rows if r.age is not None]

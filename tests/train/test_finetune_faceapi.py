@@ -1,0 +1,279 @@
+"""`agelens finetune --backbone faceapi`: the network at a smaller input, its export, and a
+tiny end-to-end run on real faces (always: a labelled folder cut from the astronaut)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+if importlib.util.find_spec("onnx2torch") is None:
+    # Not importorskip: importing onnx2torch needs torchvision, which agelens stubs out.
+    pytest.skip("onnx2torch is not installed (the train extra)", allow_module_level=True)
+
+import onnx
+import torch
+
+from agelens.cli import EXIT_USAGE, app
+from agelens.errors import ModelNotFetchedError, UnknownModelError
+from agelens.evaluate import scored_face
+from agelens.models.backends import create_detector, create_estimator
+from agelens.models.faceapi import faceapi_chips
+from agelens.models.fetch import model_file
+from agelens.models.finetuned import FinetunedFaceApiEstimator
+from agelens.models.heads import card_kind, trained_folders
+from agelens.models.registry import get_spec
+from agelens.models.runtime import create_session
+from agelens.pipeline import Analyzer
+from agelens.train.finetune import AGE_CLASSES
+from agelens.train.finetune_faceapi import (
+    FaceApiChipSet,
+    check_size,
+    export_faceapi_onnx,
+    faceapi_network,
+    gender_loss,
+    global_pool_graph,
+    train_chip_size,
+)
+
+runner = CliRunner()
+SPEC = get_spec("faceapi")
+
+
+def _chips(astronaut: np.ndarray, size: int) -> np.ndarray:
+    """face-api's normalised chips of the astronaut's face and of its mirror image."""
+    detector = create_detector("blazeface-fast", 1)
+    chips = []
+    for image in (astronaut, np.ascontiguousarray(astronaut[:, ::-1])):
+        (faces,) = detector.detect_many([image])
+        chips.append(faceapi_chips(SPEC, image, faces[:1], size))
+    return np.concatenate(chips)
+
+
+def test_global_pool_graph_is_the_original_at_112_px(astronaut: np.ndarray, tmp_path: Path) -> None:
+    path = model_file(SPEC, "age_gender.onnx")
+    chips = _chips(astronaut, 112)
+    expected = create_session(path, 1).run(None, {"input": chips})
+    graph = tmp_path / "global.onnx"
+    onnx.save(global_pool_graph(path), str(graph))
+    got = create_session(graph, 1).run(None, {"input": chips})
+    for a, b in zip(expected, got, strict=True):
+        assert np.abs(a - b).max() < 1e-4
+    # ...and it runs at the smaller sizes the original cannot take.
+    age, _gender, embedding = create_session(graph, 1).run(None, {"input": _chips(astronaut, 64)})
+    assert embedding.shape == (2, 512)
+    assert np.isfinite(age).all()
+
+
+def test_network_starts_where_face_api_was(astronaut: np.ndarray) -> None:
+    path = model_file(SPEC, "age_gender.onnx")
+    chips = _chips(astronaut, 112)
+    original_age, original_gender, _ = create_session(path, 1).run(None, {"input": chips})
+    network = faceapi_network(path).eval()
+    with torch.no_grad():
+        age_logits, male_logit = network(torch.from_numpy(chips))
+    expected = (torch.softmax(age_logits, 1) * torch.arange(AGE_CLASSES)).sum(1).numpy()
+    assert age_logits.shape == (2, AGE_CLASSES)
+    assert np.abs(expected - original_age).max() < 0.5
+    assert np.abs(torch.sigmoid(male_logit).numpy() - original_gender[:, 0]).max() < 1e-4
+    assert all(p.requires_grad for p in network.parameters())
+
+
+def test_exported_onnx_matches_the_torch_network(astronaut: np.ndarray, tmp_path: Path) -> None:
+    network = faceapi_network(model_file(SPEC, "age_gender.onnx")).eval()
+    chips = _chips(astronaut, 64)
+    export_faceapi_onnx(network, tmp_path / "age_gender.onnx", 64)
+    probabilities, male = create_session(tmp_path / "age_gender.onnx", 1).run(
+        None, {"input": chips}
+    )
+    with torch.no_grad():
+        age_logits, male_logit = network(torch.from_numpy(chips))
+    assert probabilities.shape == (2, AGE_CLASSES)
+    assert male.shape == (2,)
+    assert np.abs(probabilities - torch.softmax(age_logits, 1).numpy()).max() < 1e-4
+    assert np.abs(male - torch.sigmoid(male_logit).numpy()).max() < 1e-4
+
+
+def test_gender_loss_ignores_unknown_genders() -> None:
+    logits = torch.tensor([3.0, -3.0, 0.0])
+    right = gender_loss(logits, torch.tensor([1.0, 0.0, math.nan]))
+    wrong = gender_loss(logits, torch.tensor([0.0, 1.0, math.nan]))
+    assert math.isfinite(float(right))
+    assert float(right) < float(wrong)
+    assert float(gender_loss(logits, torch.full((3,), math.nan))) == 0.0
+
+
+def test_chip_set_reads_genders() -> None:
+    from agelens.evaluate import LabelledImage
+
+    rows = (
+        LabelledImage("a.jpg", 30.0, "M"),
+        LabelledImage("b.jpg", 40.0, "F"),
+        LabelledImage("c.jpg", 50.0, None),
+    )
+    empty = np.zeros((3, 72, 72, 3), np.uint8)
+    chips = FaceApiChipSet(rows=rows, train_chips=empty, eval_chips=empty[:, :64, :64])
+    assert chips.male[:2].tolist() == [1.0, 0.0]
+    assert math.isnan(float(chips.male[2]))
+    assert chips.ages.tolist() == [30.0, 40.0, 50.0]
+
+
+@pytest.mark.parametrize("size", [64, 80, 96, 112])
+def test_sizes(size: int) -> None:
+    assert check_size(size) == size
+    assert train_chip_size(size) == round(size * 9 / 8)
+
+
+@pytest.mark.parametrize("size", [0, 70, 128])
+def test_unsupported_sizes_are_refused(size: int) -> None:
+    with pytest.raises(ValueError, match="--size"):
+        check_size(size)
+
+
+@pytest.fixture(scope="module")
+def astronaut_folder(astronaut: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 labelled photos of one real face: the astronaut shifted, mirrored and re-lit."""
+    root = tmp_path_factory.mktemp("astronaut-data")
+    lines = ["file,age,gender,split"]
+    for index in range(24):
+        image = astronaut[index % 4 * 8 :, index // 4 * 6 :]
+        if index % 2:
+            image = image[:, ::-1]
+        image = np.clip(image.astype(np.float32) * (0.8 + 0.02 * index), 0, 255).astype(np.uint8)
+        name = f"astronaut_{index:02d}.jpg"
+        Image.fromarray(np.ascontiguousarray(image)).save(root / name, quality=90)
+        lines.append(f"{name},{40 + index % 5},F,dev")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def finetuned(astronaut_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch on the 24 photos at 64 px: every step, not a useful model."""
+    root = tmp_path_factory.mktemp("finetune-faceapi")
+    result = runner.invoke(
+        app,
+        [
+            "finetune", str(astronaut_folder), "--backbone", "faceapi", "--size", "64",
+            "--epochs", "1", "--name", "tiny-faceapi",
+            "--out", str(root / "model"), "--cache", str(root / "cache"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "tiny-faceapi"
+    return root / "model"
+
+
+def test_finetune_writes_a_complete_model_folder(finetuned: Path) -> None:
+    assert sorted(p.name for p in finetuned.iterdir()) == [
+        "MODEL_CARD.md",
+        "age_gender.onnx",
+        "card.json",
+    ]
+    card = json.loads((finetuned / "card.json").read_text())
+    assert card["kind"] == "agelens-finetuned" == card_kind(finetuned)
+    assert card["backbone"] == "faceapi"
+    assert card["input_size"] == 64
+    assert set(card["files"]) == {"age_gender.onnx", "MODEL_CARD.md"}
+    training = card["training"]
+    assert training["rows"] == training["faces_used"] == 24
+    assert [epoch["epoch"] for epoch in training["epochs"]] == [1]
+    assert training["command"].startswith("agelens finetune ")
+    validation = card["metrics"]["validation"]
+    assert math.isfinite(validation["age_mae"])
+    assert validation["gender_accuracy"] is not None
+    assert "64 px" in (finetuned / "MODEL_CARD.md").read_text()
+    assert [p.name for p in finetuned.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_finetuned_folder_is_an_estimator(finetuned: Path, astronaut: np.ndarray) -> None:
+    estimator = create_estimator(str(finetuned), threads=1)
+    assert isinstance(estimator, FinetunedFaceApiEstimator)
+    result = Analyzer("blazeface-fast", estimator).analyze(astronaut)
+    face = scored_face(result)
+    assert face is not None
+    assert 0 <= face.age_years <= 100
+    assert face.age_interval[0] <= face.age_years <= face.age_interval[1]
+    # One epoch on 24 photos at 64 px is not a useful model: check the plumbing, i.e. that
+    # the Analyzer reports what the exported network says of face-api's 64-px chip.
+    (detections,) = create_detector("blazeface-fast", 1).detect_many([astronaut])
+    chip = faceapi_chips(SPEC, astronaut, detections[:1], 64)
+    probabilities, male = create_session(finetuned / "age_gender.onnx", 1).run(
+        None, {"input": chip}
+    )
+    assert face.age_years == pytest.approx(float(probabilities[0] @ np.arange(AGE_CLASSES)))
+    assert face.gender == ("M" if male[0] >= 0.5 else "F")
+    assert face.gender_probability == pytest.approx(max(male[0], 1 - male[0]), abs=1e-6)
+    assert result.models["estimator"].startswith("tiny-faceapi (agelens fine-tuned faceapi at 64")
+    assert estimator.align(astronaut, ()) == {}
+    assert estimator.estimate({}) == []
+
+
+def test_finetuned_folders_are_listed_by_name(
+    finetuned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agelens.models.heads.user_dir", lambda: tmp_path)
+    shutil.copytree(finetuned, tmp_path / "tiny-faceapi")
+    assert trained_folders()["tiny-faceapi"] == tmp_path / "tiny-faceapi"
+    result = runner.invoke(app, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {row["name"]: row for row in json.loads(result.stdout)}
+    assert "face-api" in listed["tiny-faceapi"]["task"]
+
+
+@pytest.mark.parametrize("file", ["age_gender.onnx", "MODEL_CARD.md"])
+def test_a_tampered_file_is_refused(finetuned: Path, tmp_path: Path, file: str) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finetuned, copy)
+    target = copy / file
+    target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelNotFetchedError, match="sha256"):
+        FinetunedFaceApiEstimator(copy, threads=1)
+    target.unlink()
+    with pytest.raises(ModelNotFetchedError, match="missing"):
+        FinetunedFaceApiEstimator(copy, threads=1)
+
+
+def test_a_cydral_folder_is_not_a_faceapi_one(finetuned: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finetuned, copy)
+    card = json.loads((copy / "card.json").read_text())
+    (copy / "card.json").write_text(json.dumps({**card, "backbone": "cydral"}))
+    with pytest.raises(UnknownModelError, match="face-api"):
+        FinetunedFaceApiEstimator(copy, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--size", "70"], "--size must be one of"),
+        (["--int8"], "only available for --backbone cydral"),
+    ],
+)
+def test_usage_errors(
+    astronaut_folder: Path, tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "finetune", str(astronaut_folder), "--backbone", "faceapi",
+            "--out", str(tmp_path / "m"), *arguments,
+        ],
+    )  # fmt: skip
+    assert result.exit_code == EXIT_USAGE
+    assert message in result.output
+
+
+def test_graph_without_one_average_pool_is_refused(tmp_path: Path) -> None:
+    path = model_file(get_spec("cydral"), "age.onnx")
+    assert onnx.load(str(path))  # a real network, just not face-api's
+    with pytest.raises(ValueError, match="AgeGenderNet"):
+        global_pool_graph(path)
