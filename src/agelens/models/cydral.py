@@ -8,6 +8,7 @@ the chips are the ones the networks expect; feeding plain box crops costs accura
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,12 @@ class CydralEstimator:
     """Age (81-way distribution) and gender from 64-px and 32-px dlib chips."""
 
     def __init__(
-        self, spec: ModelSpec, *, threads: int | None = None, embedding_outputs: bool = False
+        self,
+        spec: ModelSpec,
+        *,
+        threads: int | None = None,
+        embedding_outputs: bool = False,
+        age_model: Path | None = None,
     ) -> None:
         import dlib
 
@@ -44,7 +50,10 @@ class CydralEstimator:
         # `embedding_outputs` also exposes each network's last hidden layer (`layer_1_flatten`),
         # for agelens.models.embeddings, so that it need not load the networks a second time.
         extra = ("layer_1_flatten",) if embedding_outputs else ()
-        self._age = create_session(model_file(spec, "age.onnx"), threads, extra_outputs=extra)
+        # `age_model`: a fine-tuned age network to run instead (agelens.models.finetuned).
+        self._age = create_session(
+            age_model or model_file(spec, "age.onnx"), threads, extra_outputs=extra
+        )
         self._gender = create_session(model_file(spec, "gender.onnx"), threads, extra_outputs=extra)
         self._age_chip = int(spec.params["age_chip"])  # type: ignore[call-overload]
         self._gender_chip = int(spec.params["gender_chip"])  # type: ignore[call-overload]
@@ -81,11 +90,19 @@ class CydralEstimator:
             "cydral_gender": self._normalise(gender_chips),
         }
 
+    def age_probabilities(self, chips: Chips) -> NDArray[np.float32]:
+        """The age network's class probabilities `(N, classes)` (81 for age-v1)."""
+        age = self._age.run(["probabilities"], {"images": chips["cydral_age"]})[0]
+        return np.asarray(age, dtype=np.float32)
+
+    def male_probability(self, chips: Chips) -> NDArray[np.float32]:
+        """The gender network's P(male) `(N,)`."""
+        gender = self._gender.run(["probabilities"], {"images": chips["cydral_gender"]})[0]
+        return np.asarray(gender[:, 1], dtype=np.float32)
+
     def predict(self, chips: Chips) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Raw outputs: age class probabilities `(N, 81)` and P(male) `(N,)`."""
-        age = self._age.run(["probabilities"], {"images": chips["cydral_age"]})[0]
-        gender = self._gender.run(["probabilities"], {"images": chips["cydral_gender"]})[0]
-        return age.astype(np.float32), gender[:, 1].astype(np.float32)
+        return self.age_probabilities(chips), self.male_probability(chips)
 
     def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
         """Expected age, the central 80% of the age distribution, P(male)."""

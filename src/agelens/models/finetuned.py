@@ -14,7 +14,6 @@ face-api's square crop and normalisation; it needs nothing fetched.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 from agelens.errors import UnknownModelError
 from agelens.models.base import Chips, Estimator, RGBImage
 from agelens.models.distribution import estimates
-from agelens.models.heads import CARD_FILE, verify_card_files
+from agelens.models.heads import read_card, verify_card_files
 from agelens.models.runtime import create_session
 from agelens.types import AgeGenderEstimate, Detection
 
@@ -36,10 +35,7 @@ MODEL_CARD_FILE = "MODEL_CARD.md"
 
 def read_finetuned_card(folder: Path) -> dict[str, Any]:
     """The card of a fine-tuned model folder; UnknownModelError for any other folder."""
-    card: dict[str, Any] = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-    if card.get("kind") != FINETUNED_KIND:
-        raise UnknownModelError(f"{folder} does not hold an agelens fine-tuned model")
-    return card
+    return read_card(folder, FINETUNED_KIND)
 
 
 class FinetunedCydralEstimator:
@@ -53,10 +49,10 @@ class FinetunedCydralEstimator:
         verify_card_files(folder, card["files"], "fine-tune the model again")
         self.card = card
         self.name = str(card["name"])
-        spec = get_spec("cydral")
-        self._cydral = CydralEstimator(spec, threads=threads)
-        self._gender = self._cydral._gender  # gender-v1, unchanged
-        self._age = create_session(folder / AGE_FILE, threads)
+        # Cydral's alignment and gender-v1, unchanged, with the folder's age network.
+        self._cydral = CydralEstimator(
+            get_spec("cydral"), threads=threads, age_model=folder / AGE_FILE
+        )
         self._ages = np.arange(int(card["age_classes"]), dtype=np.float64)
         self._knots_x = np.asarray(card["interval"]["knots_x"], dtype=np.float64)
         self._knots_y = np.asarray(card["interval"]["knots_y"], dtype=np.float64)
@@ -73,11 +69,9 @@ class FinetunedCydralEstimator:
         """Expected age (0..100), the 80% interval from validation residuals, P(male)."""
         if not chips:
             return []
-        probabilities = self._age.run(None, {"images": chips["cydral_age"]})[0]
-        ages = probabilities.astype(np.float64) @ self._ages
+        ages = self._cydral.age_probabilities(chips).astype(np.float64) @ self._ages
         widths = np.interp(ages, self._knots_x, self._knots_y)
-        male = self._gender.run(None, {"images": chips["cydral_gender"]})[0][:, 1]
-        return estimates(ages, widths, male)
+        return estimates(ages, widths, self._cydral.male_probability(chips))
 
 
 class FinetunedFaceApiEstimator:

@@ -80,11 +80,13 @@ def find_trained(name_or_path: str) -> Path | None:
     return trained_folders().get(name_or_path)
 
 
-def read_card(folder: Path) -> dict[str, Any]:
-    """The model card of a trained model folder."""
+def read_card(folder: Path, kind: str = "agelens-heads") -> dict[str, Any]:
+    """The model card of a folder holding a model of `kind` (one of TRAINED_KINDS);
+    UnknownModelError for any other folder."""
     card: dict[str, Any] = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-    if card.get("kind") != "agelens-heads":
-        raise UnknownModelError(f"{folder} does not hold an agelens trained model")
+    if card.get("kind") != kind:
+        what = "trained" if kind == "agelens-heads" else "fine-tuned"
+        raise UnknownModelError(f"{folder} does not hold an agelens {what} model")
     return card
 
 
