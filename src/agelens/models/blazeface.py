@@ -65,6 +65,14 @@ class BlazeFaceDetector:
             else score_threshold
         )
         self.iou_threshold = iou_threshold
+        # Compared in logit space, so only candidates above it go through the sigmoid.
+        self._logit_threshold = float(
+            np.log(self.score_threshold / (1.0 - self.score_threshold))
+            if 0.0 < self.score_threshold < 1.0
+            else (-np.inf if self.score_threshold <= 0.0 else np.inf)
+        )
+        self._mean = np.asarray(spec.mean, dtype=np.float32)
+        self._scale = np.float32(spec.scale)
         outputs = {o.name: o for o in self._session.get_outputs()}
         # The regressor output has 16 values per anchor, the classifier 1.
         self._regressor_name = next(n for n, o in outputs.items() if o.shape[-1] == 16)
@@ -72,9 +80,9 @@ class BlazeFaceDetector:
 
     def _prepare(
         self, image: RGBImage, view: tuple[int, int, int, int]
-    ) -> tuple[NDArray[np.float32], tuple[float, float, float]]:
-        """The network input for one region of the image, and (scale, offset_x, offset_y)
-        with `input_px = image_px * scale + offset`."""
+    ) -> tuple[NDArray[np.uint8], tuple[float, float, float]]:
+        """The letterboxed pixels of one region of the image (normalised later, a whole batch
+        at once), and (scale, offset_x, offset_y) with `input_px = image_px * scale + offset`."""
         x0, y0, width, height = view
         region = image[y0 : y0 + height, x0 : x0 + width]
         scale, _pad_x, _pad_y = letterbox_transform((height, width), self._size)
@@ -85,9 +93,7 @@ class BlazeFaceDetector:
         canvas = np.zeros((self._size, self._size, 3), dtype=np.uint8)
         left, top = int((self._size - new_w) // 2), int((self._size - new_h) // 2)
         canvas[top : top + new_h, left : left + new_w] = resized
-        mean = np.asarray(self.spec.mean, dtype=np.float32)
-        tensor = (canvas.astype(np.float32) - mean) * np.float32(self.spec.scale)
-        return tensor, (scale_x, left - x0 * scale_x, top - y0 * scale_x)
+        return canvas, (scale_x, left - x0 * scale_x, top - y0 * scale_x)
 
     def views(self, image_wh: tuple[int, int]) -> list[tuple[int, int, int, int]]:
         """The regions `(x, y, width, height)` of an image the network looks at."""
@@ -105,17 +111,18 @@ class BlazeFaceDetector:
         if not images:
             return []
         owners: list[int] = []
-        tensors: list[NDArray[np.float32]] = []
+        canvases: list[NDArray[np.uint8]] = []
         transforms: list[tuple[float, float, float]] = []
         for index, image in enumerate(images):
             height, width = image.shape[:2]
             for view in self.views((width, height)):
-                tensor, transform = self._prepare(image, view)
+                canvas, transform = self._prepare(image, view)
                 owners.append(index)
-                tensors.append(tensor)
+                canvases.append(canvas)
                 transforms.append(transform)
+        batch = (np.stack(canvases).astype(np.float32) - self._mean) * self._scale
         regressors, classifiers = self._session.run(
-            [self._regressor_name, self._classifier_name], {self._input_name: np.stack(tensors)}
+            [self._regressor_name, self._classifier_name], {self._input_name: batch}
         )
         candidates: list[list[tuple[NDArray[np.float32], ...]]] = [[] for _ in images]
         for row, owner in enumerate(owners):
@@ -135,9 +142,15 @@ class BlazeFaceDetector:
     ) -> tuple[NDArray[np.float32], ...] | None:
         """Boxes `(K, 4)`, scores `(K,)`, keypoints `(K, 6, 2)` above the threshold, in image
         pixels, or None when there are none."""
-        scores = _sigmoid(raw_scores.reshape(-1))
-        keep = scores >= self.score_threshold
-        if not keep.any():
+        logits = raw_scores.reshape(-1)
+        keep = np.flatnonzero(logits >= self._logit_threshold)
+        if not keep.size:
+            return None
+        scores = _sigmoid(logits[keep])
+        # The float32 logit threshold may admit a hair under the threshold: recheck.
+        passed = scores >= self.score_threshold
+        keep, scores = keep[passed], scores[passed]
+        if not keep.size:
             return None
         boxes, keypoints = decode_blazeface(
             raw_boxes[keep], self._anchors[keep], self.spec.input_hw
@@ -146,7 +159,7 @@ class BlazeFaceDetector:
         offset = np.array([offset_x, offset_y], dtype=np.float32)
         boxes_px = ((boxes.reshape(-1, 2, 2) * self._size - offset) / scale).reshape(-1, 4)
         points_px = (keypoints * self._size - offset) / scale
-        return boxes_px.astype(np.float32), scores[keep], points_px.astype(np.float32)
+        return boxes_px.astype(np.float32), scores, points_px.astype(np.float32)
 
     def _merge(
         self,
