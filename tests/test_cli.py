@@ -124,7 +124,12 @@ def test_models_list_and_info() -> None:
 
 @pytest.mark.parametrize(
     ("preset", "estimator"),
-    [("fast", "faceapi"), ("balanced", "ensemble"), ("accurate", "heads-utkface")],
+    [
+        ("fastest", "faceapi80-utkface"),
+        ("fast", "faceapi"),
+        ("balanced", "ensemble"),
+        ("accurate", "heads-utkface"),
+    ],
 )
 def test_analyze_with_a_preset(astronaut_file: Path, preset: str, estimator: str) -> None:
     result = runner.invoke(app, ["analyze", str(astronaut_file), "--preset", preset, "--json"])

@@ -45,7 +45,7 @@ logger = logging.getLogger("agelens.cli")
 
 # The model choice shared by analyze, eval and batch: explicit names win over the preset.
 PresetOption = Annotated[
-    str | None, typer.Option(help="fast, balanced (default) or accurate; see README.")
+    str | None, typer.Option(help="fastest, fast, balanced (default) or accurate; see README.")
 ]
 DetectorOption = Annotated[str | None, typer.Option(help="Detector name (overrides --preset).")]
 EstimatorOption = Annotated[
@@ -995,7 +995,7 @@ def serve(
         typer.Option(help="Serve on a non-loopback address without API keys (behind a proxy)."),
     ] = False,
     preset: Annotated[
-        str | None, typer.Option(help="Default models: fast, balanced or accurate.")
+        str | None, typer.Option(help="Default models: fastest, fast, balanced or accurate.")
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Default detector.")] = None,
     estimator: Annotated[str | None, typer.Option(help="Default estimator.")] = None,

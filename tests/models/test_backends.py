@@ -79,6 +79,7 @@ def test_unknown_backend_names_list_the_choices(factory: object) -> None:
     ("preset", "detector", "estimator", "expected"),
     [
         (None, None, None, ("blazeface-full", "ensemble")),
+        ("fastest", None, None, ("blazeface-fast", "faceapi80-utkface")),
         ("fast", None, None, ("blazeface-fast", "faceapi")),
         ("balanced", None, None, ("blazeface-full", "ensemble")),
         ("accurate", None, None, ("blazeface-full", "heads-utkface")),
@@ -99,5 +100,6 @@ def test_every_preset_names_registered_models_and_its_terms() -> None:
         assert preset.weights_terms
     assert "permissive" in PRESETS["fast"].weights_terms
     assert "non-commercial" in PRESETS["accurate"].weights_terms
+    assert "non-commercial" in PRESETS["fastest"].weights_terms
     with pytest.raises(UnknownModelError, match="unknown preset"):
-        resolve_models("fastest", None, None)
+        resolve_models("quickest", None, None)

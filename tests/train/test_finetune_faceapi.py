@@ -277,3 +277,24 @@ def test_graph_without_one_average_pool_is_refused(tmp_path: Path) -> None:
     assert onnx.load(str(path))  # a real network, just not face-api's
     with pytest.raises(ValueError, match="AgeGenderNet"):
         global_pool_graph(path)
+
+
+def test_writing_refuses_incomplete_weights(tmp_path: Path) -> None:
+    from agelens.train.finetune_faceapi import write_faceapi_onnx
+
+    network = faceapi_network(model_file(SPEC, "age_gender.onnx"))
+    state = {k: v.detach().numpy() for k, v in network.state_dict().items()}
+    del state["age.weight"]
+    with pytest.raises(ValueError, match="age.weight"):
+        write_faceapi_onnx(model_file(SPEC, "age_gender.onnx"), state, tmp_path / "m.onnx", 64)
+
+
+def test_written_graph_has_no_separate_pads(tmp_path: Path) -> None:
+    network = faceapi_network(model_file(SPEC, "age_gender.onnx"))
+    export_faceapi_onnx(network, tmp_path / "m.onnx", 80)
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert "Pad" not in ops
+    assert [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output] == [
+        "age_probabilities",
+        "gender_probability",
+    ]
