@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -30,6 +31,41 @@ def _sigmoid(values: NDArray[np.float32]) -> NDArray[np.float32]:
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
+def uint8_input_graph(path: Path, mean: Sequence[float], scale: float) -> bytes:
+    """The detector graph taking uint8 pixels, its normalisation `(x - mean) * scale` done
+    by its own first nodes. Written here, at load, so the fetched file (and its sha256)
+    stays the converter's; done in the graph because ONNX Runtime normalises a batch in one
+    vectorised pass where numpy took three (about a tenth of a millisecond an image, a few
+    percent of the fast preset's time on small photos)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    name = graph.input[0].name
+    floats = f"{name}/normalised"
+    for node in graph.node:
+        for index, value in enumerate(node.input):
+            if value == name:
+                node.input[index] = floats
+    graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.asarray(mean, np.float32), f"{name}/mean"),
+            numpy_helper.from_array(np.asarray(scale, np.float32), f"{name}/scale"),
+        ]
+    )
+    prologue = [
+        helper.make_node("Cast", [name], [f"{name}/float"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", [f"{name}/float", f"{name}/mean"], [f"{name}/centred"]),
+        helper.make_node("Mul", [f"{name}/centred", f"{name}/scale"], [floats]),
+    ]
+    nodes = [*prologue, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return bytes(model.SerializeToString())
+
+
 class BlazeFaceDetector:
     """Letterboxes each image into the network square, decodes anchors, weighted NMS.
 
@@ -50,7 +86,9 @@ class BlazeFaceDetector:
         self.name = spec.name
         self.tiled = tiled
         self.spec = spec
-        self._session = create_session(model_file(spec, "detector.onnx"), threads)
+        self._session = create_session(
+            uint8_input_graph(model_file(spec, "detector.onnx"), spec.mean, spec.scale), threads
+        )
         self._input_name = self._session.get_inputs()[0].name
         self._size = spec.input_hw[0]
         params = spec.params
@@ -71,8 +109,6 @@ class BlazeFaceDetector:
             if 0.0 < self.score_threshold < 1.0
             else (-np.inf if self.score_threshold <= 0.0 else np.inf)
         )
-        self._mean = np.asarray(spec.mean, dtype=np.float32)
-        self._scale = np.float32(spec.scale)
         outputs = {o.name: o for o in self._session.get_outputs()}
         # The regressor output has 16 values per anchor, the classifier 1.
         self._regressor_name = next(n for n, o in outputs.items() if o.shape[-1] == 16)
@@ -81,8 +117,8 @@ class BlazeFaceDetector:
     def _prepare(
         self, image: RGBImage, view: tuple[int, int, int, int]
     ) -> tuple[NDArray[np.uint8], tuple[float, float, float]]:
-        """The letterboxed pixels of one region of the image (normalised later, a whole batch
-        at once), and (scale, offset_x, offset_y) with `input_px = image_px * scale + offset`."""
+        """The letterboxed uint8 pixels of one region of the image (the graph normalises
+        them), and (scale, offset_x, offset_y) with `input_px = image_px * scale + offset`."""
         x0, y0, width, height = view
         region = image[y0 : y0 + height, x0 : x0 + width]
         scale, _pad_x, _pad_y = letterbox_transform((height, width), self._size)
@@ -120,9 +156,9 @@ class BlazeFaceDetector:
                 owners.append(index)
                 canvases.append(canvas)
                 transforms.append(transform)
-        batch = (np.stack(canvases).astype(np.float32) - self._mean) * self._scale
         regressors, classifiers = self._session.run(
-            [self._regressor_name, self._classifier_name], {self._input_name: batch}
+            [self._regressor_name, self._classifier_name],
+            {self._input_name: np.stack(canvases)},
         )
         candidates: list[list[tuple[NDArray[np.float32], ...]]] = [[] for _ in images]
         for row, owner in enumerate(owners):

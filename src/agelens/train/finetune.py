@@ -78,6 +78,8 @@ class FinetuneConfig:
     patience: int = 3
     seed: int = 0
     threads: int = 1
+    #: faceapi only (it trains gender too): weight of the gender loss beside the age loss.
+    gender_weight: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -365,8 +365,8 @@ def train_faceapi_network(
             picked = order[start : start + config.batch_size]
             x = augment(train_chips[picked], config, generator, size=size)
             age_logits, gender_logits = network(_normalise(x, mean, spec.scale))
-            loss = age_loss(age_logits, train_ages[picked], config) + gender_loss(
-                gender_logits, train_male[picked]
+            loss = age_loss(age_logits, train_ages[picked], config) + (
+                config.gender_weight * gender_loss(gender_logits, train_male[picked])
             )
             optimizer.zero_grad()
             loss.backward()
