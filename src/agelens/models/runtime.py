@@ -21,10 +21,10 @@ def default_threads() -> int:
 
 
 def create_session(
-    path: Path | bytes, threads: int | None = None, *, extra_outputs: tuple[str, ...] = ()
+    path: Path, threads: int | None = None, *, extra_outputs: tuple[str, ...] = ()
 ) -> onnxruntime.InferenceSession:
-    """A CPU session for one model file (or serialized model); `extra_outputs` names inner
-    tensors to expose as outputs too (a backbone's embedding, for trained heads).
+    """A CPU session for one model file; `extra_outputs` names inner tensors to expose as
+    outputs too (a backbone's embedding, for trained heads).
 
     Full graph optimisation (constant folding, conv+activation fusion pays off for these small
     convnets); intra-op threads as given; one inter-op thread and sequential execution, because
@@ -41,11 +41,10 @@ def create_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     if not extra_outputs:
-        source = path if isinstance(path, bytes) else str(path)
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     import onnx
 
-    model = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(str(path))
+    model = onnx.load(str(path))
     present = {output.name for output in model.graph.output}
     for name in extra_outputs:
         if name not in present:
