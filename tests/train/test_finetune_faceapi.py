@@ -285,7 +285,7 @@ def test_writing_refuses_incomplete_weights(tmp_path: Path) -> None:
     network = faceapi_network(model_file(SPEC, "age_gender.onnx"))
     state = {k: v.detach().numpy() for k, v in network.state_dict().items()}
     del state["age.weight"]
-    with pytest.raises(ValueError, match="age.weight"):
+    with pytest.raises(ValueError, match=r"age\.weight"):
         write_faceapi_onnx(model_file(SPEC, "age_gender.onnx"), state, tmp_path / "m.onnx", 64)
 
 
