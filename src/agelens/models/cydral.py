@@ -69,6 +69,24 @@ class CydralEstimator:
         x1, y1, x2, y2 = (round(v) for v in detection.box_xyxy)
         return self._landmarks(image, self._dlib.rectangle(x1, y1, x2, y2))
 
+    def chip(self, image: RGBImage, shape: Any, size: int, padding: float) -> NDArray[np.uint8]:
+        """dlib's face chip of `size` px at `padding` around the landmarks `shape`."""
+        details = self._dlib.get_face_chip_details(shape, size, padding)
+        return np.asarray(self._dlib.extract_image_chip(image, details), np.uint8)
+
+    @property
+    def padding(self) -> float:
+        """dlib chip padding the networks were trained with."""
+        return self._padding
+
+    def run_age_network(self, outputs: Sequence[str], batch: NDArray[np.float32]) -> list[Any]:
+        """The age network's named outputs for a normalised batch `(N, 3, 64, 64)`."""
+        return list(self._age.run(list(outputs), {"images": batch}))
+
+    def run_gender_network(self, outputs: Sequence[str], batch: NDArray[np.float32]) -> list[Any]:
+        """The gender network's named outputs for a normalised batch `(N, 3, 32, 32)`."""
+        return list(self._gender.run(list(outputs), {"images": batch}))
+
     def _normalise(self, chips: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         batch = np.stack(chips).astype(np.float32)
         return np.ascontiguousarray(((batch - self._mean) * self.spec.scale).transpose(0, 3, 1, 2))
@@ -83,8 +101,7 @@ class CydralEstimator:
         for detection in detections:
             shape = self.landmarks(image, detection)
             for size, out in ((self._age_chip, age_chips), (self._gender_chip, gender_chips)):
-                details = self._dlib.get_face_chip_details(shape, size, self._padding)
-                out.append(np.asarray(self._dlib.extract_image_chip(image, details)))
+                out.append(self.chip(image, shape, size, self._padding))
         return {
             "cydral_age": self._normalise(age_chips),
             "cydral_gender": self._normalise(gender_chips),

@@ -60,8 +60,6 @@ class FaceResBackbone:
         self.name = name
         self.dim = 1024 + 100 + 1
         self._estimator = FaceResEstimator(get_spec(name), threads=threads)
-        self._session = self._estimator._session
-        self._input = self._estimator._input
 
     def version(self) -> str:
         return self._estimator.version()
@@ -73,8 +71,8 @@ class FaceResBackbone:
         batch = chips[self.name]
         if mirrored:
             batch = np.ascontiguousarray(batch[:, :, ::-1, :])
-        embedding, age, male = self._session.run(
-            ["embedding", "age_probabilities", "gender_probability"], {self._input: batch}
+        embedding, age, male = self._estimator.run_network(
+            ["embedding", "age_probabilities", "gender_probability"], batch
         )
         return np.concatenate([embedding, age, male], axis=1).astype(np.float32)
 
@@ -86,7 +84,6 @@ class FaceApiBackbone:
         self.name = "faceapi"
         self.dim = 512 + 1 + 1
         self._estimator = FaceApiEstimator(get_spec("faceapi"), threads=threads)
-        self._session = self._estimator._session
 
     def version(self) -> str:
         return self._estimator.version()
@@ -98,8 +95,8 @@ class FaceApiBackbone:
         batch = chips["faceapi"]
         if mirrored:
             batch = _mirror_nchw(batch)
-        embedding, age, gender = self._session.run(
-            ["embedding", "age", "gender_probabilities"], {"input": batch}
+        embedding, age, gender = self._estimator.run_network(
+            ["embedding", "age", "gender_probabilities"], batch
         )
         return np.concatenate(
             [embedding, age.reshape(-1, 1) / 100.0, gender[:, :1]], axis=1
@@ -115,8 +112,6 @@ class CydralBackbone:
         self._estimator = CydralEstimator(
             get_spec("cydral"), threads=threads, embedding_outputs=True
         )
-        self._age = self._estimator._age
-        self._gender = self._estimator._gender
 
     def version(self) -> str:
         return self._estimator.version()
@@ -128,11 +123,11 @@ class CydralBackbone:
         age_chips, gender_chips = chips["cydral_age"], chips["cydral_gender"]
         if mirrored:
             age_chips, gender_chips = _mirror_nchw(age_chips), _mirror_nchw(gender_chips)
-        age_probabilities, age_features = self._age.run(
-            ["probabilities", "layer_1_flatten"], {"images": age_chips}
+        age_probabilities, age_features = self._estimator.run_age_network(
+            ["probabilities", "layer_1_flatten"], age_chips
         )
-        gender_probabilities, gender_features = self._gender.run(
-            ["probabilities", "layer_1_flatten"], {"images": gender_chips}
+        gender_probabilities, gender_features = self._estimator.run_gender_network(
+            ["probabilities", "layer_1_flatten"], gender_chips
         )
         return np.concatenate(
             [age_features, gender_features, age_probabilities, gender_probabilities[:, 1:2]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +52,10 @@ class FaceApiEstimator:
         self.spec = spec
         self._session = create_session(model_file(spec, "age_gender.onnx"), threads)
         self._size = spec.input_hw[0]
+
+    def run_network(self, outputs: Sequence[str], batch: NDArray[np.float32]) -> list[Any]:
+        """The network's named outputs for a normalised batch (as `align` makes)."""
+        return list(self._session.run(list(outputs), {"input": batch}))
 
     def version(self) -> str:
         """Model name and the package it came from."""

@@ -24,6 +24,7 @@ Gender: the sigmoid output is P(male) (HSE: `is_male = p >= 0.6`; Human: male wh
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -72,6 +73,10 @@ class FaceResEstimator:
         self._bgr = spec.channel_order == "BGR"
         self._mean = np.asarray(spec.mean, dtype=np.float32)
         self._interval = INTERVAL_COEFFICIENTS[spec.name]
+
+    def run_network(self, outputs: Sequence[str], batch: NDArray[np.float32]) -> list[Any]:
+        """The network's named outputs for a normalised batch (as `align` makes)."""
+        return list(self._session.run(list(outputs), {self._input: batch}))
 
     def version(self) -> str:
         """Model name and the package it came from."""

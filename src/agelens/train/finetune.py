@@ -227,7 +227,6 @@ def build_chips(
     if not target.is_file():
         detector = create_detector(request.detector, 1)
         cydral = CydralEstimator(get_spec("cydral"), threads=1)
-        dlib = cydral._dlib
         found = np.zeros(len(rows), dtype=bool)
         train: list[NDArray[np.uint8]] = []
         evaluation: list[NDArray[np.uint8]] = []
@@ -237,12 +236,8 @@ def build_chips(
                 image, detection = face
                 image = np.ascontiguousarray(image)
                 shape = cydral.landmarks(image, detection)
-                for size, padding, out in (
-                    (TRAIN_CHIP, TRAIN_PADDING, train),
-                    (CHIP, cydral._padding, evaluation),
-                ):
-                    details = dlib.get_face_chip_details(shape, size, padding)
-                    out.append(np.asarray(dlib.extract_image_chip(image, details), np.uint8))
+                train.append(cydral.chip(image, shape, TRAIN_CHIP, TRAIN_PADDING))
+                evaluation.append(cydral.chip(image, shape, CHIP, cydral.padding))
                 found[position] = True
             if progress is not None and ((position + 1) % 16 == 0 or position + 1 == len(rows)):
                 progress(position + 1, len(rows))
