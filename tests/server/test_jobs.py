@@ -12,8 +12,8 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
 from agelens.server.jobstore import JobStoreUnavailableError, open_job_store
 from agelens.server.settings import Settings
-from tests.server.conftest import ClientFactory
+from tests.server.conftest import ClientFactory, WebServer
 
 LOCAL = ["127.0.0.1/32"]
 TERMINAL = {"done", "failed", "expired"}
@@ -46,50 +46,40 @@ class Route:
 
 @dataclass
 class ImageServer:
-    base: str
-    routes: dict[str, Route]
+    """The shared local web server (conftest.web_server) serving `Route`s."""
+
+    web: WebServer
     gate: threading.Event
-    hits: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return self.web.base
+
+    @property
+    def hits(self) -> list[str]:
+        return self.web.requested
 
     def add(self, path: str, route: Route) -> str:
-        self.routes[path] = route
-        return self.base + path
+        def answer(handler: BaseHTTPRequestHandler) -> None:
+            if route.gated:
+                self.gate.wait(timeout=60)
+            handler.send_response(route.status)
+            handler.send_header("Content-Type", route.content_type)
+            handler.send_header("Content-Length", str(len(route.body)))
+            handler.end_headers()
+            handler.wfile.write(route.body)
+
+        self.web.routes[path] = answer
+        return self.web.base + path
 
 
 @pytest.fixture
-def image_server() -> Iterator[ImageServer]:
-    routes: dict[str, Route] = {}
-    gate = threading.Event()
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            route = routes.get(self.path)
-            if route is None:
-                self.send_error(404)
-                return
-            if route.gated:
-                gate.wait(timeout=60)
-            self.send_response(route.status)
-            self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(route.body)))
-            self.end_headers()
-            self.wfile.write(route.body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def image_server(web_server: WebServer) -> Iterator[ImageServer]:
+    server = ImageServer(web_server, threading.Event())
     try:
-        yield ImageServer(f"http://127.0.0.1:{server.server_port}", routes, gate, hits)
+        yield server
     finally:
-        gate.set()
-        server.shutdown()
-        server.server_close()
+        server.gate.set()  # before the web server shuts down: no handler left waiting
 
 
 # ------------------------------------------------------------------ helpers

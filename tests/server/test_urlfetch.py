@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from fastapi.testclient import TestClient
 
 from agelens.server.errors import UrlFetchError, UrlForbiddenError
 from agelens.server.urlfetch import UrlFetcher, is_public_address
-from tests.server.conftest import ClientFactory
+from tests.server.conftest import ClientFactory, HandlerRoute, WebServer
 
 ADDRESSES = [
     ("127.0.0.1", False),
@@ -50,35 +48,7 @@ def test_public_address_table(address: str, public: bool) -> None:
     assert is_public_address(ipaddress.ip_address(address)) is public
 
 
-Route = Callable[[BaseHTTPRequestHandler], None]
-
-
-@pytest.fixture
-def web_server() -> Iterator[tuple[str, dict[str, Route]]]:
-    """A real HTTP server on 127.0.0.1 whose paths the test defines."""
-    routes: dict[str, Route] = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            route = routes.get(self.path)
-            if route is None:
-                self.send_error(404)
-                return
-            route(self)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", routes
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+Route = HandlerRoute
 
 
 def _image(data: bytes, content_type: str = "image/jpeg") -> Route:
@@ -141,8 +111,8 @@ def test_private_and_odd_urls_are_refused_without_connecting(url: str) -> None:
         assert caught.value.code == "url_forbidden"
 
 
-def test_an_allowed_server_is_fetched(web_server: tuple[str, dict[str, Route]]) -> None:
-    base, routes = web_server
+def test_an_allowed_server_is_fetched(web_server: WebServer) -> None:
+    base, routes = web_server.base, web_server.routes
     routes["/face.jpg"] = _image(b"\xff\xd8 pretend jpeg")
     fetched = asyncio.run(_fetcher().fetch(f"{base}/face.jpg"))
     assert fetched.data == b"\xff\xd8 pretend jpeg"
@@ -159,10 +129,8 @@ def test_an_allowed_server_is_fetched(web_server: tuple[str, dict[str, Route]]) 
         "file:///etc/passwd",
     ],
 )
-def test_redirects_to_private_targets_are_refused(
-    web_server: tuple[str, dict[str, Route]], target: str
-) -> None:
-    base, routes = web_server
+def test_redirects_to_private_targets_are_refused(web_server: WebServer, target: str) -> None:
+    base, routes = web_server.base, web_server.routes
     port = base.rsplit(":", 1)[1]
     routes["/face.jpg"] = _image(b"secret")
     routes["/hop"] = _redirect(target.format(port=port))
@@ -170,8 +138,8 @@ def test_redirects_to_private_targets_are_refused(
         asyncio.run(_fetcher().fetch(f"{base}/hop"))
 
 
-def test_redirects_are_followed_a_few_times_only(web_server: tuple[str, dict[str, Route]]) -> None:
-    base, routes = web_server
+def test_redirects_are_followed_a_few_times_only(web_server: WebServer) -> None:
+    base, routes = web_server.base, web_server.routes
     routes["/face.jpg"] = _image(b"jpeg")
     routes["/one"] = _redirect("/face.jpg")
     assert asyncio.run(_fetcher().fetch(f"{base}/one")).data == b"jpeg"
@@ -180,8 +148,8 @@ def test_redirects_are_followed_a_few_times_only(web_server: tuple[str, dict[str
         asyncio.run(_fetcher().fetch(f"{base}/loop"))
 
 
-def test_limits_on_type_size_status_and_time(web_server: tuple[str, dict[str, Route]]) -> None:
-    base, routes = web_server
+def test_limits_on_type_size_status_and_time(web_server: WebServer) -> None:
+    base, routes = web_server.base, web_server.routes
     routes["/page.html"] = _image(b"<html></html>", "text/html")
     routes["/big.jpg"] = _image(b"x" * 5000)
 
@@ -215,10 +183,10 @@ def test_limits_on_type_size_status_and_time(web_server: tuple[str, dict[str, Ro
 def test_image_url_through_the_api(
     make_client: ClientFactory,
     client: TestClient,
-    web_server: tuple[str, dict[str, Route]],
+    web_server: WebServer,
     astronaut_jpeg: bytes,
 ) -> None:
-    base, routes = web_server
+    base, routes = web_server.base, web_server.routes
     routes["/astronaut.jpg"] = _image(astronaut_jpeg)
     routes["/to-metadata"] = _redirect("http://169.254.169.254/latest/meta-data/iam/")
     refused = client.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"})
