@@ -118,6 +118,11 @@ def test_models_list_and_info() -> None:
     assert trained["license"] == "non-commercial (UTKFace-derived)"
     assert "non-commercial research only" in trained["description"]
     assert trained["card"]["backbones"] == ["faceres", "faceapi", "cydral"]
+    fine_tuned = json.loads(runner.invoke(app, ["models", "info", "faceapi80-utkface"]).stdout)
+    assert fine_tuned["source"] == "agelens (shipped)"
+    assert fine_tuned["license"] == "non-commercial (UTKFace-derived)"
+    assert fine_tuned["card"]["input_size"] == 80
+    assert "fine-tuned at 80 px" in fine_tuned["description"]
     table = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
     assert "heads-utkface" in table.stdout
 

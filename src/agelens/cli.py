@@ -148,6 +148,7 @@ def _model_rows() -> list[dict[str, Any]]:
 def _finetuned_row(name: str, folder: Path) -> dict[str, Any]:
     from agelens.models.fetch import is_fetched
     from agelens.models.finetuned import read_finetuned_card
+    from agelens.models.heads import shipped_dir
     from agelens.models.registry import MODELS
 
     card = read_finetuned_card(folder)
@@ -163,7 +164,9 @@ def _finetuned_row(name: str, folder: Path) -> dict[str, Any]:
         "task": "age+gender (fine-tuned face-api)"
         if base == "faceapi"
         else "age+gender (fine-tuned Cydral age)",
-        "source": "agelens finetune (yours)",
+        "source": "agelens (shipped)"
+        if folder.parent == shipped_dir()
+        else "agelens finetune (yours)",
         "license": "non-commercial (UTKFace-derived)"
         if "non-commercial" in card.get("data_notice", "")
         else "see its card",
