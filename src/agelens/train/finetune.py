@@ -193,17 +193,61 @@ def _head_parameters(network: Any) -> list[Any]:
 # ----------------------------------------------------------------------------- chips
 
 
-def _chip_config(request: FinetuneRequest, rows: Sequence[LabelledImage]) -> dict[str, Any]:
+def chip_cache_config(
+    request: FinetuneRequest, rows: Sequence[LabelledImage], chips: list[Any], **extra: Any
+) -> dict[str, Any]:
+    """What a chip cache depends on (its key is the hash of this): the data, the detector and
+    the chip geometry `chips`, plus `extra` facts of the recipe."""
     digest = hashlib.sha256()
     for row in rows:
         digest.update(f"{row.file}\n".encode())
     return {
+        **extra,
         "dataset_dir": str(request.dataset_dir.resolve()),
         "pad": float(request.pad),
         "detector": request.detector,
-        "chips": [TRAIN_CHIP, TRAIN_PADDING, CHIP],
+        "chips": chips,
         "files_sha256": digest.hexdigest(),
     }
+
+
+ChipArrays = tuple[NDArray[np.bool_], NDArray[np.uint8], NDArray[np.uint8]]
+
+
+def cached_chips(
+    config: dict[str, Any],
+    cache_root: Path,
+    rows: Sequence[LabelledImage],
+    cut: Callable[[], ChipArrays],
+) -> tuple[tuple[LabelledImage, ...], NDArray[np.uint8], NDArray[np.uint8]]:
+    """(rows with a face, their training chips, their evaluation chips), from `cache_root` when
+    cached under `config` before, else from `cut()` (found per row, train chips, eval chips),
+    saved atomically. Rows without a face are left out (logged); ValueError when none has one.
+    """
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    target = cache_root / f"chips-{key}.npz"
+    if not target.is_file():
+        found, train, evaluation = cut()
+        cache_root.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_suffix(".tmp.npz")
+        np.savez(temporary, found=found, train=train, eval=evaluation)
+        os.replace(temporary, target)
+        (cache_root / f"chips-{key}.json").write_text(json.dumps(config, indent=2) + "\n")
+    with np.load(target) as data:
+        found, train_chips, eval_chips = data["found"], data["train"], data["eval"]
+    kept = tuple(row for row, hit in zip(rows, found, strict=True) if hit)
+    if len(kept) < len(rows):
+        logger.info(
+            "%d of %d rows had no usable face and are left out", len(rows) - len(kept), len(rows)
+        )
+    if not kept:
+        raise ValueError("no face was found in any labelled image: check --pad and the folder")
+    return kept, train_chips, eval_chips
+
+
+def stack_chips(chips: list[NDArray[np.uint8]], size: int) -> NDArray[np.uint8]:
+    """`(n, size, size, 3)` uint8, also when there are none."""
+    return np.stack(chips) if chips else np.zeros((0, size, size, 3), np.uint8)
 
 
 def build_chips(
@@ -221,10 +265,7 @@ def build_chips(
     from agelens.models.cydral import CydralEstimator
     from agelens.models.registry import get_spec
 
-    config = _chip_config(request, rows)
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    target = cache_root / f"chips-{key}.npz"
-    if not target.is_file():
+    def cut() -> ChipArrays:
         detector = create_detector(request.detector, 1)
         cydral = CydralEstimator(get_spec("cydral"), threads=1)
         found = np.zeros(len(rows), dtype=bool)
@@ -241,25 +282,10 @@ def build_chips(
                 found[position] = True
             if progress is not None and ((position + 1) % 16 == 0 or position + 1 == len(rows)):
                 progress(position + 1, len(rows))
-        cache_root.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(".tmp.npz")
-        np.savez(
-            temporary,
-            found=found,
-            train=np.stack(train) if train else np.zeros((0, TRAIN_CHIP, TRAIN_CHIP, 3), np.uint8),
-            eval=np.stack(evaluation) if evaluation else np.zeros((0, CHIP, CHIP, 3), np.uint8),
-        )
-        os.replace(temporary, target)
-        (cache_root / f"chips-{key}.json").write_text(json.dumps(config, indent=2) + "\n")
-    with np.load(target) as data:
-        found, train_chips, eval_chips = data["found"], data["train"], data["eval"]
-    kept = tuple(row for row, hit in zip(rows, found, strict=True) if hit)
-    if len(kept) < len(rows):
-        logger.info(
-            "%d of %d rows had no usable face and are left out", len(rows) - len(kept), len(rows)
-        )
-    if not kept:
-        raise ValueError("no face was found in any labelled image: check --pad and the folder")
+        return found, stack_chips(train, TRAIN_CHIP), stack_chips(evaluation, CHIP)
+
+    config = chip_cache_config(request, rows, [TRAIN_CHIP, TRAIN_PADDING, CHIP])
+    kept, train_chips, eval_chips = cached_chips(config, cache_root, rows, cut)
     return ChipSet(rows=kept, train_chips=train_chips, eval_chips=eval_chips)
 
 
@@ -348,6 +374,29 @@ def validation_split(
     return np.sort(order[held:]), np.sort(order[:held])
 
 
+def optimizer_and_schedule(
+    network: Any, head: list[Any], config: FinetuneConfig, steps_per_epoch: int
+) -> tuple[Any, Any]:
+    """AdamW with the body and the `head` parameters at their own rates, and the one-cycle
+    schedule over every step of the run."""
+    import torch
+
+    head_ids = {id(p) for p in head}
+    body = [p for p in network.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": body, "lr": config.lr_body}, {"params": head, "lr": config.lr_head}],
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[config.lr_body, config.lr_head],
+        total_steps=max(2, steps_per_epoch * config.epochs),
+        pct_start=config.warmup_fraction,
+        anneal_strategy="cos",
+    )
+    return optimizer, scheduler
+
+
 def train_network(
     network: Any,
     chips: ChipSet,
@@ -375,20 +424,9 @@ def train_network(
     train_chips = torch.from_numpy(chips.train_chips[train_index])
     train_ages = torch.from_numpy(chips.ages[train_index])
     val_ages = chips.ages[val_index].astype(np.float64)
-    head = _head_parameters(network)
-    head_ids = {id(p) for p in head}
-    body = [p for p in network.parameters() if id(p) not in head_ids]
-    optimizer = torch.optim.AdamW(
-        [{"params": body, "lr": config.lr_body}, {"params": head, "lr": config.lr_head}],
-        weight_decay=config.weight_decay,
-    )
     steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[config.lr_body, config.lr_head],
-        total_steps=max(2, steps_per_epoch * config.epochs),
-        pct_start=config.warmup_fraction,
-        anneal_strategy="cos",
+    optimizer, scheduler = optimizer_and_schedule(
+        network, _head_parameters(network), config, steps_per_epoch
     )
     history: list[dict[str, Any]] = []
     best_mae, best_state, best_predictions, stale = math.inf, None, np.zeros(0), 0
@@ -587,9 +625,7 @@ def finetune_model(
     history, val_index, val_predictions = train_network(network, chips, config, on_step=on_step)
     val_ages = chips.ages[val_index].astype(np.float64)
 
-    staging = request.out_dir.with_name(f".{request.out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_folder(request.out_dir)
     export_onnx(network, staging / AGE_FILE)
     exported = onnx_ages(staging / AGE_FILE, chips.eval_chips[val_index])
     gap = float(np.abs(exported - val_predictions).max())
@@ -658,17 +694,39 @@ def finetune_model(
             "the training data named above and its terms apply. gender-v1 is used unchanged."
         ),
     }
-    markdown = model_card_markdown(card)
+    install_model(
+        staging, request.out_dir, card, model_card_markdown(card), FinetunedCydralEstimator
+    )
+    return FinetuneOutcome(folder=request.out_dir, card=card)
+
+
+def staging_folder(out_dir: Path) -> Path:
+    """A new, empty sibling of `out_dir` where a model folder is written before it is
+    installed."""
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def install_model(
+    staging: Path,
+    out_dir: Path,
+    card: dict[str, Any],
+    markdown: str,
+    load: Callable[..., Any],
+) -> None:
+    """Write MODEL_CARD.md and card.json (with the Markdown's sha256) into `staging`, load it
+    with `load(folder, threads=1)` the way users will (which proves the folder complete), then
+    move it to `out_dir`, replacing what was there."""
     (staging / MODEL_CARD_FILE).write_text(markdown, encoding="utf-8")
     card["files"][MODEL_CARD_FILE] = sha256_file(staging / MODEL_CARD_FILE)
     (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    # Loading it the way users will proves the folder is complete before it is installed.
-    FinetunedCydralEstimator(staging, threads=1)
-    if request.out_dir.exists():
-        shutil.rmtree(request.out_dir)
-    staging.replace(request.out_dir)
-    logger.info("model %s written to %s", request.name, request.out_dir)
-    return FinetuneOutcome(folder=request.out_dir, card=card)
+    load(staging, threads=1)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.replace(out_dir)
+    logger.info("model %s written to %s", card["name"], out_dir)
 
 
 def model_card_markdown(card: dict[str, Any]) -> str:

@@ -26,12 +26,8 @@ agelens.models.finetuned.FinetunedFaceApiEstimator.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -47,12 +43,11 @@ from agelens.models.fetch import sha256_file
 from agelens.models.finetuned import (
     FACEAPI_FILE,
     FINETUNED_KIND,
-    MODEL_CARD_FILE,
     FinetunedFaceApiEstimator,
 )
-from agelens.models.heads import CARD_FILE
 from agelens.train.finetune import (
     AGE_CLASSES,
+    ChipArrays,
     FinetuneConfig,
     FinetuneOutcome,
     FinetuneRequest,
@@ -60,7 +55,13 @@ from agelens.train.finetune import (
     _onnx2torch_convert,
     age_loss,
     augment,
+    cached_chips,
+    chip_cache_config,
+    install_model,
     interval_knots,
+    optimizer_and_schedule,
+    stack_chips,
+    staging_folder,
     validation_split,
 )
 
@@ -187,22 +188,6 @@ def _head_parameters(network: Any) -> list[Any]:
 # ----------------------------------------------------------------------------- chips
 
 
-def _chip_config(
-    request: FinetuneRequest, rows: Sequence[LabelledImage], size: int
-) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(f"{row.file}\n".encode())
-    return {
-        "backbone": "faceapi",
-        "dataset_dir": str(request.dataset_dir.resolve()),
-        "pad": float(request.pad),
-        "detector": request.detector,
-        "chips": [train_chip_size(size), TRAIN_MARGIN, size],
-        "files_sha256": digest.hexdigest(),
-    }
-
-
 def build_faceapi_chips(
     request: FinetuneRequest,
     rows: Sequence[LabelledImage],
@@ -220,11 +205,9 @@ def build_faceapi_chips(
     from agelens.models.faceapi import faceapi_crop_box
     from agelens.models.registry import get_spec
 
-    config = _chip_config(request, rows, size)
-    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    target = cache_root / f"chips-{key}.npz"
     big = train_chip_size(size)
-    if not target.is_file():
+
+    def cut() -> ChipArrays:
         detector = create_detector(request.detector, 1)
         spec = get_spec("faceapi")
         found = np.zeros(len(rows), dtype=bool)
@@ -241,25 +224,10 @@ def build_faceapi_chips(
                 found[position] = True
             if progress is not None and ((position + 1) % 16 == 0 or position + 1 == len(rows)):
                 progress(position + 1, len(rows))
-        cache_root.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(".tmp.npz")
-        np.savez(
-            temporary,
-            found=found,
-            train=np.stack(train) if train else np.zeros((0, big, big, 3), np.uint8),
-            eval=np.stack(evaluation) if evaluation else np.zeros((0, size, size, 3), np.uint8),
-        )
-        os.replace(temporary, target)
-        (cache_root / f"chips-{key}.json").write_text(json.dumps(config, indent=2) + "\n")
-    with np.load(target) as data:
-        found, train_chips, eval_chips = data["found"], data["train"], data["eval"]
-    kept = tuple(row for row, hit in zip(rows, found, strict=True) if hit)
-    if len(kept) < len(rows):
-        logger.info(
-            "%d of %d rows had no usable face and are left out", len(rows) - len(kept), len(rows)
-        )
-    if not kept:
-        raise ValueError("no face was found in any labelled image: check --pad and the folder")
+        return found, stack_chips(train, big), stack_chips(evaluation, size)
+
+    config = chip_cache_config(request, rows, [big, TRAIN_MARGIN, size], backbone="faceapi")
+    kept, train_chips, eval_chips = cached_chips(config, cache_root, rows, cut)
     return FaceApiChipSet(rows=kept, train_chips=train_chips, eval_chips=eval_chips)
 
 
@@ -338,20 +306,9 @@ def train_faceapi_network(
     train_male = torch.from_numpy(chips.male[train_index])
     val_ages = chips.ages[val_index].astype(np.float64)
     val_male = chips.male[val_index]
-    head = _head_parameters(network)
-    head_ids = {id(p) for p in head}
-    body = [p for p in network.parameters() if id(p) not in head_ids]
-    optimizer = torch.optim.AdamW(
-        [{"params": body, "lr": config.lr_body}, {"params": head, "lr": config.lr_head}],
-        weight_decay=config.weight_decay,
-    )
     steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=[config.lr_body, config.lr_head],
-        total_steps=max(2, steps_per_epoch * config.epochs),
-        pct_start=config.warmup_fraction,
-        anneal_strategy="cos",
+    optimizer, scheduler = optimizer_and_schedule(
+        network, _head_parameters(network), config, steps_per_epoch
     )
     history: list[dict[str, Any]] = []
     best_mae, best_state, stale = math.inf, None, 0
@@ -475,36 +432,23 @@ def write_faceapi_onnx(
         graph.node.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
-    embedding = "embedding"
-    centre = node(
-        "Gemm",
-        [embedding, constant("head/regression/weight", trained("regression.weight")),
-         constant("head/regression/bias", trained("regression.bias"))],
-        "head/centre",
-        transB=1,
-    )  # fmt: skip
-    linear = node(
-        "Gemm",
-        [embedding, constant("head/age/weight", trained("age.weight")),
-         constant("head/age/bias", trained("age.bias"))],
-        "head/age_linear",
-        transB=1,
-    )  # fmt: skip
+    def linear(layer: str, output: str) -> str:
+        """The trained torch.nn.Linear `layer` on the embedding (weights `(out, 512)`)."""
+        weight = constant(f"head/{layer}/weight", trained(f"{layer}.weight"))
+        bias = constant(f"head/{layer}/bias", trained(f"{layer}.bias"))
+        return node("Gemm", ["embedding", weight, bias], output, transB=1)
+
+    centre = linear("regression", "head/centre")
+    age_linear = linear("age", "head/age_linear")
     classes = constant("head/classes", np.arange(AGE_CLASSES, dtype=np.float32)[None, :])
     sigma = constant("head/sigma", np.exp(trained("log_sigma")).reshape(1))
     z = node("Div", [node("Sub", [classes, centre], "head/offset"), sigma], "head/z")
     prior = node(
         "Mul", [node("Mul", [z, z], "head/z2"), constant("head/minus_half", [-0.5])], "head/prior"
     )
-    logits = node("Add", [prior, linear], "head/age_logits")
+    logits = node("Add", [prior, age_linear], "head/age_logits")
     node("Softmax", [logits], "age_probabilities", axis=1)
-    gender = node(
-        "Gemm",
-        [embedding, constant("head/gender/weight", trained("gender.weight")),
-         constant("head/gender/bias", trained("gender.bias"))],
-        "head/gender_logit",
-        transB=1,
-    )  # fmt: skip
+    gender = linear("gender", "head/gender_logit")
     flat = constant("head/flat", [-1], np.int64)
     node("Sigmoid", [node("Reshape", [gender, flat], "head/gender_flat")], "gender_probability")
 
@@ -579,9 +523,7 @@ def finetune_faceapi_model(
     val_ages = chips.ages[val_index].astype(np.float64)
     val_male = chips.male[val_index]
 
-    staging = request.out_dir.with_name(f".{request.out_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_folder(request.out_dir)
     export_faceapi_onnx(network, staging / FACEAPI_FILE, size)
     exported_ages, exported_male = onnx_predict(staging / FACEAPI_FILE, chips.eval_chips[val_index])
     gap = float(np.abs(exported_ages - val_ages_pred).max())
@@ -635,15 +577,9 @@ def finetune_faceapi_model(
             "are derived from the training data named above and its terms apply."
         ),
     }
-    (staging / MODEL_CARD_FILE).write_text(model_card_markdown(card), encoding="utf-8")
-    card["files"][MODEL_CARD_FILE] = sha256_file(staging / MODEL_CARD_FILE)
-    (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    # Loading it the way users will proves the folder is complete before it is installed.
-    FinetunedFaceApiEstimator(staging, threads=1)
-    if request.out_dir.exists():
-        shutil.rmtree(request.out_dir)
-    staging.replace(request.out_dir)
-    logger.info("model %s written to %s", request.name, request.out_dir)
+    install_model(
+        staging, request.out_dir, card, model_card_markdown(card), FinetunedFaceApiEstimator
+    )
     return FinetuneOutcome(folder=request.out_dir, card=card)
 
 
