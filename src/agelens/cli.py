@@ -48,6 +48,10 @@ PresetOption = Annotated[
     str | None, typer.Option(help="fastest, fast, balanced (default) or accurate; see README.")
 ]
 DetectorOption = Annotated[str | None, typer.Option(help="Detector name (overrides --preset).")]
+#: `train` and `finetune`: the detector that finds the training faces.
+TrainingDetectorOption = Annotated[
+    str, typer.Option(help="Detector that finds the training faces.")
+]
 EstimatorOption = Annotated[
     str | None,
     typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
@@ -716,9 +720,7 @@ def train_command(
     pad: Annotated[
         float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
     ] = 0.0,
-    detector: Annotated[
-        str, typer.Option(help="Detector that finds the faces.")
-    ] = "blazeface-full",
+    detector: TrainingDetectorOption = "blazeface-full",
     folds: Annotated[int, typer.Option(help="Cross-fitting folds (= heads averaged).")] = 5,
     epochs: Annotated[int, typer.Option(help="Most epochs per fold (early stopping).")] = 30,
     patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 8,
@@ -841,10 +843,8 @@ def finetune_command(
     ] = "cydral",
     size: Annotated[
         int, typer.Option(help="faceapi only: input size in pixels (64, 80, 96 or 112).")
-    ] = 64,
-    detector: Annotated[
-        str, typer.Option(help="Detector that finds the training faces.")
-    ] = "blazeface-full",
+    ] = 80,
+    detector: TrainingDetectorOption = "blazeface-full",
     name: Annotated[str, typer.Option(help="Name of the fine-tuned estimator.")] = "my-finetuned",
     labels: Annotated[
         Path | None,
