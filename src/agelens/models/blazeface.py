@@ -65,16 +65,23 @@ class BlazeFaceDetector:
             else score_threshold
         )
         self.iou_threshold = iou_threshold
+        self._scale = np.float32(spec.scale)
+        # mean * scale over a whole input, and a whole normalised black input: same-shape
+        # arrays, because numpy broadcasting 3 channel values over an input costs ~0.1 ms.
+        offset = np.asarray(spec.mean, dtype=np.float32) * self._scale
+        self._offset = np.broadcast_to(offset, (self._size, self._size, 3)).copy()
+        self._black = -self._offset
         outputs = {o.name: o for o in self._session.get_outputs()}
         # The regressor output has 16 values per anchor, the classifier 1.
         self._regressor_name = next(n for n, o in outputs.items() if o.shape[-1] == 16)
         self._classifier_name = next(n for n, o in outputs.items() if o.shape[-1] == 1)
 
     def _prepare(
-        self, image: RGBImage, view: tuple[int, int, int, int]
-    ) -> tuple[NDArray[np.float32], tuple[float, float, float]]:
-        """The network input for one region of the image, and (scale, offset_x, offset_y)
-        with `input_px = image_px * scale + offset`."""
+        self, image: RGBImage, view: tuple[int, int, int, int], out: NDArray[np.float32]
+    ) -> tuple[float, float, float]:
+        """Write the network input for one region of the image into `out` (one `(size, size,
+        3)` slot of the batch) and return (scale, offset_x, offset_y) with
+        `input_px = image_px * scale + offset`."""
         x0, y0, width, height = view
         region = image[y0 : y0 + height, x0 : x0 + width]
         scale, _pad_x, _pad_y = letterbox_transform((height, width), self._size)
@@ -82,12 +89,16 @@ class BlazeFaceDetector:
         # small faces), by halvings, which cost a fraction of a direct INTER_AREA resize.
         resized, scale_x, _scale_y = shrink(region, scale)
         new_h, new_w = resized.shape[:2]
-        canvas = np.zeros((self._size, self._size, 3), dtype=np.uint8)
         left, top = int((self._size - new_w) // 2), int((self._size - new_h) // 2)
-        canvas[top : top + new_h, left : left + new_w] = resized
-        mean = np.asarray(self.spec.mean, dtype=np.float32)
-        tensor = (canvas.astype(np.float32) - mean) * np.float32(self.spec.scale)
-        return tensor, (scale_x, left - x0 * scale_x, top - y0 * scale_x)
+        # Normalised in place in the batch: (x - mean) * scale as x * scale - mean * scale,
+        # letterbox bars first as normalised black. A tenth of the cost of the same
+        # arithmetic with temporaries (0.02 vs 0.17 ms a 128-px input).
+        out[...] = self._black
+        slot = out[top : top + new_h, left : left + new_w]
+        slot[...] = resized
+        slot *= self._scale
+        slot -= self._offset[: slot.shape[0], : slot.shape[1]]
+        return scale_x, left - x0 * scale_x, top - y0 * scale_x
 
     def views(self, image_wh: tuple[int, int]) -> list[tuple[int, int, int, int]]:
         """The regions `(x, y, width, height)` of an image the network looks at."""
@@ -104,18 +115,19 @@ class BlazeFaceDetector:
         """
         if not images:
             return []
-        owners: list[int] = []
-        tensors: list[NDArray[np.float32]] = []
-        transforms: list[tuple[float, float, float]] = []
-        for index, image in enumerate(images):
-            height, width = image.shape[:2]
-            for view in self.views((width, height)):
-                tensor, transform = self._prepare(image, view)
-                owners.append(index)
-                tensors.append(tensor)
-                transforms.append(transform)
+        views = [
+            (index, view)
+            for index, image in enumerate(images)
+            for view in self.views((image.shape[1], image.shape[0]))
+        ]
+        batch = np.empty((len(views), self._size, self._size, 3), dtype=np.float32)
+        owners = [index for index, _ in views]
+        transforms = [
+            self._prepare(images[index], view, slot)
+            for (index, view), slot in zip(views, batch, strict=True)
+        ]
         regressors, classifiers = self._session.run(
-            [self._regressor_name, self._classifier_name], {self._input_name: np.stack(tensors)}
+            [self._regressor_name, self._classifier_name], {self._input_name: batch}
         )
         candidates: list[list[tuple[NDArray[np.float32], ...]]] = [[] for _ in images]
         for row, owner in enumerate(owners):

@@ -36,12 +36,17 @@ def faceapi_crop_box(
 def faceapi_chips(
     spec: ModelSpec, image: RGBImage, detections: Sequence[Detection], size: int
 ) -> NDArray[np.float32]:
-    """face-api's network input for each detection: `(N, 3, size, size)`, normalised."""
-    crops = np.stack(
-        [crop_resized(image, faceapi_crop_box(spec, d), size) for d in detections]
-    ).astype(np.float32)
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    return np.ascontiguousarray(((crops - mean) * np.float32(spec.scale)).transpose(0, 3, 1, 2))
+    """face-api's network input for each detection: `(N, 3, size, size)`, normalised.
+
+    Each crop is written straight into the batch and normalised there in place, without
+    the temporaries of `(crops - mean) * scale` and a transposed copy."""
+    chips = np.empty((len(detections), 3, size, size), dtype=np.float32)
+    for chip, detection in zip(chips, detections, strict=True):
+        chip[...] = crop_resized(image, faceapi_crop_box(spec, detection), size).transpose(2, 0, 1)
+    scale = np.float32(spec.scale)
+    chips *= scale
+    chips -= (np.asarray(spec.mean, dtype=np.float32) * scale).reshape(3, 1, 1)
+    return chips
 
 
 class FaceApiEstimator:

@@ -60,10 +60,21 @@ def model_folder(spec: ModelSpec) -> Path:
     return models_dir() / spec.name
 
 
+def _manifest_files(spec: ModelSpec) -> dict[str, str] | None:
+    """The files and sha256 the model's manifest lists, or None without a readable one."""
+    try:
+        manifest = json.loads((model_folder(spec) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    return files if isinstance(files, dict) else None
+
+
 def is_fetched(spec: ModelSpec) -> bool:
-    """True when the model's folder is complete (its manifest is written last)."""
+    """True when the model's folder is complete (its manifest is written last) and was
+    fetched for the files this agelens pins (an upgrade may pin a new converted file)."""
     folder = model_folder(spec)
-    return (folder / MANIFEST_NAME).is_file() and all(
+    return _manifest_files(spec) == dict(spec.kept_files) and all(
         (folder / name).is_file() for name in spec.kept_files
     )
 
@@ -77,9 +88,15 @@ def model_file(spec: ModelSpec, filename: str, *, verify: bool = True) -> Path:
     if filename not in spec.kept_files:
         raise KeyError(f"model {spec.name!r} has no file {filename!r}")
     if not is_fetched(spec):
+        stale = _manifest_files(spec) is not None
         raise ModelNotFetchedError(
-            f"model {spec.name!r} is not fetched into {models_dir()}; "
-            f"run: agelens models fetch {spec.name}"
+            f"model {spec.name!r} "
+            + (
+                f"in {models_dir()} was fetched by another agelens version (different pinned files)"
+                if stale
+                else f"is not fetched into {models_dir()}"
+            )
+            + f"; run: agelens models fetch {spec.name}"
         )
     path = model_folder(spec) / filename
     if verify and sha256_file(path) != spec.kept_files[filename]:
