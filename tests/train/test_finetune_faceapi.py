@@ -20,6 +20,7 @@ if importlib.util.find_spec("onnx2torch") is None:
     pytest.skip("onnx2torch is not installed (the train extra)", allow_module_level=True)
 
 import onnx
+import onnxruntime as ort
 import torch
 
 from agelens.cli import EXIT_USAGE, app
@@ -36,6 +37,7 @@ from agelens.pipeline import Analyzer
 from agelens.train.finetune import AGE_CLASSES
 from agelens.train.finetune_faceapi import (
     FaceApiChipSet,
+    check_middle_blocks,
     check_size,
     export_faceapi_onnx,
     faceapi_network,
@@ -87,10 +89,13 @@ def test_network_starts_where_face_api_was(astronaut: np.ndarray) -> None:
     assert all(p.requires_grad for p in network.parameters())
 
 
-def test_exported_onnx_matches_the_torch_network(astronaut: np.ndarray, tmp_path: Path) -> None:
-    network = faceapi_network(model_file(SPEC, "age_gender.onnx")).eval()
+@pytest.mark.parametrize("middle_blocks", [2, 0])
+def test_exported_onnx_matches_the_torch_network(
+    astronaut: np.ndarray, tmp_path: Path, middle_blocks: int
+) -> None:
+    network = faceapi_network(model_file(SPEC, "age_gender.onnx"), middle_blocks).eval()
     chips = _chips(astronaut, 64)
-    export_faceapi_onnx(network, tmp_path / "age_gender.onnx", 64)
+    export_faceapi_onnx(network, tmp_path / "age_gender.onnx", 64, middle_blocks)
     probabilities, male = create_session(tmp_path / "age_gender.onnx", 1).run(
         None, {"input": chips}
     )
@@ -100,6 +105,32 @@ def test_exported_onnx_matches_the_torch_network(astronaut: np.ndarray, tmp_path
     assert male.shape == (2,)
     assert np.abs(probabilities - torch.softmax(age_logits, 1).numpy()).max() < 1e-4
     assert np.abs(male - torch.sigmoid(male_logit).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("middle_blocks", [1, 0])
+def test_middle_blocks_are_left_out(astronaut: np.ndarray, middle_blocks: int) -> None:
+    path = model_file(SPEC, "age_gender.onnx")
+    model = global_pool_graph(path, middle_blocks)
+    names = {node.name.split("/")[1] for node in model.graph.node if node.name.startswith("mid")}
+    assert names == {f"main_block_{i}" for i in range(middle_blocks)}
+    chips = _chips(astronaut, 80)
+    full = create_session_from(global_pool_graph(path)).run(None, {"input": chips})
+    short = create_session_from(model).run(None, {"input": chips})
+    assert short[2].shape == full[2].shape == (2, 512)
+    assert np.isfinite(short[0]).all()
+    assert np.abs(short[2] - full[2]).max() > 1e-3  # a different network, to be fine-tuned
+    used = {name for node in model.graph.node for name in node.input}
+    assert all(t.name in used for t in model.graph.initializer)
+
+
+@pytest.mark.parametrize("middle_blocks", [-1, 3])
+def test_unsupported_middle_blocks_are_refused(middle_blocks: int) -> None:
+    with pytest.raises(ValueError, match="--middle-blocks must be 0 to 2"):
+        check_middle_blocks(middle_blocks)
+
+
+def create_session_from(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_gender_loss_ignores_unknown_genders() -> None:
@@ -163,7 +194,7 @@ def finetuned(astronaut_folder: Path, tmp_path_factory: pytest.TempPathFactory) 
         app,
         [
             "finetune", str(astronaut_folder), "--backbone", "faceapi", "--size", "64",
-            "--epochs", "1", "--name", "tiny-faceapi",
+            "--middle-blocks", "1", "--epochs", "1", "--name", "tiny-faceapi",
             "--out", str(root / "model"), "--cache", str(root / "cache"),
         ],
     )  # fmt: skip
@@ -182,6 +213,9 @@ def test_finetune_writes_a_complete_model_folder(finetuned: Path) -> None:
     assert card["kind"] == "agelens-finetuned" == card_kind(finetuned)
     assert card["backbone"] == "faceapi"
     assert card["input_size"] == 64
+    assert card["middle_blocks"] == 1
+    model = onnx.load(str(finetuned / "age_gender.onnx"))
+    assert not any(node.name.startswith("middle_flow/main_block_1/") for node in model.graph.node)
     assert set(card["files"]) == {"age_gender.onnx", "MODEL_CARD.md"}
     training = card["training"]
     assert training["rows"] == training["faces_used"] == 24
@@ -191,6 +225,7 @@ def test_finetune_writes_a_complete_model_folder(finetuned: Path) -> None:
     assert math.isfinite(validation["age_mae"])
     assert validation["gender_accuracy"] is not None
     assert "64 px" in (finetuned / "MODEL_CARD.md").read_text()
+    assert "keeps 1 of face-api's 2 middle-flow blocks" in (finetuned / "MODEL_CARD.md").read_text()
     assert [p.name for p in finetuned.parent.iterdir() if p.name.startswith(".")] == []
 
 
@@ -256,6 +291,7 @@ def test_a_cydral_folder_is_not_a_faceapi_one(finetuned: Path, tmp_path: Path) -
     [
         (["--size", "70"], "--size must be one of"),
         (["--int8"], "only available for --backbone cydral"),
+        (["--middle-blocks", "3"], "--middle-blocks must be 0 to 2"),
     ],
 )
 def test_usage_errors(
