@@ -228,3 +228,34 @@ def test_usage_errors(
     )
     assert result.exit_code == EXIT_USAGE
     assert message in result.output
+
+
+def test_fit_stops_early_and_keeps_the_best_epoch() -> None:
+    """The shared loop: validation MAE 3, 2, 2.5, 2.6 with patience 2 stops after epoch 4 and
+    ends on epoch 2's weights and predictions."""
+    from agelens.train.finetune import FinetuneConfig, Validation, fit
+
+    network = torch.nn.Linear(2, 1)
+    inputs, targets = torch.randn(40, 2), torch.randn(40, 1)
+    maes = iter([3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    snapshots: list[torch.Tensor] = []
+
+    def batch_loss(picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(network(inputs[picked]), targets[picked])
+
+    def validate() -> Validation:
+        snapshots.append(network.weight.detach().clone())
+        return Validation(next(maes), {"extra": len(snapshots)}, f"epoch {len(snapshots)}")
+
+    config = FinetuneConfig(epochs=6, batch_size=16, patience=2, threads=1)
+    steps: list[dict[str, object]] = []
+    history, predictions = fit(network, config, 40, [], batch_loss, validate, on_step=steps.append)
+
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert [h["val_mae"] for h in history] == [3.0, 2.0, 2.5, 2.6]
+    assert [h["extra"] for h in history] == [1, 2, 3, 4]
+    assert predictions == "epoch 2"
+    assert torch.equal(network.weight, snapshots[1])
+    assert not torch.equal(snapshots[1], snapshots[3])  # it did train on
+    assert sum(1 for s in steps if "val_mae" in s) == 4
+    assert max(s["step"] for s in steps) == 3  # ceil(40 / 16) batches an epoch

@@ -397,48 +397,48 @@ def optimizer_and_schedule(
     return optimizer, scheduler
 
 
-def train_network(
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """One epoch's validation: the age MAE early stopping watches, other figures for the
+    epoch's record (e.g. gender accuracy), and the predictions kept with the best epoch."""
+
+    mae: float
+    figures: dict[str, Any]
+    predictions: Any
+
+
+def fit(
     network: Any,
-    chips: ChipSet,
     config: FinetuneConfig,
+    train_count: int,
+    head_parameters: list[Any],
+    batch_loss: Callable[[Any, Any], Any],
+    validate: Callable[[], Validation],
     *,
     on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[list[dict[str, Any]], NDArray[np.int64], NDArray[np.float64]]:
-    """Train in place; keeps the weights of the best validation epoch.
-
-    Returns (one record per epoch, validation indices, validation predictions of the kept
-    weights).
-    """
+) -> tuple[list[dict[str, Any]], Any]:
+    """The training loop both fine-tunings share: seeded shuffled batches of the
+    `train_count` training rows, `batch_loss(picked_indices, generator)` minimised with the
+    one-cycle schedule, `validate()` after each epoch, early stopping on its MAE after
+    `config.patience` epochs without a gain. Trains in place and ends on the best epoch's
+    weights; returns (one record per epoch, that epoch's validation predictions)."""
     import torch
-
-    from agelens.models.registry import get_spec
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, config.threads))
     generator = torch.Generator().manual_seed(config.seed)
-    spec = get_spec("cydral")
-    mean = torch.tensor(spec.mean, dtype=torch.float32)
-    train_index, val_index = validation_split(
-        len(chips.rows), config.validation_fraction, config.seed
-    )
-    train_chips = torch.from_numpy(chips.train_chips[train_index])
-    train_ages = torch.from_numpy(chips.ages[train_index])
-    val_ages = chips.ages[val_index].astype(np.float64)
-    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
-    optimizer, scheduler = optimizer_and_schedule(
-        network, _head_parameters(network), config, steps_per_epoch
-    )
+    steps_per_epoch = math.ceil(train_count / config.batch_size)
+    optimizer, scheduler = optimizer_and_schedule(network, head_parameters, config, steps_per_epoch)
     history: list[dict[str, Any]] = []
-    best_mae, best_state, best_predictions, stale = math.inf, None, np.zeros(0), 0
+    best_mae, best_state, best_predictions, stale = math.inf, None, None, 0
     for epoch in range(config.epochs):
         started = time.perf_counter()
         network.train()
-        order = torch.randperm(len(train_index), generator=generator)
+        order = torch.randperm(train_count, generator=generator)
         total, seen = 0.0, 0
-        for step, start in enumerate(range(0, len(order), config.batch_size)):
+        for step, start in enumerate(range(0, train_count, config.batch_size)):
             picked = order[start : start + config.batch_size]
-            x = _normalise(augment(train_chips[picked], config, generator), mean, spec.scale)
-            loss = age_loss(network(x), train_ages[picked], config)
+            loss = batch_loss(picked, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -447,22 +447,27 @@ def train_network(
             seen += len(picked)
             if on_step is not None:
                 on_step({"epoch": epoch, "step": step + 1, "steps": steps_per_epoch})
-        predictions = predict_ages(network, chips.eval_chips[val_index])
-        mae = float(np.abs(predictions - val_ages).mean())
+        network.eval()
+        validation = validate()
         record = {
             "epoch": epoch + 1,
             "train_loss": round(total / max(1, seen), 4),
-            "val_mae": round(mae, 4),
+            "val_mae": round(validation.mae, 4),
+            **validation.figures,
             "seconds": round(time.perf_counter() - started, 1),
         }
         history.append(record)
         logger.info(
-            "epoch %d: train loss %.3f, validation MAE %.3f", epoch + 1, record["train_loss"], mae
+            "epoch %d: train loss %.3f, validation MAE %.3f%s",
+            epoch + 1,
+            record["train_loss"],
+            validation.mae,
+            "".join(f", {name} {value}" for name, value in validation.figures.items()),
         )
         if on_step is not None:
             on_step({"epoch": epoch, "step": steps_per_epoch, "steps": steps_per_epoch, **record})
-        if mae < best_mae:
-            best_mae, stale, best_predictions = mae, 0, predictions
+        if validation.mae < best_mae:
+            best_mae, stale, best_predictions = validation.mae, 0, validation.predictions
             best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
         else:
             stale += 1
@@ -471,7 +476,52 @@ def train_network(
     if best_state is not None:
         network.load_state_dict(best_state)
     network.eval()
-    return history, val_index, best_predictions
+    return history, best_predictions
+
+
+def train_network(
+    network: Any,
+    chips: ChipSet,
+    config: FinetuneConfig,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], NDArray[np.int64], NDArray[np.float64]]:
+    """Train Cydral's age network in place (see `fit`).
+
+    Returns (one record per epoch, validation indices, validation predictions of the kept
+    weights).
+    """
+    import torch
+
+    from agelens.models.registry import get_spec
+
+    spec = get_spec("cydral")
+    mean = torch.tensor(spec.mean, dtype=torch.float32)
+    train_index, val_index = validation_split(
+        len(chips.rows), config.validation_fraction, config.seed
+    )
+    train_chips = torch.from_numpy(chips.train_chips[train_index])
+    train_ages = torch.from_numpy(chips.ages[train_index])
+    val_ages = chips.ages[val_index].astype(np.float64)
+
+    def batch_loss(picked: Any, generator: Any) -> Any:
+        x = _normalise(augment(train_chips[picked], config, generator), mean, spec.scale)
+        return age_loss(network(x), train_ages[picked], config)
+
+    def validate() -> Validation:
+        predictions = predict_ages(network, chips.eval_chips[val_index])
+        return Validation(float(np.abs(predictions - val_ages).mean()), {}, predictions)
+
+    history, predictions = fit(
+        network,
+        config,
+        len(train_index),
+        _head_parameters(network),
+        batch_loss,
+        validate,
+        on_step=on_step,
+    )
+    return history, val_index, predictions if predictions is not None else np.zeros(0)
 
 
 # ----------------------------------------------------------------------------- export

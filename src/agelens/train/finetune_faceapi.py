@@ -51,15 +51,16 @@ from agelens.train.finetune import (
     FinetuneConfig,
     FinetuneOutcome,
     FinetuneRequest,
+    Validation,
     _normalise,
     _onnx2torch_convert,
     age_loss,
     augment,
     cached_chips,
     chip_cache_config,
+    fit,
     install_model,
     interval_knots,
-    optimizer_and_schedule,
     stack_chips,
     staging_folder,
     validation_split,
@@ -330,7 +331,7 @@ def train_faceapi_network(
     *,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
-    """Train in place; keeps the weights of the epoch with the best validation age MAE.
+    """Train in place (see `fit`): age and gender losses; early stopping on the age MAE.
 
     Returns (one record per epoch, validation indices, validation ages and P(male) of the
     kept weights).
@@ -339,9 +340,6 @@ def train_faceapi_network(
 
     from agelens.models.registry import get_spec
 
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(max(1, config.threads))
-    generator = torch.Generator().manual_seed(config.seed)
     spec = get_spec("faceapi")
     mean = torch.tensor(spec.mean, dtype=torch.float32)
     size = chips.eval_chips.shape[1]
@@ -353,64 +351,34 @@ def train_faceapi_network(
     train_male = torch.from_numpy(chips.male[train_index])
     val_ages = chips.ages[val_index].astype(np.float64)
     val_male = chips.male[val_index]
-    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
-    optimizer, scheduler = optimizer_and_schedule(
-        network, _head_parameters(network), config, steps_per_epoch
-    )
-    history: list[dict[str, Any]] = []
-    best_mae, best_state, stale = math.inf, None, 0
-    best: tuple[NDArray[np.float64], NDArray[np.float64]] = (np.zeros(0), np.zeros(0))
-    for epoch in range(config.epochs):
-        started = time.perf_counter()
-        network.train()
-        order = torch.randperm(len(train_index), generator=generator)
-        total, seen = 0.0, 0
-        for step, start in enumerate(range(0, len(order), config.batch_size)):
-            picked = order[start : start + config.batch_size]
-            x = augment(train_chips[picked], config, generator, size=size)
-            age_logits, gender_logits = network(_normalise(x, mean, spec.scale))
-            loss = age_loss(age_logits, train_ages[picked], config) + (
-                config.gender_weight * gender_loss(gender_logits, train_male[picked])
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(picked)
-            seen += len(picked)
-            if on_step is not None:
-                on_step({"epoch": epoch, "step": step + 1, "steps": steps_per_epoch})
-        ages, male = predict(network, chips.eval_chips[val_index])
-        mae = float(np.abs(ages - val_ages).mean())
-        accuracy = _gender_accuracy(male, val_male)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": round(total / max(1, seen), 4),
-            "val_mae": round(mae, 4),
-            "val_gender_accuracy": None if accuracy is None else round(accuracy, 4),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        history.append(record)
-        logger.info(
-            "epoch %d: train loss %.3f, validation MAE %.3f, gender %s",
-            epoch + 1,
-            record["train_loss"],
-            mae,
-            record["val_gender_accuracy"],
+
+    def batch_loss(picked: Any, generator: Any) -> Any:
+        x = augment(train_chips[picked], config, generator, size=size)
+        age_logits, gender_logits = network(_normalise(x, mean, spec.scale))
+        return age_loss(age_logits, train_ages[picked], config) + (
+            config.gender_weight * gender_loss(gender_logits, train_male[picked])
         )
-        if on_step is not None:
-            on_step({"epoch": epoch, "step": steps_per_epoch, "steps": steps_per_epoch, **record})
-        if mae < best_mae:
-            best_mae, stale, best = mae, 0, (ages, male)
-            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
-    return history, val_index, best[0], best[1]
+
+    def validate() -> Validation:
+        ages, male = predict(network, chips.eval_chips[val_index])
+        accuracy = _gender_accuracy(male, val_male)
+        return Validation(
+            float(np.abs(ages - val_ages).mean()),
+            {"val_gender_accuracy": None if accuracy is None else round(accuracy, 4)},
+            (ages, male),
+        )
+
+    history, best = fit(
+        network,
+        config,
+        len(train_index),
+        _head_parameters(network),
+        batch_loss,
+        validate,
+        on_step=on_step,
+    )
+    ages, male = best if best is not None else (np.zeros(0), np.zeros(0))
+    return history, val_index, ages, male
 
 
 # ----------------------------------------------------------------------------- export
