@@ -101,3 +101,18 @@ def test_crop_resized_pads_black_and_averages_large_faces() -> None:
     assert np.abs(inside.astype(np.int16) - reference.astype(np.int16)).mean() < 2.0
     small = crop_resized(image, (10, 10, 60, 60), 112)  # enlarged bilinearly
     assert small.shape == (112, 112, 3)
+
+
+def test_crop_resized_of_a_box_inside_the_image_is_its_own_array() -> None:
+    """Inside the image the crop reads a view; what comes back never aliases the image."""
+    from agelens.models.crops import crop_resized, shrink
+
+    image = _smooth(400, 400)
+    exact = crop_resized(image, (100, 50, 212, 162), 112)  # already 112 px: no resize
+    np.testing.assert_array_equal(exact, image[50:162, 100:212])
+    assert not np.shares_memory(exact, image)
+    edge = crop_resized(image, (288, 288, 400, 400), 112)  # touching the right and bottom edges
+    np.testing.assert_array_equal(edge, image[288:400, 288:400])
+    region = crop_resized(image, (37, 20, 337, 320), 100)  # a strided view, shrunk
+    expected, _, _ = shrink(np.ascontiguousarray(image[20:320, 37:337]), 100 / 300)
+    np.testing.assert_array_equal(region, expected)

@@ -59,12 +59,16 @@ def crop_resized(
     height, width = image.shape[:2]
     x1, y1, x2, y2 = (round(float(v)) for v in box_xyxy)
     x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-    region = np.zeros((y2 - y1, x2 - x1, 3), dtype=np.uint8)
-    sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
-    if sx2 > sx1 and sy2 > sy1:
-        region[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
+    inside = x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height
+    if inside:
+        region = image[y1:y2, x1:x2]  # a view, no copy: OpenCV reads it as it is
+    else:
+        region = np.zeros((y2 - y1, x2 - x1, 3), dtype=np.uint8)
+        sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        if sx2 > sx1 and sy2 > sy1:
+            region[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
     if max(region.shape[:2]) > size:
         region, _, _ = shrink(region, size / max(region.shape[:2]))
     if region.shape[:2] == (size, size):
-        return region
+        return region.copy() if inside else region  # never hand out a view of the image
     return np.asarray(cv2.resize(region, (size, size), interpolation=cv2.INTER_LINEAR), np.uint8)
