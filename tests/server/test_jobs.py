@@ -340,6 +340,9 @@ def test_restart_mid_job_resumes_without_duplicate_rows(
         url_allow_networks=LOCAL,
         jobs_chunk_images=1,
         jobs_database_url=database_url,
+        # PostgreSQL may be shared by replicas: a stopped one's job is taken back only once
+        # its lease has run out (SQLite, one process per file, takes it back at start)
+        jobs_lease_s=1.0,
     )
     urls = [
         image_server.add(f"/{i}.jpg", Route(astronaut_jpeg if i % 2 else blank_jpeg, gated=i >= 3))
@@ -372,6 +375,40 @@ def test_restart_mid_job_resumes_without_duplicate_rows(
     store = open_job_store(settings.jobs_database())
     assert len(store.result_rows(created["id"])) == 7
     store.close()
+
+
+def test_a_second_replica_leaves_a_running_job_alone(
+    model_pool: ModelPool,
+    image_server: ImageServer,
+    astronaut_jpeg: bytes,
+    blank_jpeg: bytes,
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """Two services on one PostgreSQL database: the one starting second neither requeues nor
+    analyses the job the first is working on (its heartbeat is fresh)."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        url_allow_networks=LOCAL,
+        jobs_chunk_images=1,
+        jobs_database_url=postgres_url,
+        jobs_poll_seconds=0.2,
+    )
+    urls = [
+        image_server.add(f"/r{i}.jpg", Route(astronaut_jpeg if i else blank_jpeg, gated=i == 2))
+        for i in range(3)
+    ]
+    with TestClient(create_app(settings, pool=model_pool)) as first:
+        created = first.post("/v1/jobs", json={"urls": urls}).json()
+        wait_for(first, created["id"], lambda job: job["images_done"] == 2)
+        with TestClient(create_app(settings, pool=model_pool)) as second:
+            time.sleep(1.0)  # five of its polls and sweeps
+            job = wait_for(second, created["id"], lambda job: True)
+            assert (job["status"], job["images_done"]) == ("running", 2)
+        image_server.gate.set()
+        job = wait_for(first, created["id"])
+    assert (job["status"], job["images_done"], job["faces"]) == ("done", 3, 2)
+    assert [image_server.hits.count(f"/r{i}.jpg") for i in range(3)] == [1, 1, 1]
 
 
 def test_postgres_job_end_to_end_and_read_by_a_second_app(

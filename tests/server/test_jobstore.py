@@ -76,11 +76,61 @@ def test_chunks_commit_once_and_resume(store: JobStore) -> None:
     assert [i.index for i in store.pending_items("older", 10)] == [1, 2]
     assert store.pending_items("older", 10)[1].refused == ("E", "m")
 
-    assert store.requeue_running() == 1  # a restart
+    assert store.requeue_running(now=15.0) == 1  # a restart
     again = store.claim_next(now=20.0)
     assert again is not None
     assert (again.id, again.started_at, again.images_done, again.errors) == ("older", 10.0, 1, 1)
     assert not store.commit_items("newer", rows)  # not running: refused
+
+
+def test_a_lease_requeues_only_jobs_whose_heartbeat_stopped(store: JobStore) -> None:
+    """Replicas sharing a database: a running job is requeued once its heartbeat is older
+    than the lease, not while its worker renews it."""
+    first, second = store.claim_next(now=100.0), store.claim_next(now=100.0)
+    assert first is not None
+    assert second is not None
+    assert store.requeue_running(now=150.0, lease_s=60.0) == 0  # both fresh
+    assert store.heartbeat(first.id, now=140.0)
+    assert store.requeue_running(now=170.0, lease_s=60.0) == 1  # the second's lease ran out
+    assert [j.status for j in (store.get_job(first.id), store.get_job(second.id))] == [
+        "running",
+        "queued",
+    ]
+    assert not store.heartbeat(second.id, now=171.0)  # no longer running: its worker lets go
+    assert not store.heartbeat("no-such-job", now=171.0)
+    again = store.claim_next(now=180.0)
+    assert again is not None
+    assert again.id == second.id
+    assert store.requeue_running(now=1000.0, lease_s=60.0) == 2
+    assert store.requeue_running(now=1000.0) == 0  # nothing left running
+
+
+def test_a_database_from_before_the_lease_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE jobs (id TEXT PRIMARY KEY, owner TEXT, status TEXT NOT NULL, "
+            "source TEXT NOT NULL, options TEXT NOT NULL, images_total INTEGER NOT NULL, "
+            "images_done INTEGER NOT NULL DEFAULT 0, faces INTEGER NOT NULL DEFAULT 0, "
+            "images_without_faces INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, "
+            "created_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION, "
+            "finished_at DOUBLE PRECISION, expires_at DOUBLE PRECISION, message TEXT)"
+        )
+        old.execute(
+            "INSERT INTO jobs (id, status, source, options, images_total, created_at) "
+            "VALUES ('left', 'running', 'urls', '{}', 1, 1.0)"
+        )
+    store = open_job_store(f"sqlite:///{path}")
+    try:
+        assert store.requeue_running(now=2.0, lease_s=60.0) == 1  # no heartbeat: stale
+        claimed = store.claim_next(now=3.0)
+        assert claimed is not None
+        assert claimed.id == "left"
+        assert store.heartbeat("left", now=4.0)
+    finally:
+        store.close()
 
 
 def test_delete_expire_and_purge(store: JobStore) -> None:

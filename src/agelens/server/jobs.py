@@ -11,8 +11,10 @@ own loaded models, then commit the chunk's result rows (agelens.rows) in one tra
 - A zip's images are deleted from disk as soon as its job ends (done, failed or deleted).
 - Results are kept `jobs_result_ttl_s` after the job ends, then the job reads `expired`.
 - With a PostgreSQL database, several services may share the queue (each claims distinct
-  jobs); starting one requeues every running job (see JobStore.requeue_running), and zip jobs
-  need a `data_dir` they all share.
+  jobs, and zip jobs need a `data_dir` they all share). A running job's heartbeat is renewed
+  before each chunk; every replica puts back in the queue the running jobs whose heartbeat is
+  older than `jobs_lease_s` (their replica stopped), at start and then every poll. With
+  SQLite (one process per file) a starting service requeues every running job at once.
 
 Nothing is created on disk until the first job is submitted (or a database is already there).
 """
@@ -236,7 +238,9 @@ class JobManager:
         async with self._open_lock:
             if self.store is None:
                 self.store = await anyio.to_thread.run_sync(open_job_store, self.database_url)
-                requeued = await anyio.to_thread.run_sync(self.store.requeue_running)
+                requeued = await anyio.to_thread.run_sync(
+                    self.store.requeue_running, time.time(), self._lease_s
+                )
                 if requeued:
                     logger.info("resuming %d job(s) stopped while running", requeued)
                 await anyio.to_thread.run_sync(self._remove_orphan_uploads, self.store)
@@ -427,11 +431,28 @@ class JobManager:
                 continue
             await self._run_job(store, job)
 
+    @property
+    def _lease_s(self) -> float | None:
+        """The lease after which another process's running job is requeued; None with SQLite,
+        where no other process works on the same file."""
+        if self.database_url.lower().startswith("sqlite:"):
+            return None
+        return self.settings.jobs_lease_s
+
     async def _sweep(self, store: JobStore) -> None:
         now = time.time()
         if now - self._last_sweep < self.settings.jobs_poll_seconds:
             return
         self._last_sweep = now
+        if self._lease_s is not None:
+            requeued = await anyio.to_thread.run_sync(store.requeue_running, now, self._lease_s)
+            if requeued:
+                logger.warning(
+                    "requeued %d job(s) whose replica stopped renewing them (heartbeat older "
+                    "than %.0f s)",
+                    requeued,
+                    self._lease_s,
+                )
         expired = await anyio.to_thread.run_sync(store.expire, now)
         if expired:
             logger.info("results of %d job(s) expired", len(expired))
@@ -446,6 +467,9 @@ class JobManager:
         try:
             options = AnalysisOptions(**job.options)
             while True:
+                if not await anyio.to_thread.run_sync(store.heartbeat, job.id, time.time()):
+                    await self._let_go(store, job)
+                    return
                 items = await anyio.to_thread.run_sync(
                     store.pending_items, job.id, self.settings.jobs_chunk_images
                 )
@@ -453,8 +477,7 @@ class JobManager:
                     break
                 rows = await self._analyse_chunk(job, options, items)
                 if not await anyio.to_thread.run_sync(store.commit_items, job.id, rows):
-                    logger.info("job %s was deleted while running", job.id)
-                    await anyio.to_thread.run_sync(self._remove_uploads, job.id)
+                    await self._let_go(store, job)
                     return
         except AgelensError as error:
             status, message = "failed", f"{type(error).__name__}: {error}"
@@ -468,6 +491,15 @@ class JobManager:
         )
         await anyio.to_thread.run_sync(self._remove_uploads, job.id)
         logger.info("job %s %s", job.id, status)
+
+    async def _let_go(self, store: JobStore, job: JobRecord) -> None:
+        """Stop working on a job that is no longer ours: deleted (then its uploads go), or
+        requeued after its lease ran out (then another worker needs them)."""
+        if await anyio.to_thread.run_sync(store.get_job, job.id) is None:
+            logger.info("job %s was deleted while running", job.id)
+            await anyio.to_thread.run_sync(self._remove_uploads, job.id)
+        else:
+            logger.warning("job %s was requeued while running (its lease ran out)", job.id)
 
     async def _analyse_chunk(
         self, job: JobRecord, options: AnalysisOptions, items: Sequence[ItemRecord]

@@ -10,9 +10,10 @@ flags together), so a service stopped at any moment resumes with exactly the ima
 were not committed, and never writes an image's rows twice.
 
 Several processes: with PostgreSQL, `claim_next` takes a queued job with `FOR UPDATE SKIP
-LOCKED`, so replicas sharing the database never claim the same job. `requeue_running` still
-assumes it runs when no other process is working on the jobs (see its docstring): with several
-replicas, a starting replica puts back the jobs the others are running.
+LOCKED`, so replicas sharing the database never claim the same job. A running job carries a
+lease: `heartbeat_at`, set when it is claimed and renewed before each chunk (`heartbeat`).
+`requeue_running` with a lease puts back only the jobs whose heartbeat is older than it, i.e.
+those of a replica that stopped, not those another replica is working on.
 """
 
 from __future__ import annotations
@@ -98,15 +99,19 @@ class JobStore(Protocol):
     def active_job_ids(self) -> set[str]:
         """Ids of the jobs queued or running."""
 
-    def requeue_running(self) -> int:
-        """Put every job left `running` back in the queue; how many. Called at start-up, it
-        assumes no other process is working on the same database: with several replicas on
-        one PostgreSQL database, the jobs the others are running are queued again, and may
-        then be analysed twice over (never stored twice: the `done` flags decide)."""
+    def requeue_running(self, now: float, lease_s: float | None = None) -> int:
+        """Put jobs left `running` back in the queue; how many. Without `lease_s`, every one
+        (a single process starting: none can be running elsewhere); with it, only those whose
+        heartbeat is older than `lease_s` seconds, or missing (their process stopped). A job
+        requeued while its process was merely slow may be analysed twice over, never stored
+        twice: the `done` flags decide."""
 
     def claim_next(self, now: float) -> JobRecord | None:
-        """Mark the oldest queued job running (keeping its first start time) and return it.
-        Safe with several processes: no two calls get the same job."""
+        """Mark the oldest queued job running (keeping its first start time), its heartbeat
+        `now`, and return it. Safe with several processes: no two calls get the same job."""
+
+    def heartbeat(self, job_id: str, now: float) -> bool:
+        """Renew a running job's lease; False when it is no longer running."""
 
     def pending_items(self, job_id: str, limit: int) -> list[ItemRecord]:
         """Up to `limit` images of the job not analysed yet, in order."""
@@ -156,7 +161,8 @@ _SCHEMA = (
     started_at DOUBLE PRECISION,
     finished_at DOUBLE PRECISION,
     expires_at DOUBLE PRECISION,
-    message TEXT
+    message TEXT,
+    heartbeat_at DOUBLE PRECISION
 )""",
     "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)",
     """CREATE TABLE IF NOT EXISTS job_items (
@@ -322,10 +328,29 @@ class _SqlJobStore:
             ).fetchall()
         return {str(r["id"]) for r in rows}
 
-    def requeue_running(self) -> int:
-        """Put every job left `running` back in the queue; how many (see JobStore)."""
+    def requeue_running(self, now: float, lease_s: float | None = None) -> int:
+        """Put jobs left `running` back in the queue; how many (see JobStore)."""
         with self._transaction() as db:
-            return db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'").rowcount
+            if lease_s is None:
+                return db.execute(
+                    "UPDATE jobs SET status = 'queued' WHERE status = 'running'"
+                ).rowcount
+            return db.execute(
+                "UPDATE jobs SET status = 'queued' WHERE status = 'running' "
+                "AND (heartbeat_at IS NULL OR heartbeat_at < ?)",
+                (now - lease_s,),
+            ).rowcount
+
+    def heartbeat(self, job_id: str, now: float) -> bool:
+        """Renew a running job's lease; False when it is no longer running."""
+        with self._transaction() as db:
+            return (
+                db.execute(
+                    "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND status = 'running'",
+                    (now, job_id),
+                ).rowcount
+                > 0
+            )
 
     def claim_next(self, now: float) -> JobRecord | None:
         """Mark the oldest queued job running and return it; no two callers get the same job."""
@@ -337,9 +362,9 @@ class _SqlJobStore:
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?) "
-                "WHERE id = ?",
-                (now, row["id"]),
+                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), "
+                "heartbeat_at = ? WHERE id = ?",
+                (now, now, row["id"]),
             )
             row = db.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (row["id"],)
@@ -483,6 +508,10 @@ class SqliteJobStore(_SqlJobStore):
         with self._transaction() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
+            # a database made before jobs had a lease
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)").fetchall()}
+            if "heartbeat_at" not in columns:
+                db.execute("ALTER TABLE jobs ADD COLUMN heartbeat_at DOUBLE PRECISION")
 
     @property
     def _dialect(self) -> _Dialect:
@@ -560,6 +589,8 @@ class PostgresJobStore(_SqlJobStore):
             db.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK_KEY,))
             for statement in _SCHEMA:
                 db.execute(statement)
+            # a database made before jobs had a lease
+            db.execute("ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at DOUBLE PRECISION")
 
     @property
     def _dialect(self) -> _Dialect:

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Images analysed and committed together."
     )
     jobs_poll_seconds: float = Field(default=1.0, gt=0)
+    jobs_lease_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="PostgreSQL: a running job whose heartbeat (renewed before each chunk) is "
+        "older than this is taken to have lost its replica and is queued again.",
+    )
 
     @field_validator(
         "api_key_hashes", "api_keys", "url_allow_networks", "cors_origins", mode="before"
