@@ -285,9 +285,13 @@ def _bad_inputs() -> Iterator[Any]:
     yield pytest.param(_manifest(entries), weights[:-1], "past the end", id="truncated-bin")
     yield pytest.param(_manifest(entries), weights + b"\0", "describes", id="bin-too-long")
 
+    # float16 weights are decoded as tfjs does, so a bin holding float32 no longer matches
     float16 = [dict(e) for e in entries]
     float16[0]["quantization"] = {"dtype": "float16"}
-    yield pytest.param(_manifest(float16), weights, "unsupported quantization", id="float16")
+    yield pytest.param(_manifest(float16), weights, "describes", id="float16-over-float32")
+    int8 = [dict(e) for e in entries]
+    int8[0]["quantization"] = {"dtype": "int8"}
+    yield pytest.param(_manifest(int8), weights, "unsupported quantization", id="int8")
     yield pytest.param(b"{not json", weights, "not valid JSON", id="not-json")
     yield pytest.param(b'{"weights": []}', weights, "list of weight groups", id="not-a-list")
 

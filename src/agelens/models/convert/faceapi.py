@@ -129,11 +129,14 @@ def expected_weight_shapes() -> dict[str, _Shape]:
 
 
 def _decode_weights(manifest_json: bytes, weights_bin: bytes) -> dict[str, _Float32Array]:
-    """Decode every weight of a TF.js manifest exactly as tfjs-core's `io.decodeWeights` does.
+    """Decode every weight of a TF.js manifest exactly as tfjs-core's `io.decodeWeights` does
+    (each entry by the TF.js graph converter's `decode_entry`).
 
     `weights_bin` is the concatenation of the manifest's shards in manifest order (groups in
     order, each group's `paths` in order); face-api's AgeGenderNet has a single shard.
     """
+    from agelens.models.convert.tfjs_graph import decode_entry
+
     try:
         groups = json.loads(manifest_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -148,7 +151,9 @@ def _decode_weights(manifest_json: bytes, weights_bin: bytes) -> dict[str, _Floa
         if not isinstance(entries, list):
             raise ValueError("AgeGenderNet weights manifest: a group has no 'weights' list")
         for entry in entries:
-            name, array, offset = _decode_entry(entry, weights_bin, offset)
+            name, array, offset = decode_entry(entry, weights_bin, offset)
+            if array.dtype != np.float32:
+                raise ValueError(f"AgeGenderNet weight {name!r}: dtype {array.dtype}, not float32")
             if name in weights:
                 raise ValueError(f"AgeGenderNet weights manifest names {name!r} twice")
             weights[name] = array
@@ -158,56 +163,6 @@ def _decode_weights(manifest_json: bytes, weights_bin: bytes) -> dict[str, _Floa
             f"has {len(weights_bin)}"
         )
     return weights
-
-
-def _number(value: object) -> float:
-    """A JSON number as float; NaN for anything else (so one finiteness check covers both)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return float("nan")
-
-
-def _decode_entry(entry: Any, weights_bin: bytes, offset: int) -> tuple[str, _Float32Array, int]:
-    """Decode one manifest entry at `offset`; return its name, values and the next offset."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise ValueError("AgeGenderNet weights manifest: an entry has no 'name'")
-    name: str = entry["name"]
-    shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape
-    ):
-        raise ValueError(f"AgeGenderNet weight {name!r}: 'shape' is not a list of sizes")
-    if entry.get("dtype") != "float32":
-        raise ValueError(f"AgeGenderNet weight {name!r}: dtype {entry.get('dtype')!r}, not float32")
-    count = int(np.prod(shape, dtype=np.int64))
-
-    quantization = entry.get("quantization")
-    scale = minimum = 0.0
-    if quantization is None:
-        stored: np.dtype[Any] = np.dtype("<f4")
-    elif isinstance(quantization, dict) and quantization.get("dtype") in ("uint8", "uint16"):
-        stored = np.dtype("u1" if quantization["dtype"] == "uint8" else "<u2")
-        scale, minimum = _number(quantization.get("scale")), _number(quantization.get("min"))
-        if not (np.isfinite(scale) and np.isfinite(minimum)):
-            raise ValueError(f"AgeGenderNet weight {name!r}: quantization lacks numeric scale/min")
-    else:
-        raise ValueError(f"AgeGenderNet weight {name!r}: unsupported quantization {quantization!r}")
-
-    end = offset + count * stored.itemsize
-    if end > len(weights_bin):
-        raise ValueError(
-            f"AgeGenderNet weight {name!r} ends at byte {end}, past the end of the weights file "
-            f"({len(weights_bin)} bytes)"
-        )
-    raw = np.frombuffer(weights_bin, dtype=stored, count=count, offset=offset)
-    if quantization is None:
-        values = raw.astype(np.float32)
-    else:
-        # tfjs computes `values[i] = v * scale + min` in JavaScript doubles and stores the result
-        # into a Float32Array: one rounding to float32 at the very end. Doing the arithmetic in
-        # float64 reproduces its weights bit for bit.
-        values = (raw.astype(np.float64) * scale + minimum).astype(np.float32)
-    return name, values.reshape(shape), end
 
 
 def _check_architecture(weights: Mapping[str, _Float32Array]) -> None:

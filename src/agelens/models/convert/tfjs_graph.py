@@ -131,7 +131,7 @@ def decode_weights(
         data = b"".join(shards[p] for p in paths)
         offset = 0
         for entry in group.get("weights", []):
-            name, array, offset = _decode_entry(entry, data, offset)
+            name, array, offset = decode_entry(entry, data, offset)
             if name in weights:
                 raise ValueError(f"TF.js weightsManifest names {name!r} twice")
             weights[name] = array
@@ -143,7 +143,8 @@ def decode_weights(
     return weights
 
 
-def _decode_entry(entry: Any, data: bytes, offset: int) -> tuple[str, NDArray[Any], int]:
+def decode_entry(entry: Any, data: bytes, offset: int) -> tuple[str, NDArray[Any], int]:
+    """Decode one manifest entry at `offset` of `data`; (its name, values, the next offset)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise ValueError("TF.js weightsManifest: an entry has no 'name'")
     name: str = entry["name"]
