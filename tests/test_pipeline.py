@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image
 
 import agelens
 from agelens.imaging import load_image
-from agelens.pipeline import Analyzer
+from agelens.pipeline import Analyzer, pinning_initializer, worker_cores
 from agelens.types import ImageResult
 
 
@@ -208,3 +210,42 @@ def test_module_level_analyze(astronaut: NDArray[np.uint8]) -> None:
     result = agelens.analyze(astronaut)
     assert isinstance(result, ImageResult)
     assert len(result.faces) == 1
+
+
+@pytest.mark.parametrize(
+    ("allowed", "workers", "expected"),
+    [
+        ([0, 1], 2, [{0}, {1}]),
+        ([5, 4, 7, 6], 2, [{4, 5}, {6, 7}]),
+        ([0, 1, 2], 2, [{0}, {1}]),
+        ([0, 1], 1, [{0, 1}]),
+        ([0], 2, None),  # fewer cores than workers: left to the scheduler
+    ],
+)
+def test_worker_cores(allowed: list[int], workers: int, expected: list[set[int]] | None) -> None:
+    assert worker_cores(allowed, workers) == expected
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="pinning needs Linux and at least two cores",
+)
+def test_worker_threads_are_pinned_one_core_each() -> None:
+    pin = pinning_initializer(2)
+    assert pin is not None
+    seen: list[set[int]] = []
+
+    def worker() -> None:
+        pin()
+        seen.append(os.sched_getaffinity(0))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    shares = worker_cores(sorted(os.sched_getaffinity(0)), 2)
+    assert shares is not None
+    assert sorted(seen, key=min) == [set(share) for share in shares]
+    assert len(os.sched_getaffinity(0)) >= 2  # the calling thread is not pinned
+    assert pinning_initializer(len(os.sched_getaffinity(0)) + 1) is None

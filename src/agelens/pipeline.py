@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,6 +24,42 @@ from agelens.models.base import Detector, Estimator, RGBImage, chip_count, conca
 from agelens.types import AgeGenderEstimate, Detection, Face, ImageResult
 
 logger = logging.getLogger(__name__)
+
+
+def worker_cores(allowed: Sequence[int], workers: int) -> list[frozenset[int]] | None:
+    """The cores each of `workers` worker threads is pinned to: the allowed cores split into
+    equal consecutive shares, or None (no pinning) when there are fewer cores than workers."""
+    cores = sorted(allowed)
+    if workers < 1 or len(cores) < workers:
+        return None
+    share = len(cores) // workers
+    return [frozenset(cores[i * share : (i + 1) * share]) for i in range(workers)]
+
+
+def pinning_initializer(workers: int) -> Callable[[], None] | None:
+    """A ThreadPoolExecutor `initializer` pinning each new worker thread to its own share of
+    this process's cores (Linux; elsewhere, or with fewer cores than workers, None).
+
+    Why: measured on the 2-core VM (padded UTKFace, `fastest`, 16 images a call, two runs),
+    two worker threads left to the scheduler ran at 2.22 ms an image, pinned one to each core
+    at 2.09-2.10: threads that migrate lose their caches and meet on one core for a while.
+    """
+    if not hasattr(os, "sched_setaffinity") or not hasattr(os, "sched_getaffinity"):
+        return None
+    shares = worker_cores(sorted(os.sched_getaffinity(0)), workers)
+    if shares is None:
+        return None
+    counter = itertools.count()
+
+    def pin() -> None:
+        # pid 0 is the calling thread on Linux: only this worker is pinned.
+        cores = shares[next(counter) % len(shares)]
+        try:
+            os.sched_setaffinity(0, cores)
+        except OSError as error:  # a sandbox that forbids it: run unpinned
+            logger.debug("could not pin a worker thread to cores %s: %s", sorted(cores), error)
+
+    return pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +92,11 @@ class Analyzer:
     they are missing). All faces of all images passed in one call go through each network in
     one batched run. Not thread-safe for concurrent calls on the same instance's options, but
     ONNX Runtime sessions themselves may be shared.
+
+    `workers > 1` splits each call's images into that many groups run side by side in worker
+    threads; with `pin_workers` (the default) each worker thread is pinned to its own share of
+    the process's cores when there are at least as many cores as workers (see
+    `pinning_initializer`: 6% more images a second measured on 2 cores).
     """
 
     def __init__(
@@ -64,6 +106,7 @@ class Analyzer:
         *,
         threads: int | None = None,
         workers: int = 1,
+        pin_workers: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if workers < 1:
@@ -78,6 +121,7 @@ class Analyzer:
         )
         self.max_pixels = max_pixels
         self.workers = workers
+        self.pin_workers = pin_workers
         self.models = {"detector": self.detector.name, "estimator": self.estimator.version()}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -92,7 +136,11 @@ class Analyzer:
     def _worker_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="agelens")
+                self._pool = ThreadPoolExecutor(
+                    self.workers,
+                    thread_name_prefix="agelens",
+                    initializer=pinning_initializer(self.workers) if self.pin_workers else None,
+                )
             return self._pool
 
     def analyze(
