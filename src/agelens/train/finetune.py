@@ -716,27 +716,20 @@ def finetune_model(
         "weights": "int8" if request.int8 else "float32",
         "interval": interval_knots(exported, val_ages),
         "files": {AGE_FILE: sha256_file(staging / AGE_FILE)},
-        "training": {
-            "dataset": request.dataset_dir.name,
-            "labels": request.labels_csv.name,
-            "split": request.split,
-            "rows": len(labelled),
-            "faces_used": len(chips.rows),
-            "validation_rows": len(val_index),
-            "pad": request.pad,
-            "detector": request.detector,
-            "chips": {
+        "training": training_record(
+            request,
+            config,
+            rows=len(labelled),
+            faces_used=len(chips.rows),
+            validation_rows=len(val_index),
+            chips={
                 "train": [TRAIN_CHIP, TRAIN_PADDING],
                 "eval": [CHIP, spec.params["chip_padding"]],
             },
-            "command": request.command,
-            "config": asdict(config),
-            "epochs": history,
-            "epochs_run": len(history),
-            "best_epoch": 1 + int(np.argmin([h["val_mae"] for h in history])),
-            "chip_seconds": round(chip_seconds, 1),
-            "total_seconds": round(time.perf_counter() - started, 1),
-        },
+            history=history,
+            chip_seconds=chip_seconds,
+            started=started,
+        ),
         "metrics": metrics,
         "data_notice": request.data_notice or "",
         "license": (
@@ -748,6 +741,39 @@ def finetune_model(
         staging, request.out_dir, card, model_card_markdown(card), FinetunedCydralEstimator
     )
     return FinetuneOutcome(folder=request.out_dir, card=card)
+
+
+def training_record(
+    request: FinetuneRequest,
+    config: FinetuneConfig,
+    *,
+    rows: int,
+    faces_used: int,
+    validation_rows: int,
+    chips: dict[str, Any],
+    history: list[dict[str, Any]],
+    chip_seconds: float,
+    started: float,
+) -> dict[str, Any]:
+    """The card's `training` section: data, chips, command, configuration, epochs, times."""
+    return {
+        "dataset": request.dataset_dir.name,
+        "labels": request.labels_csv.name,
+        "split": request.split,
+        "rows": rows,
+        "faces_used": faces_used,
+        "validation_rows": validation_rows,
+        "pad": request.pad,
+        "detector": request.detector,
+        "chips": chips,
+        "command": request.command,
+        "config": asdict(config),
+        "epochs": history,
+        "epochs_run": len(history),
+        "best_epoch": 1 + int(np.argmin([h["val_mae"] for h in history])),
+        "chip_seconds": round(chip_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def staging_folder(out_dir: Path) -> Path:

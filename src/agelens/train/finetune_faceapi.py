@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from agelens.train.finetune import (
     interval_knots,
     stack_chips,
     staging_folder,
+    training_record,
     validation_split,
 )
 
@@ -577,24 +578,17 @@ def finetune_faceapi_model(
         "weights": "float32",
         "interval": interval_knots(exported_ages, val_ages),
         "files": {FACEAPI_FILE: sha256_file(staging / FACEAPI_FILE)},
-        "training": {
-            "dataset": request.dataset_dir.name,
-            "labels": request.labels_csv.name,
-            "split": request.split,
-            "rows": len(labelled),
-            "faces_used": len(chips.rows),
-            "validation_rows": len(val_index),
-            "pad": request.pad,
-            "detector": request.detector,
-            "chips": {"train": [train_chip_size(size), TRAIN_MARGIN], "eval": [size, 1.0]},
-            "command": request.command,
-            "config": asdict(config),
-            "epochs": history,
-            "epochs_run": len(history),
-            "best_epoch": 1 + int(np.argmin([h["val_mae"] for h in history])),
-            "chip_seconds": round(chip_seconds, 1),
-            "total_seconds": round(time.perf_counter() - started, 1),
-        },
+        "training": training_record(
+            request,
+            config,
+            rows=len(labelled),
+            faces_used=len(chips.rows),
+            validation_rows=len(val_index),
+            chips={"train": [train_chip_size(size), TRAIN_MARGIN], "eval": [size, 1.0]},
+            history=history,
+            chip_seconds=chip_seconds,
+            started=started,
+        ),
         "metrics": metrics,
         "data_notice": request.data_notice or "",
         "license": (
