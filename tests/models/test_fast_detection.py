@@ -116,3 +116,50 @@ def test_crop_resized_of_a_box_inside_the_image_is_its_own_array() -> None:
     region = crop_resized(image, (37, 20, 337, 320), 100)  # a strided view, shrunk
     expected, _, _ = shrink(np.ascontiguousarray(image[20:320, 37:337]), 100 / 300)
     np.testing.assert_array_equal(region, expected)
+
+
+def test_portrait_detector_looks_again_at_128_px_only_where_96_finds_nothing(
+    astronaut: NDArray[np.uint8],
+) -> None:
+    portrait = create_detector("blazeface-portrait", threads=1)
+    fast = create_detector("blazeface-fast", threads=1)
+    assert isinstance(portrait, RangeSwitchingDetector)
+    assert isinstance(fast, RangeSwitchingDetector)
+    assert portrait.name == "blazeface-portrait"
+    assert portrait.portrait is not None
+    assert portrait.portrait.input_size == 96
+    assert portrait.short.input_size == 128
+
+    # The portrait (face about a fifth of the side) is found at 96 px, its box mapped onto the
+    # full-range convention like blazeface-fast's and drawn in about the same place.
+    (found,) = portrait.detect_many([astronaut])[0]
+    (raw,) = portrait.portrait.detect_many([astronaut])[0]
+    assert found.score == raw.score
+    (reference,) = fast.detect_many([astronaut])[0]
+    side = reference.box_xyxy[2] - reference.box_xyxy[0]
+    assert found.box_xyxy == pytest.approx(reference.box_xyxy, abs=0.08 * side)
+
+    # Shrunk to 250 px in a 400-px image the face is too small for 96 px: the 128-px
+    # short-range model looks again and finds it, exactly as blazeface-fast does.
+    canvas = np.full((400, 400, 3), 90, np.uint8)
+    canvas[:250, :250] = cv2.resize(astronaut, (250, 250), interpolation=cv2.INTER_AREA)
+    assert portrait.portrait.detect_many([canvas]) == [()]
+    (again,) = portrait.detect_many([canvas])[0]
+    assert again == fast.detect_many([canvas])[0][0]
+
+    # Large photos go to the full-range model; blank images stay empty; order is kept.
+    large = np.full((900, 1200, 3), 90, np.uint8)
+    large[200:712, 300:812] = astronaut
+    blank = np.zeros((64, 64, 3), np.uint8)
+    together = portrait.detect_many([large, canvas, blank, astronaut])
+    assert together == [fast.detect_many([large])[0], (again,), (), (found,)]
+
+
+def test_short_range_mapping_must_be_fitted_for_the_input_size() -> None:
+    from agelens.models.registry import get_spec
+
+    short = get_spec("blazeface-short")
+    unfitted = BlazeFaceDetector(short, threads=1, tiled=False, input_size=80)
+    full = BlazeFaceDetector(get_spec("blazeface-full"), threads=1, tiled=False)
+    with pytest.raises(ValueError, match="no box mapping"):
+        RangeSwitchingDetector(unfitted, full)

@@ -35,6 +35,22 @@ def _blazeface_fast(threads: int | None) -> Detector:
     )
 
 
+#: input of the short-range model in `blazeface-portrait` (see RangeSwitchingDetector)
+PORTRAIT_INPUT = 96
+
+
+def _blazeface_portrait(threads: int | None) -> Detector:
+    from agelens.models.blazeface import BlazeFaceDetector, RangeSwitchingDetector
+
+    short = get_spec("blazeface-short")
+    return RangeSwitchingDetector(
+        BlazeFaceDetector(short, threads=threads, tiled=False),
+        BlazeFaceDetector(get_spec("blazeface-full"), threads=threads, tiled=False),
+        name="blazeface-portrait",
+        portrait=BlazeFaceDetector(short, threads=threads, tiled=False, input_size=PORTRAIT_INPUT),
+    )
+
+
 def _cydral(threads: int | None) -> Estimator:
     from agelens.models.cydral import CydralEstimator
 
@@ -66,6 +82,7 @@ DETECTORS: dict[str, DetectorFactory] = {
     "blazeface-full": _blazeface("blazeface-full"),
     "blazeface-short": _blazeface("blazeface-short"),
     "blazeface-fast": _blazeface_fast,
+    "blazeface-portrait": _blazeface_portrait,
 }
 
 ESTIMATORS: dict[str, EstimatorFactory] = {
@@ -81,6 +98,7 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "blazeface-full": ("blazeface-full",),
     "blazeface-short": ("blazeface-short",),
     "blazeface-fast": ("blazeface-short", "blazeface-full"),
+    "blazeface-portrait": ("blazeface-short", "blazeface-full"),
     "ensemble": ("cydral", "faceapi"),
     "cydral": ("cydral",),
     "faceapi": ("faceapi",),
@@ -104,7 +122,7 @@ class Preset:
 #: Measured accuracy and speed of each preset: README.md, "Presets".
 PRESETS: dict[str, Preset] = {
     "fastest": Preset(
-        "blazeface-fast",
+        "blazeface-portrait",
         "faceapi80-utkface",
         "non-commercial research only: face-api's network (MIT) fine-tuned by agelens at 80 px "
         "on UTKFace",

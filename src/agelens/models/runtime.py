@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import onnx
     import onnxruntime
 
 
@@ -21,10 +23,15 @@ def default_threads() -> int:
 
 
 def create_session(
-    path: Path, threads: int | None = None, *, extra_outputs: tuple[str, ...] = ()
+    path: Path,
+    threads: int | None = None,
+    *,
+    extra_outputs: tuple[str, ...] = (),
+    rewrite: Callable[[onnx.ModelProto], None] | None = None,
 ) -> onnxruntime.InferenceSession:
     """A CPU session for one model file; `extra_outputs` names inner tensors to expose as
-    outputs too (a backbone's embedding, for trained heads).
+    outputs too (a backbone's embedding, for trained heads); `rewrite` edits the loaded graph
+    in place before the session is built (e.g. `convert.input_size.set_square_input`).
 
     Full graph optimisation (constant folding, conv+activation fusion pays off for these small
     convnets); intra-op threads as given; one inter-op thread and sequential execution, because
@@ -40,7 +47,7 @@ def create_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    if not extra_outputs:
+    if not extra_outputs and rewrite is None:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     import onnx
 
@@ -49,6 +56,8 @@ def create_session(
     for name in extra_outputs:
         if name not in present:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
+    if rewrite is not None:
+        rewrite(model)
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
