@@ -89,7 +89,7 @@ class System(Protocol):
 DEFAULT_CONFIGS = (
     "blazeface-full:ensemble",
     "blazeface-fast:faceapi",
-    "blazeface-fast:faceapi80-utkface",
+    "blazeface-portrait:faceapi80-utkface",
 )
 
 
