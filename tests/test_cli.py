@@ -224,3 +224,12 @@ def test_malloc_arena_cap_is_safe_to_apply(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     cli._limit_malloc_arenas()
     assert calls == ["c"]
+
+
+def test_analyze_help_names_every_detector() -> None:
+    from agelens.models.backends import DETECTORS
+
+    result = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    for name in DETECTORS:
+        assert name in result.stdout, name

@@ -47,7 +47,13 @@ logger = logging.getLogger("agelens.cli")
 PresetOption = Annotated[
     str | None, typer.Option(help="fastest, fast, balanced (default) or accurate; see README.")
 ]
-DetectorOption = Annotated[str | None, typer.Option(help="Detector name (overrides --preset).")]
+DetectorOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Detector (overrides --preset): blazeface-full, blazeface-fast, blazeface-portrait "
+        "(portraits and face crops) or blazeface-short."
+    ),
+]
 #: `train` and `finetune`: the detector that finds the training faces.
 TrainingDetectorOption = Annotated[
     str, typer.Option(help="Detector that finds the training faces.")
