@@ -20,35 +20,23 @@ from pathlib import Path
 
 import numpy as np
 
-from agelens.evaluate import pad_image, read_labels, scored_index
-from agelens.imaging import load_image
+from agelens.evaluate import LabelledImage, iter_scored_faces, read_labels
 from agelens.models.blazeface import BlazeFaceDetector
 from agelens.models.registry import get_spec
-from agelens.types import Detection
 
 logger = logging.getLogger("fit_box_mapping")
 
 UTKFACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface"
-BATCH = 16
 
 
 def scored_boxes(
-    detector: BlazeFaceDetector, images: list[np.ndarray]
+    data: Path, rows: list[LabelledImage], pad: float, detector: BlazeFaceDetector
 ) -> list[tuple[float, float, float, float] | None]:
-    """The scored face's box of each image, or None where nothing was found."""
-    boxes: list[tuple[float, float, float, float] | None] = []
-    for start in range(0, len(images), BATCH):
-        chunk = images[start : start + BATCH]
-        for image, faces in zip(chunk, detector.detect_many(chunk), strict=True):
-            boxes.append(_scored(faces, (image.shape[1], image.shape[0])))
-    return boxes
-
-
-def _scored(
-    faces: tuple[Detection, ...], image_wh: tuple[int, int]
-) -> tuple[float, float, float, float] | None:
-    index = scored_index([face.box_xyxy for face in faces], image_wh)
-    return None if index is None else faces[index].box_xyxy
+    """The scored face's box of each row's padded image, or None where nothing was found."""
+    return [
+        None if found is None else found[1].box_xyxy
+        for found in iter_scored_faces(data, rows, pad, detector)
+    ]
 
 
 def main() -> int:
@@ -63,15 +51,17 @@ def main() -> int:
         logger.info("no labelled data at %s: nothing to fit", args.data)
         return 0
     rows = read_labels(args.data / "labels.csv", split="dev", limit=args.rows)
-    images = [pad_image(load_image(args.data / row.file), args.pad) for row in rows]
     full = scored_boxes(
-        BlazeFaceDetector(get_spec("blazeface-full"), threads=1, tiled=False), images
+        args.data,
+        rows,
+        args.pad,
+        BlazeFaceDetector(get_spec("blazeface-full"), threads=1, tiled=False),
     )
     for size in args.sizes:
         short_detector = BlazeFaceDetector(
             get_spec("blazeface-short"), threads=1, tiled=False, input_size=size
         )
-        short = scored_boxes(short_detector, images)
+        short = scored_boxes(args.data, rows, args.pad, short_detector)
         ratios, shifts = [], []
         for a, b in zip(short, full, strict=True):
             if a is None or b is None:
@@ -82,11 +72,10 @@ def main() -> int:
             corrected_height = (a[3] - a[1]) * side_full / side_short
             shifts.append(((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) / corrected_height)
         logger.info(
-            "short-range at %d px: %d faces found by both; side ratio %.3f (factor 1 / %.3f), "
+            "short-range at %d px: %d faces found by both; side ratio %.3f (factor 1 / ratio), "
             "upward shift %.4f of the corrected height",
             size,
             len(ratios),
-            float(np.median(ratios)),
             float(np.median(ratios)),
             float(np.median(shifts)),
         )
