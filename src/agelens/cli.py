@@ -676,6 +676,8 @@ def _command_line(context: typer.Context) -> str:
 
     words = ["agelens", context.info_name or ""]
     for param in context.command.params:
+        if param.name == "resume":  # the same run, whether or not it was resumed
+            continue
         value = context.params.get(param.name or "")
         if param.param_type_name == "argument":
             words.append(str(value))
@@ -887,6 +889,31 @@ def finetune_command(
         str | None,
         typer.Option(help="Terms of the training data, written to the model card."),
     ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="faceapi only: distil from this estimator (name or folder, e.g. heads-utkface): "
+            "targets mix its answers with the labels. Its answers are computed once and cached."
+        ),
+    ] = None,
+    teacher_weight: Annotated[
+        float, typer.Option(help="Share of the teacher's answer in each target (0-1).")
+    ] = 0.5,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="basic (crops, flips, colour, grayscale) or strong (also pose, scale, blur, "
+            "low resolution, JPEG, gamma)."
+        ),
+    ] = "basic",
+    workers: Annotated[int, typer.Option(help="Processes that compute the teacher's answers.")] = 1,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Go on from the last finished epoch of the same run (a checkpoint is written "
+            "after every epoch in the cache folder)."
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a backbone end to end (needs the `train` extra: PyTorch and onnx2torch).
 
@@ -931,6 +958,16 @@ def finetune_command(
             raise _fail(str(error), EXIT_USAGE) from error
         if int8:
             raise _fail("--int8 is only available for --backbone cydral", EXIT_USAGE)
+    elif teacher is not None:
+        raise _fail("--teacher is only available for --backbone faceapi", EXIT_USAGE)
+    from agelens.train.finetune import check_augment
+
+    if not 0.0 <= teacher_weight <= 1.0:
+        raise _fail(f"--teacher-weight must be between 0 and 1, got {teacher_weight}", EXIT_USAGE)
+    try:
+        check_augment(augment)
+    except ValueError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
     labels_csv, data_notice = _training_data(dataset_dir, labels, data_notice)
     request = FinetuneRequest(
         dataset_dir=dataset_dir,
@@ -946,8 +983,13 @@ def finetune_command(
         int8=int8,
         data_notice=data_notice,
         command=_command_line(context),
+        teacher=teacher,
+        workers=workers,
+        resume=resume,
     )
-    config = FinetuneConfig(epochs=epochs, seed=seed, threads=threads)
+    config = FinetuneConfig(
+        epochs=epochs, seed=seed, threads=threads, teacher_weight=teacher_weight, augment=augment
+    )
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         chipping = progress.add_task("cutting chips", total=None)
         training = progress.add_task("fine-tuning", total=None)

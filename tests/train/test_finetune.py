@@ -259,3 +259,103 @@ def test_fit_stops_early_and_keeps_the_best_epoch() -> None:
     assert not torch.equal(snapshots[1], snapshots[3])  # it did train on
     assert sum(1 for s in steps if "val_mae" in s) == 4
     assert max(s["step"] for s in steps) == 3  # ceil(40 / 16) batches an epoch
+
+
+def _tiny_run(
+    checkpoint: Path | None,
+    *,
+    resume: bool = False,
+    crash_in_epoch: int | None = None,
+    fingerprint: str = "run-a",
+) -> tuple[torch.nn.Linear, list[dict[str, object]]]:
+    """A seeded linear fit over 4 epochs, with randomness in every batch (as augmentation
+    has); `crash_in_epoch` raises in the middle of that epoch (0-based), like a killed run."""
+    from agelens.train.finetune import FinetuneConfig, Validation, fit
+
+    torch.manual_seed(1)
+    network = torch.nn.Linear(3, 1)
+    inputs, targets = torch.randn(50, 3), torch.randn(50, 1)
+    epoch = {"now": 0, "steps": 0}
+
+    def batch_loss(picked: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        epoch["steps"] += 1
+        if crash_in_epoch is not None and epoch["steps"] == crash_in_epoch * 4 + 2:
+            raise KeyboardInterrupt
+        noise = torch.randn(len(picked), 3, generator=generator) * 0.1
+        return torch.nn.functional.mse_loss(network(inputs[picked] + noise), targets[picked])
+
+    def validate() -> Validation:
+        with torch.no_grad():
+            mae = float((network(inputs) - targets).abs().mean())
+        return Validation(mae, {}, mae)
+
+    config = FinetuneConfig(epochs=4, batch_size=16, patience=9, threads=1, lr_body=0.05)
+    history, _ = fit(
+        network, config, 50, list(network.parameters()), batch_loss, validate,
+        checkpoint=checkpoint, fingerprint=fingerprint, resume=resume,
+    )  # fmt: skip
+    return network, history
+
+
+def test_an_interrupted_fit_resumes_where_it_was(tmp_path: Path) -> None:
+    """Killed in its third epoch and resumed, a run ends with the weights and history of the
+    run that was never stopped: the checkpoint holds weights, optimiser, schedule and
+    random generators."""
+    straight, straight_history = _tiny_run(None)
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(checkpoint, crash_in_epoch=2)
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["epoch"] == 2
+    resumed, resumed_history = _tiny_run(checkpoint, resume=True)
+    assert [h["epoch"] for h in resumed_history] == [1, 2, 3, 4]
+    assert [h["val_mae"] for h in resumed_history] == [h["val_mae"] for h in straight_history]
+    assert torch.equal(resumed.weight, straight.weight)
+    # Resuming a finished run trains no more and gives its best weights again.
+    again, again_history = _tiny_run(checkpoint, resume=True)
+    assert again_history == resumed_history
+    assert torch.equal(again.weight, resumed.weight)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(checkpoint, crash_in_epoch=1)
+    with pytest.raises(ValueError, match="other data, options or models"):
+        _tiny_run(checkpoint, resume=True, fingerprint="run-b")
+    # Without --resume the run starts again and overwrites it.
+    _, history = _tiny_run(checkpoint, fingerprint="run-b")
+    assert len(history) == 4
+
+
+def test_resume_without_a_checkpoint_starts_from_the_first_epoch(tmp_path: Path) -> None:
+    _, history = _tiny_run(tmp_path / "none.pt", resume=True)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_degrade_is_seeded_and_keeps_shape_and_range(astronaut: np.ndarray) -> None:
+    from agelens.train.finetune import degrade
+
+    chips = np.stack([np.ascontiguousarray(astronaut[30:120, 170:260])] * 16)
+    first = degrade(chips, np.random.default_rng(3))
+    again = degrade(chips, np.random.default_rng(3))
+    assert first.shape == chips.shape and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    changed = [not np.array_equal(a, b) for a, b in zip(first, chips, strict=True)]
+    assert 4 <= sum(changed) < 16  # each step is drawn per chip; most chips change
+    np.testing.assert_array_equal(chips[0], np.ascontiguousarray(astronaut[30:120, 170:260]))
+
+
+def test_soft_targets_generalise_the_label_loss() -> None:
+    from agelens.train.finetune import gaussian_targets, soft_age_loss
+
+    ages = torch.tensor([3.0, 40.0, 97.0])
+    targets = gaussian_targets(ages, torch.tensor([1.0, 2.0, 6.0]))
+    assert torch.allclose(targets.sum(1), torch.ones(3))
+    assert targets.argmax(1).tolist() == [3, 40, 97]
+    logits = torch.randn(3, AGE_CLASSES)
+    config = FinetuneConfig()
+    hard = gaussian_targets(ages, config.label_sigma)
+    assert torch.allclose(
+        soft_age_loss(logits, hard, ages, config.l1_weight), age_loss(logits, ages, config)
+    )

@@ -292,6 +292,9 @@ def test_a_cydral_folder_is_not_a_faceapi_one(finetuned: Path, tmp_path: Path) -
         (["--size", "70"], "--size must be one of"),
         (["--int8"], "only available for --backbone cydral"),
         (["--middle-blocks", "3"], "--middle-blocks must be 0 to 2"),
+        (["--augment", "heavy"], "--augment must be one of basic, strong"),
+        (["--teacher-weight", "1.5"], "--teacher-weight must be between 0 and 1"),
+        (["--teacher", "no-such-model"], "unknown estimator 'no-such-model'"),
     ],
 )
 def test_usage_errors(
@@ -334,3 +337,66 @@ def test_written_graph_has_no_separate_pads(tmp_path: Path) -> None:
         "age_probabilities",
         "gender_probability",
     ]
+
+
+def test_teacher_is_refused_for_cydral(astronaut_folder: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["finetune", str(astronaut_folder), "--teacher", "faceapi", "--out", str(tmp_path / "m")],
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert "--teacher is only available for --backbone faceapi" in result.output
+
+
+def test_distillation_targets_mix_labels_and_teacher() -> None:
+    from agelens.train.finetune import FinetuneConfig, gaussian_targets
+    from agelens.train.finetune_faceapi import GENDER_SMOOTHING, distillation_targets
+    from agelens.train.teacher import TeacherTargets
+
+    ages = torch.tensor([20.0, 50.0, 8.0])
+    male = torch.tensor([1.0, 0.0, float("nan")])
+    teacher = TeacherTargets(
+        found=np.array([True, False, True]),
+        age=np.array([30.0, np.nan, 10.0], np.float32),
+        sigma=np.array([4.0, np.nan, 2.0], np.float32),
+        male=np.array([0.8, np.nan, 0.3], np.float32),
+    )
+    labels_only = FinetuneConfig(teacher_weight=0.0)
+    target, target_ages, target_male = distillation_targets(ages, male, teacher, labels_only)
+    assert torch.allclose(target, gaussian_targets(ages, labels_only.label_sigma))
+    assert torch.equal(target_ages, ages)
+    assert target_male[2] == pytest.approx(0.3)  # no label: the teacher's alone
+    half = FinetuneConfig(teacher_weight=0.5)
+    target, target_ages, target_male = distillation_targets(ages, male, teacher, half)
+    expected = 0.5 * gaussian_targets(ages[:1], 2.0) + 0.5 * gaussian_targets(
+        torch.tensor([30.0]), 4.0
+    )
+    assert torch.allclose(target[0], expected[0])
+    assert target_ages.tolist() == pytest.approx([25.0, 50.0, 9.0])
+    assert target_male[0] == pytest.approx(0.5 * (1 - GENDER_SMOOTHING) + 0.4)
+    assert target_male[1] == pytest.approx(GENDER_SMOOTHING)  # no teacher: the label's alone
+    assert torch.allclose(target[1], gaussian_targets(ages[1:2], 2.0)[0])
+    assert torch.allclose(target.sum(1), torch.ones(3))
+
+
+def test_distilled_finetune_records_its_teacher(astronaut_folder: Path, tmp_path: Path) -> None:
+    """One epoch distilled from face-api itself with the strong augmentation: every step."""
+    result = runner.invoke(
+        app,
+        [
+            "finetune", str(astronaut_folder), "--backbone", "faceapi", "--size", "64",
+            "--middle-blocks", "0", "--epochs", "1", "--name", "tiny-distilled",
+            "--teacher", "faceapi", "--teacher-weight", "0.7", "--augment", "strong",
+            "--out", str(tmp_path / "model"), "--cache", str(tmp_path / "cache"), "--resume",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    teacher = card["training"]["teacher"]
+    assert teacher["name"] == "faceapi" and teacher["weight"] == 0.7
+    assert teacher["faces_answered"] == card["training"]["faces_used"] == 24
+    assert card["training"]["config"]["augment"] == "strong"
+    assert "--resume" not in card["training"]["command"]
+    assert "distilled from `faceapi`" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert list((tmp_path / "cache").glob("teacher-*/chunk-*.npz"))
+    assert not list((tmp_path / "cache").glob("checkpoint-*"))  # removed once installed

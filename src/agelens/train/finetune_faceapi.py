@@ -54,18 +54,24 @@ from agelens.train.finetune import (
     Validation,
     _normalise,
     _onnx2torch_convert,
-    age_loss,
     augment,
     cached_chips,
+    checkpoint_path,
     chip_cache_config,
+    degrade,
     fit,
+    gaussian_targets,
     install_model,
     interval_knots,
+    run_fingerprint,
+    soft_age_loss,
     stack_chips,
     staging_folder,
     training_record,
     validation_split,
 )
+from agelens.train.teacher import TeacherTargets, teacher_targets
+from agelens.train.teacher import teacher_version as teacher_version_of
 
 logger = logging.getLogger(__name__)
 
@@ -325,14 +331,59 @@ def _gender_accuracy(male: NDArray[np.float64], labels: NDArray[np.float32]) -> 
     return float(((male[known] >= 0.5) == (labels[known] >= 0.5)).mean())
 
 
+def distillation_targets(
+    ages: Any, male: Any, teacher: TeacherTargets | None, config: FinetuneConfig
+) -> tuple[Any, Any, Any]:
+    """(age distributions `(N, 101)`, target ages `(N,)`, P(male) targets `(N,)`, NaN where
+    unknown) of a batch: the labels' (a Gaussian of `config.label_sigma` years around the
+    age; the gender smoothed), mixed with the teacher's answers (a Gaussian of the teacher's
+    own width around its age; its P(male)) at `config.teacher_weight` where it has them."""
+    import torch
+
+    hard = gaussian_targets(ages, config.label_sigma)
+    label_male = male * (1 - 2 * GENDER_SMOOTHING) + GENDER_SMOOTHING
+    if teacher is None:
+        return hard, ages, label_male
+    known = torch.from_numpy(teacher.found)
+    weight = torch.where(known, config.teacher_weight, 0.0)
+    t_age = torch.from_numpy(np.nan_to_num(teacher.age, nan=0.0))
+    t_sigma = torch.from_numpy(np.nan_to_num(teacher.sigma, nan=1.0)).clamp_min(1.0)
+    t_male = torch.from_numpy(np.nan_to_num(teacher.male, nan=0.5))
+    soft = gaussian_targets(t_age, t_sigma)
+    target = (1 - weight[:, None]) * hard + weight[:, None] * soft
+    target_ages = (1 - weight) * ages + weight * t_age
+    # no gender label: the teacher's alone; no teacher: the label's alone
+    mixed_male = torch.where(
+        torch.isnan(label_male), torch.where(known, t_male, label_male),
+        (1 - weight) * label_male + weight * t_male,
+    )  # fmt: skip
+    return target, target_ages, mixed_male
+
+
+def soft_gender_loss(logits: Any, target: Any) -> Any:
+    """Binary cross-entropy to P(male) targets over the rows that have one (0 when none)."""
+    import torch
+
+    known = ~torch.isnan(target)
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits[known], target[known])
+
+
 def train_faceapi_network(
     network: Any,
     chips: FaceApiChipSet,
     config: FinetuneConfig,
     *,
+    teacher: TeacherTargets | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    resume: bool = False,
 ) -> tuple[list[dict[str, Any]], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
-    """Train in place (see `fit`): age and gender losses; early stopping on the age MAE.
+    """Train in place (see `fit`): age and gender losses, towards the labels or, with
+    `teacher` (its targets for `chips.rows`, in order), a mix of labels and teacher (see
+    `distillation_targets`); early stopping on the age MAE against the labels.
 
     Returns (one record per epoch, validation indices, validation ages and P(male) of the
     kept weights).
@@ -347,17 +398,30 @@ def train_faceapi_network(
     train_index, val_index = validation_split(
         len(chips.rows), config.validation_fraction, config.seed
     )
-    train_chips = torch.from_numpy(chips.train_chips[train_index])
+    train_chips_np = chips.train_chips[train_index]
+    train_chips = torch.from_numpy(train_chips_np)
     train_ages = torch.from_numpy(chips.ages[train_index])
     train_male = torch.from_numpy(chips.male[train_index])
+    train_teacher = teacher.select(train_index) if teacher is not None else None
     val_ages = chips.ages[val_index].astype(np.float64)
     val_male = chips.male[val_index]
 
     def batch_loss(picked: Any, generator: Any) -> Any:
-        x = augment(train_chips[picked], config, generator, size=size)
+        if config.augment == "strong":
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            rng = np.random.default_rng(seed)
+            source = torch.from_numpy(degrade(train_chips_np[picked.numpy()], rng))
+        else:
+            source = train_chips[picked]
+        x = augment(source, config, generator, size=size)
         age_logits, gender_logits = network(_normalise(x, mean, spec.scale))
-        return age_loss(age_logits, train_ages[picked], config) + (
-            config.gender_weight * gender_loss(gender_logits, train_male[picked])
+        index = picked.numpy()
+        batch_teacher = train_teacher.select(index) if train_teacher is not None else None
+        target, target_ages, target_male = distillation_targets(
+            train_ages[picked], train_male[picked], batch_teacher, config
+        )
+        return soft_age_loss(age_logits, target, target_ages, config.l1_weight) + (
+            config.gender_weight * soft_gender_loss(gender_logits, target_male)
         )
 
     def validate() -> Validation:
@@ -377,6 +441,9 @@ def train_faceapi_network(
         batch_loss,
         validate,
         on_step=on_step,
+        checkpoint=checkpoint,
+        fingerprint=fingerprint,
+        resume=resume,
     )
     ages, male = best if best is not None else (np.zeros(0), np.zeros(0))
     return history, val_index, ages, male
@@ -540,11 +607,35 @@ def finetune_faceapi_model(
         )
     cache_root = request.cache_root or request.out_dir.parent / ".agelens-train-cache"
     chips = build_faceapi_chips(request, labelled, cache_root, size, progress=on_rows)
+    teacher: TeacherTargets | None = None
+    if request.teacher is not None:
+        every = teacher_targets(
+            request.dataset_dir,
+            labelled,
+            teacher=request.teacher,
+            cache_root=cache_root,
+            pad=request.pad,
+            detector=request.detector,
+            workers=request.workers,
+            progress=on_rows,
+        )
+        position = {row.file: index for index, row in enumerate(labelled)}
+        teacher = every.select(np.array([position[row.file] for row in chips.rows], np.int64))
+        logger.info(
+            "teacher %s answered for %d of %d faces",
+            request.teacher, int(teacher.found.sum()), len(chips.rows),
+        )  # fmt: skip
     chip_seconds = time.perf_counter() - started
     network = faceapi_network(model_file(get_spec("faceapi"), "age_gender.onnx"), middle_blocks)
-    history, val_index, val_ages_pred, val_male_pred = train_faceapi_network(
-        network, chips, config, on_step=on_step
+    teacher_models = None if request.teacher is None else teacher_version_of(request.teacher)
+    fingerprint = run_fingerprint(
+        request, config, labelled, size=size, middle_blocks=middle_blocks, teacher=teacher_models
     )
+    checkpoint = checkpoint_path(cache_root, fingerprint)
+    history, val_index, val_ages_pred, val_male_pred = train_faceapi_network(
+        network, chips, config, teacher=teacher, on_step=on_step,
+        checkpoint=checkpoint, fingerprint=fingerprint, resume=request.resume,
+    )  # fmt: skip
     val_ages = chips.ages[val_index].astype(np.float64)
     val_male = chips.male[val_index]
 
@@ -596,9 +687,17 @@ def finetune_faceapi_model(
             "are derived from the training data named above and its terms apply."
         ),
     }
+    if request.teacher is not None:
+        card["training"]["teacher"] = {
+            "name": request.teacher,
+            "version": teacher_models,
+            "weight": config.teacher_weight,
+            "faces_answered": 0 if teacher is None else int(teacher.found.sum()),
+        }
     install_model(
         staging, request.out_dir, card, model_card_markdown(card), FinetunedFaceApiEstimator
     )
+    checkpoint.unlink(missing_ok=True)
     return FinetuneOutcome(folder=request.out_dir, card=card)
 
 
@@ -632,6 +731,17 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"- command: `{training['command']}`",
         f"- epochs run: {training['epochs_run']}, kept: epoch {training['best_epoch']}, "
         f"seed {training['config']['seed']}, {training['total_seconds']} s in all",
+        f"- augmentation: {training['config'].get('augment', 'basic')}",
+    ]
+    if "teacher" in training:
+        teacher = training["teacher"]
+        lines += [
+            f"- distilled from `{teacher['name']}` ({teacher['version']}): each target mixes "
+            f"{teacher['weight']:.0%} of the teacher's answer (a Gaussian of its own width "
+            f"around its age; its P(male)) with the label; it answered for "
+            f"{teacher['faces_answered']} of the {training['faces_used']} faces",
+        ]
+    lines += [
         "",
         "## Validation by epoch",
         "Held-out rows of the training split: expect higher errors on photos unlike them.",

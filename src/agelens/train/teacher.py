@@ -1,0 +1,210 @@
+"""Teacher targets for distillation: what a stronger estimator says about each training face.
+
+`agelens finetune --teacher NAME` trains the student on a mix of the labels and a teacher's
+answers. The teacher is any estimator agelens can create by name or folder (e.g.
+`heads-utkface`, the `accurate` preset's four-network heads). For each labelled row it is run
+on the face `agelens eval` would score (the padded image, the detector, the largest face
+nearest the centre), and gives:
+
+- `age`: its age estimate (years);
+- `sigma`: its uncertainty, the half-width of its 80% age interval over 1.2816 (the 80%
+  quantile of a standard normal), so the student learns a Gaussian of the teacher's own width;
+- `male`: its P(male).
+
+Teachers are slow (the heads run four networks on each face and its mirror), so targets are
+computed once, in chunks of rows written atomically (temporary name, then rename) into a
+folder keyed by everything they depend on: an interrupted run resumes at the first missing
+chunk, and targets made with another teacher, detector, pad or data are never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.evaluate import LabelledImage, iter_scored_faces
+
+logger = logging.getLogger(__name__)
+
+CHUNK_ROWS = 256
+#: z of the normal distribution's 90% quantile: an 80% central interval is mean +/- 1.2816 sd.
+Z80 = 1.2816
+#: Faces estimated in one network run.
+ESTIMATE_BATCH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class TeacherConfig:
+    """What a set of targets is computed from; any change gives a different folder."""
+
+    dataset_dir: str
+    teacher: str
+    teacher_version: str
+    pad: float
+    detector: str
+    files_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class TeacherTargets:
+    """Per labelled row, in label order: `found` (the teacher saw a face), and where found the
+    teacher's `age`, `sigma` (years) and `male` (P(male)); NaN where not found."""
+
+    found: NDArray[np.bool_]
+    age: NDArray[np.float32]
+    sigma: NDArray[np.float32]
+    male: NDArray[np.float32]
+
+    def select(self, index: NDArray[np.int64]) -> TeacherTargets:
+        """The targets of rows `index`."""
+        return TeacherTargets(
+            self.found[index], self.age[index], self.sigma[index], self.male[index]
+        )
+
+
+def teacher_version(name: str) -> str:
+    """The teacher's model names and sources (`Estimator.version()`), without loading it twice
+    per worker: what the targets' folder is keyed by."""
+    from agelens.models.backends import create_estimator
+
+    return create_estimator(name, 1).version()
+
+
+def _files_digest(rows: Sequence[LabelledImage]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(row.file.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def targets_folder(root: Path, config: TeacherConfig) -> Path:
+    """The folder of one configuration's targets under `root`."""
+    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
+    return root / f"teacher-{key[:16]}"
+
+
+_worker: dict[str, object] = {}
+
+
+def _init_worker(config: TeacherConfig) -> None:
+    from agelens.models.backends import create_detector, create_estimator
+
+    _worker["detector"] = create_detector(config.detector, 1)
+    _worker["estimator"] = create_estimator(config.teacher, 1)
+
+
+def _label_chunk(
+    config: TeacherConfig, rows: Sequence[LabelledImage], target: Path
+) -> tuple[Path, int]:
+    """The teacher's targets of one chunk of rows, written to `target` atomically."""
+    from agelens.models.base import Chips, Detector, Estimator, concat_chips
+
+    detector: Detector = _worker["detector"]  # type: ignore[assignment]
+    estimator: Estimator = _worker["estimator"]  # type: ignore[assignment]
+    found = np.zeros(len(rows), dtype=bool)
+    age = np.full(len(rows), np.nan, np.float32)
+    sigma = np.full(len(rows), np.nan, np.float32)
+    male = np.full(len(rows), np.nan, np.float32)
+    pending: list[tuple[int, Chips]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        estimates = estimator.estimate(concat_chips([chips for _, chips in pending]))
+        for (position, _), estimate in zip(pending, estimates, strict=True):
+            low, high = estimate.age_interval
+            age[position] = estimate.age_years
+            sigma[position] = max(0.5, (high - low) / 2) / Z80
+            male[position] = estimate.gender_probability_male
+            found[position] = True
+        pending.clear()
+
+    scored = iter_scored_faces(Path(config.dataset_dir), rows, config.pad, detector)
+    for position, face in enumerate(scored):
+        if face is None:
+            continue
+        image, detection = face
+        pending.append((position, estimator.align(image, [detection])))
+        if len(pending) >= ESTIMATE_BATCH:
+            flush()
+    flush()
+    temporary = target.with_suffix(".tmp.npz")
+    np.savez(temporary, found=found, age=age, sigma=sigma, male=male)
+    os.replace(temporary, target)
+    return target, int(found.sum())
+
+
+def teacher_targets(
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    *,
+    teacher: str,
+    cache_root: Path,
+    pad: float,
+    detector: str,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> TeacherTargets:
+    """The teacher's targets of every row, from the cache when computed before.
+
+    `progress(done_rows, total_rows)` is called after each chunk; `workers` processes run
+    one teacher each. UnknownModelError (or ModelNotFetchedError) when the teacher cannot be
+    created.
+    """
+    config = TeacherConfig(
+        dataset_dir=str(dataset_dir.resolve()),
+        teacher=teacher,
+        teacher_version=teacher_version(teacher),
+        pad=float(pad),
+        detector=detector,
+        files_sha256=_files_digest(rows),
+    )
+    folder = targets_folder(cache_root, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    chunks = [
+        (rows[start : start + CHUNK_ROWS], folder / f"chunk-{start // CHUNK_ROWS:05d}.npz")
+        for start in range(0, len(rows), CHUNK_ROWS)
+    ]
+    todo = [(chunk, target) for chunk, target in chunks if not target.is_file()]
+    done = len(rows) - sum(len(chunk) for chunk, _ in todo)
+    if todo:
+        logger.info(
+            "teacher %s: labelling %d of %d rows into %s", teacher, len(rows) - done, len(rows),
+            folder,
+        )  # fmt: skip
+        with ProcessPoolExecutor(
+            max_workers=max(1, workers), initializer=_init_worker, initargs=(config,)
+        ) as pool:
+            futures = [
+                (len(chunk), pool.submit(_label_chunk, config, chunk, target))
+                for chunk, target in todo
+            ]
+            for size, future in futures:
+                future.result()
+                done += size
+                if progress is not None:
+                    progress(done, len(rows))
+    if not chunks:
+        empty = np.zeros(0, np.float32)
+        return TeacherTargets(np.zeros(0, bool), empty, empty, empty)
+    parts = [np.load(target) for _, target in chunks]
+    try:
+        return TeacherTargets(
+            found=np.concatenate([p["found"] for p in parts]),
+            age=np.concatenate([p["age"] for p in parts]),
+            sigma=np.concatenate([p["sigma"] for p in parts]),
+            male=np.concatenate([p["male"] for p in parts]),
+        )
+    finally:
+        for part in parts:
+            part.close()
