@@ -339,7 +339,8 @@ def test_degrade_is_seeded_and_keeps_shape_and_range(astronaut: np.ndarray) -> N
     chips = np.stack([np.ascontiguousarray(astronaut[30:120, 170:260])] * 16)
     first = degrade(chips, np.random.default_rng(3))
     again = degrade(chips, np.random.default_rng(3))
-    assert first.shape == chips.shape and first.dtype == np.uint8
+    assert first.shape == chips.shape
+    assert first.dtype == np.uint8
     np.testing.assert_array_equal(first, again)
     changed = [not np.array_equal(a, b) for a, b in zip(first, chips, strict=True)]
     assert 4 <= sum(changed) < 16  # each step is drawn per chip; most chips change

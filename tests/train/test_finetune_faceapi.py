@@ -393,7 +393,8 @@ def test_distilled_finetune_records_its_teacher(astronaut_folder: Path, tmp_path
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "model" / "card.json").read_text())
     teacher = card["training"]["teacher"]
-    assert teacher["name"] == "faceapi" and teacher["weight"] == 0.7
+    assert teacher["name"] == "faceapi"
+    assert teacher["weight"] == 0.7
     assert teacher["faces_answered"] == card["training"]["faces_used"] == 24
     assert card["training"]["config"]["augment"] == "strong"
     assert "--resume" not in card["training"]["command"]
