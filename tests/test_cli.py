@@ -267,3 +267,13 @@ def test_analyze_thousands_of_file_arguments_under_a_small_stack(
 def _small_stack() -> None:
     size = 2 * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_STACK, (size, size))
+
+
+def test_analyze_draw_of_a_side_over_65500_px_is_downscaled(tmp_path: Path) -> None:
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (65_535, 1), (90, 90, 90)).save(strip)
+    target = tmp_path / "out.jpg"
+    result = runner.invoke(app, ["analyze", str(strip), "--draw", str(target), "--json"])
+    assert result.exit_code == 0, result.output
+    with Image.open(target) as drawn:
+        assert drawn.size == (65_500, 1)

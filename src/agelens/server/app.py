@@ -448,6 +448,16 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
                 return BatchItemOut(
                     index=index, error=ErrorDetail(code=error.code, message=str(error))
                 )
+            except Exception:  # one image's failure never fails the batch
+                logger.exception("unexpected error on image %d of a batch", index)
+                service.metrics.errors.labels("internal_error").inc()
+                return BatchItemOut(
+                    index=index,
+                    error=ErrorDetail(
+                        code="internal_error",
+                        message="an unexpected error happened; it has been logged",
+                    ),
+                )
             return BatchItemOut(index=index, result=ImageResultOut.model_validate(result))
 
         items = await asyncio.gather(*(one(i, s) for i, s in enumerate(sources)))

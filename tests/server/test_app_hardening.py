@@ -1,0 +1,62 @@
+"""The service under hostile or unusual input: no 500s, typed errors, limits at the door."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 90, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decoded_jpeg(encoded: str) -> Image.Image:
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        assert image.format == "JPEG"
+        image.load()
+        return image
+
+
+# ------------------------------------------------------------------ drawing huge sides
+
+
+def test_return_image_of_a_side_over_65500_px_is_downscaled(client: TestClient) -> None:
+    for width, height in [(65_535, 1), (1, 70_000)]:
+        response = client.post(
+            "/v1/analyze",
+            params={"return_image": "true"},
+            files={"image": ("strip.png", _png(width, height), "image/png")},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["image_wh"] == [width, height]
+        assert max(_decoded_jpeg(body["image_jpeg_base64"]).size) == 65_500
+
+
+def test_predict_draw_of_a_side_over_65500_px_is_downscaled(client: TestClient) -> None:
+    encoded = base64.b64encode(_png(65_535, 1)).decode()
+    response = client.post("/predict", json={"b64": encoded, "draw": True})
+    assert response.status_code == 200, response.text
+    assert _decoded_jpeg(response.json()["image"]).size == (65_500, 1)
+
+
+def test_batch_with_a_huge_side_still_draws_every_image(
+    client: TestClient, astronaut_jpeg: bytes
+) -> None:
+    files = [
+        ("images", ("astronaut.jpg", astronaut_jpeg, "image/jpeg")),
+        ("images", ("strip.png", _png(1, 70_000), "image/png")),
+    ]
+    response = client.post("/v1/analyze/batch", params={"return_image": "true"}, files=files)
+    assert response.status_code == 200, response.text
+    first, second = response.json()["results"]
+    assert len(first["result"]["faces"]) == 1
+    assert _decoded_jpeg(first["result"]["image_jpeg_base64"]).size == (512, 512)
+    assert _decoded_jpeg(second["result"]["image_jpeg_base64"]).size == (1, 65_500)
+    assert np.asarray(_decoded_jpeg(first["result"]["image_jpeg_base64"])).shape == (512, 512, 3)
