@@ -6,6 +6,7 @@ import base64
 import io
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -60,3 +61,27 @@ def test_batch_with_a_huge_side_still_draws_every_image(
     assert _decoded_jpeg(first["result"]["image_jpeg_base64"]).size == (512, 512)
     assert _decoded_jpeg(second["result"]["image_jpeg_base64"]).size == (1, 65_500)
     assert np.asarray(_decoded_jpeg(first["result"]["image_jpeg_base64"])).shape == (512, 512, 3)
+
+
+# ------------------------------------------------------------------ multipart
+
+
+@pytest.mark.parametrize("path", ["/v1/analyze", "/v1/analyze/batch", "/v1/jobs"])
+@pytest.mark.parametrize("length", [257, 300, 2000])
+def test_a_multipart_boundary_over_256_characters_is_invalid_request(
+    client: TestClient, astronaut_jpeg: bytes, path: str, length: int
+) -> None:
+    boundary = "b" * length
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + astronaut_jpeg
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    response = client.post(
+        path, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
