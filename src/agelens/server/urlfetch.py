@@ -123,7 +123,7 @@ def address_verdict(address: IPAddress) -> tuple[bool, str]:
                 return False, why
         return True, "public IPv4"
     address = ipaddress.IPv6Address(int(address))  # drop any %scope
-    network, verdict, why = _first_ipv6_rule(address)
+    _, verdict, why = _first_ipv6_rule(address)
     if verdict == "embedded":
         for inner in embedded_ipv4(address):
             inner_public, inner_why = address_verdict(inner)
