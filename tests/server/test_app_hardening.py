@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from tests.server.conftest import ClientFactory
 
 
 def _png(width: int, height: int) -> bytes:
@@ -85,3 +89,24 @@ def test_a_multipart_boundary_over_256_characters_is_invalid_request(
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+# ------------------------------------------------------------------ body limit
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v1/analyze", "/v1/analyze/batch", "/v1/jobs"])
+def test_an_oversize_chunked_json_body_is_413(
+    make_client: ClientFactory, astronaut_jpeg: bytes, path: str
+) -> None:
+    client = make_client(max_body_bytes=64 * 1024)
+    encoded = base64.b64encode(astronaut_jpeg).decode()
+    body = json.dumps({"b64": encoded, "image_base64": encoded}).encode()
+    assert len(body) > 64 * 1024
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts streamed bytes
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    response = client.post(path, content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"

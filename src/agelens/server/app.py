@@ -597,6 +597,11 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        cause = error.__cause__
+        if isinstance(cause, AgelensError):
+            # FastAPI turns any error raised while reading a JSON body into a 400; the body
+            # limit's RequestTooLargeError (a chunked body over the limit) keeps its own answer.
+            return await agelens_error(request, cause)
         codes = {404: "not_found", 405: "method_not_allowed"}
         return respond(
             codes.get(error.status_code, "http_error"), str(error.detail), error.status_code
