@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,46 @@ def test_analyze_help_names_every_detector() -> None:
     assert result.exit_code == 0
     for name in DETECTORS:
         assert name in result.stdout, name
+
+
+def test_analyze_thousands_of_file_arguments_under_a_small_stack(
+    astronaut: NDArray[np.uint8], tmp_path: Path
+) -> None:
+    """`agelens analyze $(ls DIR/*.jpg)` once crashed with exit 139 (ONNX Runtime's import
+    overflows the main-thread stack in proportion to the command line's length)."""
+    face = tmp_path / "face.jpg"
+    Image.fromarray(astronaut).resize((96, 96)).save(face, quality=90)
+    folder = tmp_path / "a-folder-with-a-longish-name-like-mktemp-makes"
+    folder.mkdir()
+    paths = []
+    for index in range(1500):
+        link = folder / f"padded-utkface-test-image-{index:05d}.jpg"
+        link.symlink_to(face)
+        paths.append(str(link))
+    completed = subprocess.run(
+        [sys.executable, "-m", "agelens", "analyze", *paths, "--json", "--preset", "fastest"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        preexec_fn=_small_stack,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    objects = _json_lines(completed.stdout)
+    assert [o["source"] for o in objects] == paths
+    assert all(len(o["faces"]) == 1 for o in objects)  # type: ignore[arg-type]
+
+
+def _small_stack() -> None:
+    size = 2 * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_STACK, (size, size))
+
+
+def test_analyze_draw_of_a_side_over_65500_px_is_downscaled(tmp_path: Path) -> None:
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (65_535, 1), (90, 90, 90)).save(strip)
+    target = tmp_path / "out.jpg"
+    result = runner.invoke(app, ["analyze", str(strip), "--draw", str(target), "--json"])
+    assert result.exit_code == 0, result.output
+    with Image.open(target) as drawn:
+        assert drawn.size == (65_500, 1)

@@ -24,6 +24,7 @@ from skimage import data as skimage_data
 from agelens.errors import ImageDecodeError, ImageTooLargeError
 from agelens.imaging import (
     DEFAULT_MAX_PIXELS,
+    MAX_JPEG_SIDE,
     ImageSource,
     describe_source,
     encode_jpeg,
@@ -761,3 +762,22 @@ def test_encode_jpeg_rejects_bad_input(
 
 def test_default_pixel_limit_is_fifty_megapixels() -> None:
     assert DEFAULT_MAX_PIXELS == 50_000_000
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "expected_wh"),
+    [
+        (1, 65_535, (65_500, 1)),
+        (70_000, 1, (1, 65_500)),
+        (2, 131_000, (65_500, 1)),
+        (1, 65_500, (65_500, 1)),
+    ],
+)
+def test_encode_jpeg_downscales_sides_jpeg_cannot_hold(
+    height: int, width: int, expected_wh: tuple[int, int]
+) -> None:
+    strip = np.full((height, width, 3), 200, np.uint8)
+    decoded = Image.open(io.BytesIO(encode_jpeg(strip)))
+    assert decoded.format == "JPEG"
+    assert decoded.size == expected_wh
+    assert max(decoded.size) <= MAX_JPEG_SIDE

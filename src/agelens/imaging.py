@@ -41,6 +41,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Bounds the memory spent reading an encoded file or upload before anything is decoded.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
+# libjpeg's JPEG_MAX_DIMENSION: the longest side a JPEG file can hold.
+MAX_JPEG_SIDE = 65_500
+
 SUPPORTED_FORMATS_LABEL = "JPEG, PNG, WebP, BMP, TIFF, GIF, HEIC/HEIF"
 
 # Pillow format identifiers tried when opening. Restricting them keeps Pillow from handing
@@ -158,6 +161,8 @@ def encode_jpeg(rgb: npt.NDArray[np.uint8], quality: int = 90) -> bytes:
     """Encode an RGB uint8 (height, width, 3) array as JPEG bytes.
 
     `quality` is Pillow's JPEG quality, 1 (smallest) to 100 (largest; above 95 gains little).
+    JPEG cannot hold a side over 65,500 px (`MAX_JPEG_SIDE`): a longer image is downscaled,
+    aspect ratio kept (a 65,535 x 1 strip becomes 65,500 x 1), so any decodable image encodes.
     Raises ValueError for any other array shape or dtype, an empty array or a quality out of range.
     """
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -169,8 +174,17 @@ def encode_jpeg(rgb: npt.NDArray[np.uint8], quality: int = 90) -> bytes:
         raise ValueError(f"encode_jpeg cannot encode an empty image of shape {rgb.shape}")
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
+    picture = Image.fromarray(np.ascontiguousarray(rgb))
+    height, width = rgb.shape[:2]
+    if max(width, height) > MAX_JPEG_SIDE:
+        scale = MAX_JPEG_SIDE / max(width, height)
+        size = (
+            min(MAX_JPEG_SIDE, max(1, round(width * scale))),
+            min(MAX_JPEG_SIDE, max(1, round(height * scale))),
+        )
+        picture = picture.resize(size, Image.Resampling.BOX)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="JPEG", quality=quality)
+    picture.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 

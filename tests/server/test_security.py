@@ -123,6 +123,7 @@ def test_multipart_parsing_in_memory() -> None:
             "multipart/form-data; boundary=XyZ",
         ),
         (b"garbage without boundary lines", "multipart/form-data; boundary=XyZ"),
+        (b"--" + b"b" * 300 + b"--\r\n", "multipart/form-data; boundary=" + "b" * 300),
     ],
 )
 def test_malformed_multipart(body: bytes, content_type: str) -> None:

@@ -40,6 +40,48 @@ ADDRESSES = [
     ("93.184.216.34", True),
     ("2606:4700:4700::1111", True),
     ("::ffff:8.8.8.8", True),
+    # IPv6 forms that embed an IPv4 address are judged by what they embed (issue 16)
+    ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+    ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+    ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+    ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+    ("64:ff9b:1::a9fe:a9fe", False),  # local-use NAT64 prefix: never
+    ("64:ff9b:1::808:808", False),
+    ("2002:a9fe:a9fe::1", False),  # 6to4 of 169.254.169.254
+    ("2002:0a00:0001::1", False),  # 6to4 of 10.0.0.1
+    ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+    ("::a9fe:a9fe", False),  # IPv4-compatible 169.254.169.254
+    ("::7f00:1", False),
+    ("::808:808", True),
+    ("::ffff:0:a9fe:a9fe", False),  # SIIT 169.254.169.254
+    ("::ffff:0:808:808", True),
+    ("::ffff:a9fe:a9fe", False),  # IPv4-mapped
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", True),  # Teredo, server 65.54.227.120, client 8.8.8.8
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", False),  # Teredo client 127.0.0.1
+    ("2001:0:a00:1:8000:63bf:f7f7:f7f7", False),  # Teredo server 10.0.0.1
+    ("2001:0:4136:e378:8000:63bf:5601:5601", False),  # Teredo client 169.254.169.254
+    # deprecated, reserved and special-purpose ranges
+    ("fec0::1", False),  # site-local
+    ("192.0.0.192", False),
+    ("192.0.0.9", False),
+    ("192.0.2.1", False),
+    ("192.88.99.1", False),
+    ("198.18.0.1", False),
+    ("198.51.100.7", False),
+    ("203.0.113.7", False),
+    ("240.0.0.1", False),
+    ("168.63.129.16", False),
+    ("100::1", False),
+    ("2001:2::1", False),
+    ("2001:10::1", False),
+    ("2001:db8::1", False),
+    ("3fff::1", False),
+    ("5f00::1", False),
+    ("4000::1", False),
+    ("fe80::1%eth0", False),
+    ("fd00::1", False),
+    ("1.1.1.1", True),
+    ("2a00:1450:4001:80b::200e", True),
 ]
 
 
@@ -91,6 +133,10 @@ FORBIDDEN_URLS = [
     "http://169.254.169.254/latest/meta-data/",
     "http://[::1]/a.jpg",
     "http://[::ffff:127.0.0.1]/a.jpg",
+    "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+    "http://[2002:a9fe:a9fe::1]/a.jpg",
+    "http://[fec0::1]/a.jpg",
+    "http://192.0.0.192/a.jpg",
     "http://0.0.0.0/a.jpg",
     "http://2130706433/a.jpg",  # 127.0.0.1 as one decimal number
     "ftp://example.com/a.jpg",

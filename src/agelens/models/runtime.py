@@ -2,14 +2,78 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import onnx
     import onnxruntime
+
+# ONNX Runtime's extension module (1.30.0, and the incumbent's build too) recurses at
+# initialisation to a depth that grows with the length of the process's command line: measured
+# ~260 bytes of stack per byte of /proc/self/cmdline, whatever sys.argv says. 3,000 file
+# arguments of 34 characters overflow the default 8 MiB main-thread stack (exit 139). The
+# import therefore runs on a thread whose stack is sized from the command line, with margin.
+_IMPORT_STACK_BASE_BYTES = 32 * 1024 * 1024
+_IMPORT_STACK_BYTES_PER_CMDLINE_BYTE = 768
+_IMPORT_LOCK = threading.Lock()
+
+
+def _command_line_bytes() -> int:
+    """Length of the process's command line as the C runtime holds it."""
+    try:
+        with open("/proc/self/cmdline", "rb") as cmdline:
+            return len(cmdline.read())
+    except OSError:  # not Linux
+        return sum(len(os.fsencode(arg)) + 1 for arg in sys.orig_argv)
+
+
+def import_onnxruntime() -> ModuleType:
+    """The `onnxruntime` module, imported on a thread with a stack large enough for its
+    initialisation whatever the length of the command line (see `_IMPORT_STACK_*`).
+
+    Raises what `import onnxruntime` raises (ImportError when it is not installed).
+    """
+    module = sys.modules.get("onnxruntime")
+    if module is not None:
+        return module
+    with _IMPORT_LOCK:
+        module = sys.modules.get("onnxruntime")
+        if module is not None:
+            return module
+        stack_bytes = (
+            _IMPORT_STACK_BASE_BYTES + _IMPORT_STACK_BYTES_PER_CMDLINE_BYTE * _command_line_bytes()
+        )
+        outcome: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                outcome["module"] = importlib.import_module("onnxruntime")
+            except BaseException as error:  # re-raised on the calling thread
+                outcome["error"] = error
+
+        previous = threading.stack_size()
+        try:
+            threading.stack_size(stack_bytes)
+            thread = threading.Thread(target=work, name="agelens-import-onnxruntime")
+            thread.start()
+        except (RuntimeError, ValueError):  # no room for such a stack: try in place
+            return importlib.import_module("onnxruntime")
+        finally:
+            threading.stack_size(previous)
+        thread.join()
+        error = outcome.get("error")
+        if isinstance(error, BaseException):
+            raise error
+        imported = outcome["module"]
+        assert isinstance(imported, ModuleType)
+        return imported
 
 
 def default_threads() -> int:
@@ -38,7 +102,7 @@ def create_session(
     these graphs are chains with no parallel branches worth scheduling; no spinning threads,
     so an idle service does not burn CPU.
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

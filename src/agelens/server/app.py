@@ -448,6 +448,16 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
                 return BatchItemOut(
                     index=index, error=ErrorDetail(code=error.code, message=str(error))
                 )
+            except Exception:  # one image's failure never fails the batch
+                logger.exception("unexpected error on image %d of a batch", index)
+                service.metrics.errors.labels("internal_error").inc()
+                return BatchItemOut(
+                    index=index,
+                    error=ErrorDetail(
+                        code="internal_error",
+                        message="an unexpected error happened; it has been logged",
+                    ),
+                )
             return BatchItemOut(index=index, result=ImageResultOut.model_validate(result))
 
         items = await asyncio.gather(*(one(i, s) for i, s in enumerate(sources)))
@@ -587,6 +597,11 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        cause = error.__cause__
+        if isinstance(cause, AgelensError):
+            # FastAPI turns any error raised while reading a JSON body into a 400; the body
+            # limit's RequestTooLargeError (a chunked body over the limit) keeps its own answer.
+            return await agelens_error(request, cause)
         codes = {404: "not_found", 405: "method_not_allowed"}
         return respond(
             codes.get(error.status_code, "http_error"), str(error.detail), error.status_code

@@ -236,18 +236,19 @@ def parse_multipart(
         else:
             fields[name] = bytes(state["data"]).decode("utf-8", "replace")
 
-    parser = MultipartParser(
-        boundary,
-        callbacks={
-            "on_part_begin": on_part_begin,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-        },
-    )
     try:
+        # Inside the try: the constructor itself refuses some boundaries (over 256 bytes).
+        parser = MultipartParser(
+            boundary,
+            callbacks={
+                "on_part_begin": on_part_begin,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+            },
+        )
         parser.write(body)
         parser.finalize()
     except InvalidRequestError:

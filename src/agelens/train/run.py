@@ -97,7 +97,9 @@ def out_of_fold_metrics(features: Features, trained: TrainedHeads) -> dict[str, 
 
 def _int8_change(folder: Path, features: Features, names: Sequence[str]) -> dict[str, Any]:
     """How much int8 changes the heads' outputs on the training features."""
-    import onnxruntime as ort
+    from agelens.models.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     x = features.matrix(names)
     outputs = {}
@@ -230,7 +232,9 @@ def _check_export(
     trained: TrainedHeads, features: Features, names: Sequence[str], path: Path
 ) -> None:
     """The exported graph must compute what the trained heads compute."""
-    import onnxruntime as ort
+    from agelens.models.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     x = features.matrix(names)[:256]
     expected, expected_logit = run_heads(trained.heads, x)
