@@ -39,9 +39,13 @@ serve: setup $(EXAMPLES_DIR)
 	mkdir -p $@
 	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('$@/astronaut.jpg', quality=92)"
 
+# One photo analysed from the command line; its files go under the git-ignored .cache/demo.
+DEMO_DIR := .cache/demo
 demo: setup
-	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('astronaut.jpg')"
-	$(BIN)/agelens analyze astronaut.jpg --draw astronaut-annotated.jpg
+	mkdir -p $(DEMO_DIR)
+	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('$(DEMO_DIR)/astronaut.jpg')"
+	$(BIN)/agelens analyze $(DEMO_DIR)/astronaut.jpg --draw $(DEMO_DIR)/astronaut-annotated.jpg
+	@echo "wrote $(DEMO_DIR)/astronaut.jpg and $(DEMO_DIR)/astronaut-annotated.jpg"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
