@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup models node serve demo test lint typecheck unit clean
+.PHONY: setup models node serve demo docs docs-check test lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ demo: setup
 	$(BIN)/agelens analyze $(DEMO_DIR)/astronaut.jpg --draw $(DEMO_DIR)/astronaut-annotated.jpg
 	@echo "wrote $(DEMO_DIR)/astronaut.jpg and $(DEMO_DIR)/astronaut-annotated.jpg"
 
+# The docs site (MkDocs Material, docs/ and mkdocs.yml), rebuilt on every change: http://127.0.0.1:8001
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+# Strict: a broken link, anchor or docstring reference fails the build (a few seconds).
+docs-check: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
@@ -57,7 +65,7 @@ typecheck: $(STAMP)
 unit: setup node
 	$(BIN)/pytest -W error
 
-test: lint typecheck unit
+test: lint typecheck docs-check unit
 
 clean:
-	rm -rf $(VENV) tools/node/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tools/node/node_modules .pytest_cache .mypy_cache .ruff_cache .cache/site
