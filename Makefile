@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup models node serve demo test lint typecheck unit clean
+.PHONY: setup models node serve demo docs docs-check test lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,9 +39,21 @@ serve: setup $(EXAMPLES_DIR)
 	mkdir -p $@
 	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('$@/astronaut.jpg', quality=92)"
 
+# One photo analysed from the command line; its files go under the git-ignored .cache/demo.
+DEMO_DIR := .cache/demo
 demo: setup
-	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('astronaut.jpg')"
-	$(BIN)/agelens analyze astronaut.jpg --draw astronaut-annotated.jpg
+	mkdir -p $(DEMO_DIR)
+	$(BIN)/python -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('$(DEMO_DIR)/astronaut.jpg')"
+	$(BIN)/agelens analyze $(DEMO_DIR)/astronaut.jpg --draw $(DEMO_DIR)/astronaut-annotated.jpg
+	@echo "wrote $(DEMO_DIR)/astronaut.jpg and $(DEMO_DIR)/astronaut-annotated.jpg"
+
+# The docs site (MkDocs Material, docs/ and mkdocs.yml), rebuilt on every change: http://127.0.0.1:8001
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+# Strict: a broken link, anchor or docstring reference fails the build (a few seconds).
+docs-check: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
@@ -53,7 +65,7 @@ typecheck: $(STAMP)
 unit: setup node
 	$(BIN)/pytest -W error
 
-test: lint typecheck unit
+test: lint typecheck docs-check unit
 
 clean:
-	rm -rf $(VENV) tools/node/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tools/node/node_modules .pytest_cache .mypy_cache .ruff_cache .cache/site

@@ -1,6 +1,7 @@
 """Every model agelens knows, with its pinned registry source, licence and preprocessing facts.
 
-Sources and licences are the ones checked by hand in DESIGN.md. Hashes pin three things: the
+Sources and licences were checked by hand against each package's published files and licence
+(the table is in docs/models.md). Hashes pin three things: the
 archive the client downloads, each file taken out of it, and each file agelens keeps (converted
 files included: the converters are deterministic for a given `onnx` version).
 """

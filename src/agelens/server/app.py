@@ -33,6 +33,7 @@ from agelens.geometry import iou
 from agelens.imaging import encode_jpeg, load_image
 from agelens.models.base import RGBImage
 from agelens.render import draw_result
+from agelens.server.api_docs import install_api_docs
 from agelens.server.engine import AnalysisOptions, MicroBatcher, ModelPool
 from agelens.server.errors import (
     ApiError,
@@ -328,6 +329,8 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         version=_version(),
         lifespan=lifespan,
         responses=_ERROR_RESPONSES,
+        docs_url=None,  # served offline by install_api_docs
+        redoc_url=None,
     )
     app.state.service = service
     app.state.jobs = jobs
@@ -547,6 +550,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
 
     app.include_router(jobs_router)
     _install_web(app, service)
+    install_api_docs(app)
     return app
 
 
