@@ -1015,7 +1015,12 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default 127.0.0.1, AGELENS_HOST).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000, AGELENS_PORT).")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port (default AGELENS_PORT, else PORT as container platforms set it, else 8000)."
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(help="Serve on a non-loopback address without API keys (behind a proxy)."),

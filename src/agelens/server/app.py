@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,7 +28,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agelens.errors import AgelensError
-from agelens.geometry import iou
 from agelens.imaging import encode_jpeg, load_image
 from agelens.models.base import RGBImage
 from agelens.render import draw_result
@@ -79,6 +77,10 @@ from agelens.types import ImageResult
 
 logger = logging.getLogger(__name__)
 
+#: `/predict`'s `face_detector` values. "fast" is the range-switching BlazeFace: it finds the
+#: same faces as the tiled full-range model on every photo of ../shared/data/samples
+#: (tests/server/test_app_predict.py), where the short-range model alone takes torsos for faces.
+PREDICT_DETECTORS = {"fast": "blazeface-fast", "accurate": "blazeface-full"}
 EXAMPLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 _PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -194,6 +196,14 @@ class Service:
 
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
+    async def plain_jpeg_base64(self, image: RGBImage) -> str:
+        """The image as it was analysed (upright), as base64 JPEG, nothing drawn on it."""
+
+        def work() -> str:
+            return base64.b64encode(encode_jpeg(image, quality=88)).decode()
+
+        return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
+
 
 def _service(request: Request) -> Service:
     service: Service = request.app.state.service
@@ -210,7 +220,12 @@ def _require_key(request: Request, service: ServiceDep) -> str:
 
 
 def _require_key_or_basic(request: Request, service: ServiceDep) -> str:
-    identity = authenticate(request, service.key_digests, allow_basic=True)
+    identity = authenticate(
+        request,
+        service.key_digests,
+        allow_basic=True,
+        basic_username=service.settings.basic_auth_username,
+    )
     service.limiter.check(identity)
     return identity
 
@@ -280,10 +295,14 @@ def _media_type(request: Request) -> str:
 
 
 async def _image_from_json(
-    service: Service, image_base64: str | None, image_url: str | None
+    service: Service,
+    image_base64: str | None,
+    image_url: str | None,
+    *,
+    names: tuple[str, str] = ("image_base64", "image_url"),
 ) -> tuple[bytes, str]:
     if (image_base64 is None) == (image_url is None):
-        raise InvalidRequestError("send exactly one of image_base64 and image_url")
+        raise InvalidRequestError(f"send exactly one of {names[0]} and {names[1]}")
     if image_base64 is not None:
         return _decode_base64(image_base64), "<base64>"
     assert image_url is not None
@@ -499,33 +518,38 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         "/predict", response_model=PredictOut, response_model_exclude_none=True, tags=["compat"]
     )
     async def predict(body: PredictIn, service: ServiceDep, _key: AuthorizedCompat) -> PredictOut:
-        """Drop-in for seed 003's container: same request and response shapes. Faces are
-        `[x1, y1, x2, y2, w, h, confidence, age, gender]` with gender "M" or "F"."""
+        """Drop-in for the Dockerised TF container: same request and response shapes and types.
+        Faces are `[x1, y1, x2, y2, w, h, confidence, age, gender]` (integer pixels and age,
+        gender "M" or "F"); `confidence` and `nms` are the detector's own thresholds."""
         start = time.perf_counter()
-        if (body.url is None) == (body.b64 is None):
-            raise InvalidRequestError("send exactly one of url and b64")
-        data, label = await _image_from_json(service, body.b64, body.url)
+        data, label = await _image_from_json(service, body.b64, body.url, names=("b64", "url"))
         image, _ = await service.decode(data, label)
-        detector = "blazeface-short" if body.face_detector == "fast" else "blazeface-full"
-        options = service.options(AnalyzeOptions(detector=detector))
+        detector = PREDICT_DETECTORS[body.face_detector]
+        options = replace(
+            service.options(AnalyzeOptions(detector=detector)),
+            score_threshold=body.confidence,
+            iou_threshold=body.nms,
+        )
         result = await service.infer(options, image)
-        kept = _compat_faces(result, confidence=body.confidence, nms=body.nms)
-        faces: list[list[float | str | None]] = []
-        for face in kept.faces:
+        faces: list[list[int | float | str | None]] = []
+        for face in result.faces:
             x1, y1, x2, y2 = (round(v) for v in face.box_xyxy)
-            row: list[float | str | None] = [x1, y1, x2, y2, x2 - x1, y2 - y1]
+            row: list[int | float | str | None] = [x1, y1, x2, y2, x2 - x1, y2 - y1]
             row.append(round(face.detection_score, 4))
             if body.get_attributes:
-                row += [round(face.age_years, 1), face.gender]
+                row += [round(face.age_years), face.gender]
             else:
                 row += [None, None]
             faces.append(row)
         image_b64 = None
-        if body.draw or body.return_image:
-            image_b64 = await service.annotated_jpeg_base64(image, kept)
+        if body.return_image and body.draw:
+            image_b64 = await service.annotated_jpeg_base64(image, result)
+        elif body.return_image:
+            image_b64 = await service.plain_jpeg_base64(image)
         return PredictOut(
             faces=faces,
             image_size=list(result.image_wh),
+            confidence=body.confidence,
             inference_time=round((time.perf_counter() - start) * 1000, 2),
             image=image_b64,
         )
@@ -554,19 +578,6 @@ def _json_source(
         return await _image_from_json(service, image_base64, image_url)
 
     return source
-
-
-def _compat_faces(result: ImageResult, *, confidence: float, nms: float) -> ImageResult:
-    """Seed 003's `confidence` and `nms` applied on top of the detector's own (best first)."""
-    kept: list[Any] = []
-    for face in sorted(result.faces, key=lambda f: -f.detection_score):
-        if face.detection_score < confidence:
-            continue
-        box = np.asarray(face.box_xyxy, dtype=np.float32)
-        if kept and float(iou(box, np.asarray([k.box_xyxy for k in kept], np.float32)).max()) > nms:
-            continue
-        kept.append(face)
-    return replace(result, faces=tuple(kept))
 
 
 def _install_error_handlers(app: FastAPI, service: Service) -> None:

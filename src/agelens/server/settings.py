@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agelens.imaging import DEFAULT_MAX_PIXELS
@@ -64,6 +65,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Plain keys (hashed at start-up and then forgotten); prefer api_key_hashes.",
         repr=False,
+    )
+    basic_auth_username: str | None = Field(
+        default=None,
+        description="The user name HTTP basic auth must carry on `/predict` (the password is an "
+        "API key); unset, any user name is accepted with a valid key.",
     )
 
     # --- limits
@@ -127,6 +133,16 @@ class Settings(BaseSettings):
         description="PostgreSQL: a running job whose heartbeat (renewed before each chunk) is "
         "older than this is taken to have lost its replica and is queued again.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _platform_port(cls, values: object) -> object:
+        """`PORT`, which container platforms (Cloud Run, Heroku, Knative) set, when neither
+        `port` nor AGELENS_PORT is given."""
+        platform_port = os.environ.get("PORT", "").strip()
+        if isinstance(values, dict) and "port" not in values and platform_port:
+            return {**values, "port": platform_port}
+        return values
 
     @field_validator(
         "api_key_hashes", "api_keys", "url_allow_networks", "cors_origins", mode="before"
