@@ -1031,7 +1031,8 @@ def serve(
     detector: Annotated[str | None, typer.Option(help="Default detector.")] = None,
     estimator: Annotated[str | None, typer.Option(help="Default estimator.")] = None,
     examples_dir: Annotated[
-        Path | None, typer.Option(help="Folder of example photos for the web page.")
+        str | None,
+        typer.Option(help="Example photos for the web page: a folder or s3://bucket/prefix."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:

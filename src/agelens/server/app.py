@@ -28,7 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agelens.errors import AgelensError
-from agelens.imaging import encode_jpeg, load_image
+from agelens.imaging import encode_jpeg, encode_png, load_image
 from agelens.models.base import RGBImage
 from agelens.render import draw_result
 from agelens.server.engine import AnalysisOptions, MicroBatcher, ModelPool
@@ -43,6 +43,8 @@ from agelens.server.errors import (
     validated,
     validation_message,
 )
+from agelens.server.examples import is_example_name, open_examples
+from agelens.server.examples import media_type as example_media_type
 from agelens.server.jobs import JobManager
 from agelens.server.jobs_api import router as jobs_router
 from agelens.server.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -54,7 +56,10 @@ from agelens.server.schemas import (
     BatchOut,
     ErrorDetail,
     ErrorOut,
+    FaceOut,
     ImageResultOut,
+    LambdaImageIn,
+    LambdaResultOut,
     ModelOut,
     ModelsOut,
     PredictIn,
@@ -81,7 +86,6 @@ logger = logging.getLogger(__name__)
 #: same faces as the tiled full-range model on every photo of ../shared/data/samples
 #: (tests/server/test_app_predict.py), where the short-range model alone takes torsos for faces.
 PREDICT_DETECTORS = {"fast": "blazeface-fast", "accurate": "blazeface-full"}
-EXAMPLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 _PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -118,6 +122,7 @@ class Service:
         # Decoding a large photo takes ~3 bytes a pixel: bound how many decode at once.
         self.decode_limiter = anyio.CapacityLimiter(max(2, settings.inference_workers * 2))
         self.startup_error: str | None = None
+        self.examples = open_examples(settings.examples_dir)
 
     # ------------------------------------------------------------------ image intake
 
@@ -554,6 +559,28 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
             image=image_b64,
         )
 
+    @app.post(
+        "/lambda", response_model=LambdaResultOut, response_model_by_alias=True, tags=["compat"]
+    )
+    async def lambda_compat(
+        body: LambdaImageIn, service: ServiceDep, _key: Authorized
+    ) -> LambdaResultOut:
+        """Drop-in for the AWS Lambda system's page: `{"image": "<base64>"}` in,
+        `{"outputResultsData": "<base64 PNG with boxes and labels>"}` out (plus `faces`). The
+        Lambda handler routes its direct (non-proxy) events here too."""
+        data = _decode_base64(body.image)
+        image, _ = await service.decode(data, "<image>")
+        result = await service.infer(service.options(AnalyzeOptions()), image)
+
+        def annotated_png() -> str:
+            return base64.b64encode(encode_png(draw_result(image, result))).decode()
+
+        png = await anyio.to_thread.run_sync(annotated_png, limiter=service.decode_limiter)
+        return LambdaResultOut(
+            output_results_data=png,
+            faces=[FaceOut.model_validate(face) for face in result.to_dict()["faces"]],
+        )
+
     @app.get("/healthz", tags=["compat"])
     async def healthz() -> dict[str, str]:
         """Seed 003's health check. No authentication."""
@@ -652,34 +679,27 @@ def _install_web(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/examples", tags=["web"])
     async def examples(service: ServiceDep) -> dict[str, Any]:
-        """Example photos for the web page (the folder `AGELENS_EXAMPLES_DIR`)."""
-        folder = service.settings.examples_dir
-        if folder is None or not folder.is_dir():
+        """Example photos for the web page (`AGELENS_EXAMPLES_DIR`: a folder or an S3 prefix)."""
+        source = service.examples
+        if source is None:
             return {
                 "examples": [],
                 "reason": "no examples folder is configured (AGELENS_EXAMPLES_DIR)",
             }
-        names = sorted(
-            p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXAMPLE_SUFFIXES
-        )
-        reason = None if names else f"the examples folder {folder.name!r} holds no photo"
+        names = await anyio.to_thread.run_sync(source.names)
+        reason = None if names else f"{source.description} holds no photo"
         return {"examples": names, "reason": reason}
 
-    @app.get("/v1/examples/{name}", tags=["web"], response_class=FileResponse)
-    async def example(name: str, service: ServiceDep) -> FileResponse:
+    @app.get("/v1/examples/{name}", tags=["web"], response_class=Response)
+    async def example(name: str, service: ServiceDep) -> Response:
         """One example photo by file name (no paths)."""
-        folder = service.settings.examples_dir
-        candidate = folder / name if folder is not None else None
-        if (
-            candidate is None
-            or "/" in name
-            or "\\" in name
-            or name.startswith(".")
-            or candidate.suffix.lower() not in EXAMPLE_SUFFIXES
-            or not candidate.is_file()
-        ):
+        source = service.examples
+        if source is None or not is_example_name(name):
             raise StarletteHTTPException(404, f"no example named {name!r}")
-        return FileResponse(candidate)
+        data = await anyio.to_thread.run_sync(
+            lambda: source.read(name, max_bytes=service.settings.max_body_bytes)
+        )
+        return Response(data, media_type=example_media_type(name))
 
 
 def _version() -> str:

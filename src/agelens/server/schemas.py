@@ -167,6 +167,22 @@ class PredictOut(BaseModel):
     )
 
 
+class LambdaImageIn(BaseModel):
+    """The AWS Lambda system's request: the image file as base64 (a data URL is fine)."""
+
+    image: str = Field(min_length=1, description="the encoded image file, base64")
+
+
+class LambdaResultOut(BaseModel):
+    """The AWS Lambda system's answer: the annotated image as base64 PNG, and the faces."""
+
+    output_results_data: str = Field(
+        serialization_alias="outputResultsData",
+        description="the image with boxes and labels drawn, PNG, base64",
+    )
+    faces: list[FaceOut]
+
+
 class JobOptions(BaseModel):
     """Options of a job (JSON fields, form fields or query parameters)."""
 

@@ -101,8 +101,10 @@ class Settings(BaseSettings):
 
     # --- web
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    examples_dir: Path | None = Field(
-        default=None, description="Folder of example photos shown on the web page."
+    examples_dir: str | None = Field(
+        default=None,
+        description="Example photos shown on the web page: a folder, or s3://bucket/prefix "
+        "(pip install 'agelens[s3]').",
     )
 
     # --- jobs API (/v1/jobs): a queue in an embedded database, worked through in the background
@@ -161,6 +163,17 @@ class Settings(BaseSettings):
                     "`agelens keys new` prints a key and its digest"
                 )
         return [digest.lower() for digest in value]
+
+    @field_validator("examples_dir", mode="before")
+    @classmethod
+    def _examples_location(cls, value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, str) and value.startswith("s3://"):
+            bucket = value[len("s3://") :].partition("/")[0]
+            if not bucket:
+                raise ValueError("examples_dir as S3 is s3://bucket/prefix")
+        return value or None
 
     @field_validator("jobs_database_url")
     @classmethod
