@@ -3,7 +3,10 @@
 #
 #   docker build -t agelens .
 #   docker run --rm agelens agelens keys new          # prints a key and its digest
-#   docker run -p 8000:8000 -e AGELENS_API_KEY_HASHES=<digest> agelens
+#   docker run -p 8080:8080 -e AGELENS_API_KEY_HASHES=<digest> agelens
+#
+# It listens on $PORT (8080 unless the platform sets it, as Cloud Run does), like the TF
+# container it replaces; AGELENS_PORT, if set, wins over PORT.
 #
 # Serving on 0.0.0.0 needs API keys (AGELENS_API_KEY_HASHES); behind a proxy or gateway that
 # authenticates callers itself, set AGELENS_INSECURE=true instead. Without either the
@@ -55,17 +58,19 @@ COPY --from=build --chown=agelens:agelens /opt/agelens /opt/agelens
 
 ENV PATH=/opt/venv/bin:$PATH \
     AGELENS_HOME=/opt/agelens \
+    PORT=8080 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
 USER agelens
 WORKDIR /home/agelens
 
-EXPOSE 8000
+EXPOSE 8080
 
 # /health answers once the server is up, and `agelens serve` loads the models before it
 # starts listening. Python, because the slim image has no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % (os.environ.get('AGELENS_PORT') or os.environ.get('PORT', '8080')), timeout=4)"]
 
-CMD ["agelens", "serve", "--host", "0.0.0.0", "--port", "8000"]
+# No --port: `agelens serve` takes AGELENS_PORT, else PORT.
+CMD ["agelens", "serve", "--host", "0.0.0.0"]

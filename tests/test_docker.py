@@ -139,23 +139,22 @@ def test_models_are_fetched_at_build_time_into_a_fixed_home_the_user_owns(
     assert any(i.keyword == "RUN" and 'pip install ".[server]"' in i.args for i in dockerfile)
 
 
-def test_healthcheck_uses_python_and_cmd_serves_on_8000(dockerfile: list[Instruction]) -> None:
+def test_healthcheck_uses_python_and_cmd_serves_on_port_8080_by_default(
+    dockerfile: list[Instruction],
+) -> None:
     final = _final(dockerfile)
     health = _one(final, "HEALTHCHECK")
     argv = health.exec_form()
     assert argv[0] == "python"
-    assert "http://127.0.0.1:8000/health" in argv[-1]
+    assert "/health" in argv[-1]
+    assert "PORT" in argv[-1]
     assert "curl" not in health.args
     assert "wget" not in health.args
-    assert _one(final, "EXPOSE").args == "8000"
-    assert _one(final, "CMD").exec_form() == [
-        "agelens",
-        "serve",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        "8000",
-    ]
+    # the TF container it replaces listened on 8080; platforms such as Cloud Run set PORT
+    env = " ".join(i.args for i in final if i.keyword == "ENV")
+    assert "PORT=8080" in env.split()
+    assert _one(final, "EXPOSE").args == "8080"
+    assert _one(final, "CMD").exec_form() == ["agelens", "serve", "--host", "0.0.0.0"]
 
 
 def test_dockerignore_keeps_the_context_small_but_complete(
@@ -183,7 +182,7 @@ def test_compose_service(dockerfile: list[Instruction]) -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     service = compose["services"]["agelens"]
     assert service["build"] == "."
-    assert "8000:8000" in service["ports"]
+    assert "8000:8080" in service["ports"]
     assert "AGELENS_API_KEY_HASHES" in service["environment"]
     assert service["restart"] == "unless-stopped"
     assert service["read_only"] is True
@@ -217,8 +216,9 @@ def _container_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _with_port(argv: list[str], port: int) -> list[str]:
-    return [a.replace("8000", str(port)) for a in argv]
+def _image_env(port: int, **extra: str) -> dict[str, str]:
+    """`_container_env` plus the image's own ENV PORT, pointed at `port`."""
+    return _container_env(PORT=str(port), **extra)
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -244,9 +244,10 @@ class Served:
 
 @contextmanager
 def _serve(argv: list[str], env: dict[str, str]) -> Iterator[Served]:
-    port = _free_port()
+    """Run the image's CMD with `env`, which must set PORT (as the image's ENV does)."""
+    port = int(env["PORT"])
     process = subprocess.Popen(
-        _with_port(argv, port),
+        argv,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -295,13 +296,11 @@ def _cmd(dockerfile: list[Instruction]) -> list[str]:
 def test_the_cmd_serves_with_keys_and_passes_its_healthcheck(
     dockerfile: list[Instruction], astronaut: NDArray[np.uint8]
 ) -> None:
-    env = _container_env(AGELENS_API_KEY_HASHES=hash_api_key(KEY))
+    env = _image_env(_free_port(), AGELENS_API_KEY_HASHES=hash_api_key(KEY))
     health_argv = _one(_final(dockerfile), "HEALTHCHECK").exec_form()
     health_argv[0] = sys.executable
     with _serve(_cmd(dockerfile), env) as served:
-        check = subprocess.run(
-            _with_port(health_argv, served.port), env=env, capture_output=True, timeout=30
-        )
+        check = subprocess.run(health_argv, env=env, capture_output=True, timeout=30)
         assert check.returncode == 0, check.stderr
         assert _get(f"{served.url}/ready")[0] == 200
         status, body = _get(f"{served.url}/v1/models")
@@ -317,12 +316,11 @@ def test_the_cmd_serves_with_keys_and_passes_its_healthcheck(
         with urllib.request.urlopen(upload, timeout=30) as response:
             faces = json.loads(response.read())["faces"]
         assert len(faces) == 1
-        port = served.port
     # SIGTERM (docker stop) shuts down gracefully; uvicorn then re-raises the signal
     assert served.process.returncode in {0, -signal.SIGTERM}
     assert "Application shutdown complete" in served.output
     # ... and the health check fails once nothing answers
-    down = subprocess.run(_with_port(health_argv, port), env=env, capture_output=True, timeout=30)
+    down = subprocess.run(health_argv, env=env, capture_output=True, timeout=30)
     assert down.returncode != 0
 
 
@@ -330,17 +328,17 @@ def test_the_cmd_serves_with_keys_and_passes_its_healthcheck(
 def test_the_cmd_serves_without_keys_when_told_a_proxy_authenticates(
     dockerfile: list[Instruction],
 ) -> None:
-    with _serve(_cmd(dockerfile), _container_env(AGELENS_INSECURE="true")) as served:
+    env = _image_env(_free_port(), AGELENS_INSECURE="true")
+    with _serve(_cmd(dockerfile), env) as served:
         status, body = _get(f"{served.url}/v1/models")
         assert status == 200
         assert body["loaded"]["estimators"] == ["ensemble"]
 
 
 def test_the_cmd_refuses_to_serve_without_keys(dockerfile: list[Instruction]) -> None:
-    argv = _with_port(_cmd(dockerfile), _free_port())
     started = time.monotonic()
     completed = subprocess.run(
-        argv, env=_container_env(), capture_output=True, text=True, timeout=60
+        _cmd(dockerfile), env=_image_env(_free_port()), capture_output=True, text=True, timeout=60
     )
     assert completed.returncode == 2, completed.stderr
     message = " ".join(completed.stderr.split())

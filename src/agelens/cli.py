@@ -1057,7 +1057,12 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Address to bind (default 127.0.0.1, AGELENS_HOST).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000, AGELENS_PORT).")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port (default AGELENS_PORT, else PORT as container platforms set it, else 8000)."
+        ),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(help="Serve on a non-loopback address without API keys (behind a proxy)."),
@@ -1068,7 +1073,8 @@ def serve(
     detector: Annotated[str | None, typer.Option(help="Default detector.")] = None,
     estimator: Annotated[str | None, typer.Option(help="Default estimator.")] = None,
     examples_dir: Annotated[
-        Path | None, typer.Option(help="Folder of example photos for the web page.")
+        str | None,
+        typer.Option(help="Example photos for the web page: a folder or s3://bucket/prefix."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:

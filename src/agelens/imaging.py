@@ -188,6 +188,21 @@ def encode_jpeg(rgb: npt.NDArray[np.uint8], quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def encode_png(rgb: npt.NDArray[np.uint8]) -> bytes:
+    """Encode an RGB uint8 (height, width, 3) array as PNG bytes (lossless; several times the
+    size of a JPEG of a photo). Raises ValueError for any other array shape or dtype, or an
+    empty array."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(
+            f"encode_png needs a uint8 (H, W, 3) RGB array, got shape {rgb.shape} dtype {rgb.dtype}"
+        )
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"encode_png cannot encode an empty image of shape {rgb.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
 def _read_regular_file(path: str, *, max_bytes: int) -> bytes:
     """Read a whole regular file, refusing FIFOs, devices, sockets and directories without
     blocking."""

@@ -163,3 +163,31 @@ def test_short_range_mapping_must_be_fitted_for_the_input_size() -> None:
     full = BlazeFaceDetector(get_spec("blazeface-full"), threads=1, tiled=False)
     with pytest.raises(ValueError, match="no box mapping"):
         RangeSwitchingDetector(unfitted, full)
+
+
+@pytest.mark.parametrize("name", ["blazeface-full", "blazeface-fast", "blazeface-portrait"])
+def test_with_thresholds_shares_the_networks_and_leaves_the_original_alone(
+    name: str, astronaut: NDArray[np.uint8]
+) -> None:
+    detector = create_detector(name, 1)
+    (default,) = detector.detect_many([astronaut])
+    lenient = detector.with_thresholds(score_threshold=0.05)  # type: ignore[attr-defined]
+    (found,) = lenient.detect_many([astronaut])
+    assert len(default) == 1
+    assert len(found) > len(default)
+    assert min(d.score for d in found) < 0.5
+    assert detector.detect_many([astronaut]) == [default]
+    same = detector.with_thresholds()  # type: ignore[attr-defined]
+    assert same.detect_many([astronaut]) == [default]
+    sessions = [
+        d._session
+        for d in (lenient, getattr(lenient, "short", None), getattr(lenient, "full", None))
+        if isinstance(d, BlazeFaceDetector)
+    ]
+    originals = [
+        d._session
+        for d in (detector, getattr(detector, "short", None), getattr(detector, "full", None))
+        if isinstance(d, BlazeFaceDetector)
+    ]
+    assert sessions
+    assert all(a is b for a, b in zip(sessions, originals, strict=True))

@@ -387,17 +387,24 @@ def test_ready_says_why_when_models_are_missing(
         assert analyze.status_code in {422, 503}
 
 
-# ------------------------------------------------------------------ seed 003 compatibility
+# ------------------------------------------------------------------ the TF container's /predict
+# (its documented examples against a live server: tests/server/test_app_predict.py)
 
 
-def test_predict_is_seed_003_compatible(client: TestClient, astronaut_jpeg: bytes) -> None:
+def test_predict_answers_in_the_tf_containers_shape_and_types(
+    client: TestClient, astronaut_jpeg: bytes
+) -> None:
     encoded = base64.b64encode(astronaut_jpeg).decode()
     body = client.post("/predict", json={"b64": encoded}).json()
-    assert set(body) == {"faces", "image_size", "inference_time"}
+    assert set(body) == {"faces", "image_size", "confidence", "inference_time"}
     assert body["image_size"] == [512, 512]
+    assert body["confidence"] == 0.5
     (face,) = body["faces"]
     x1, y1, x2, y2, w, h, conf, age, gender = face
+    for value in (x1, y1, x2, y2, w, h, age):
+        assert type(value) is int
     assert (w, h) == (x2 - x1, y2 - y1)
+    assert type(conf) is float
     assert 0.5 <= conf <= 1
     assert 32 <= age <= 52
     assert gender == "F"
@@ -412,8 +419,8 @@ def test_predict_options(client: TestClient, astronaut_jpeg: bytes) -> None:
     assert len(fast["faces"]) == 1
     strict = client.post("/predict", json={"b64": encoded, "confidence": 0.999}).json()
     assert strict["faces"] == []
-    drawn = client.post("/predict", json={"b64": encoded, "draw": True}).json()
-    assert Image.open(io.BytesIO(base64.b64decode(drawn["image"]))).size == (512, 512)
+    drawn = client.post("/predict", json={"b64": encoded, "draw": True, "return_image": True})
+    assert Image.open(io.BytesIO(base64.b64decode(drawn.json()["image"]))).size == (512, 512)
     forbidden = client.post("/predict", json={"url": "http://169.254.169.254/latest/meta-data/"})
     assert forbidden.status_code == 400
     assert _error_code(forbidden) == "url_forbidden"
@@ -460,11 +467,33 @@ def test_keys_are_required_once_configured(
 def test_predict_accepts_http_basic(make_client: ClientFactory, astronaut_jpeg: bytes) -> None:
     client = make_client(api_keys=[KEY])  # a plain key, hashed at start-up
     encoded = base64.b64encode(astronaut_jpeg).decode()
-    assert client.post("/predict", json={"b64": encoded}).status_code == 401
+    missing = client.post("/predict", json={"b64": encoded})
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Basic")
+    # no user name configured: any user name goes with a valid key as password
     assert client.post("/predict", json={"b64": encoded}, auth=("client", KEY)).status_code == 200
     assert client.post("/predict", json={"b64": encoded}, auth=(KEY, "")).status_code == 200
     assert (
         client.post("/predict", json={"b64": encoded}, auth=("client", "wrong")).status_code == 401
+    )
+
+
+def test_predict_checks_the_configured_basic_auth_user_name(
+    make_client: ClientFactory, astronaut_jpeg: bytes
+) -> None:
+    client = make_client(api_keys=[KEY], basic_auth_username="tf-client")
+    encoded = base64.b64encode(astronaut_jpeg).decode()
+    assert (
+        client.post("/predict", json={"b64": encoded}, auth=("tf-client", KEY)).status_code == 200
+    )
+    for user, password in (("someone", KEY), (KEY, ""), ("tf-client", "wrong"), ("tf-client", "")):
+        refused = client.post("/predict", json={"b64": encoded}, auth=(user, password))
+        assert refused.status_code == 401, (user, password)
+        assert _error_code(refused) == "unauthorized"
+    # the other ways of sending the key are unaffected
+    assert (
+        client.post("/predict", json={"b64": encoded}, headers={"X-API-Key": KEY}).status_code
+        == 200
     )
 
 

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import agelens.server
 from agelens.server import aws_lambda
@@ -295,3 +298,99 @@ def test_warm_loads_the_models_before_the_first_request() -> None:
     assert pool.ready
     response = agelens.server.lambda_handler(http_api_event("GET", "/ready"), CONTEXT)
     assert response["statusCode"] == 200
+
+
+# ------------------------------------------------------------------ the older Lambda system
+
+
+def rest_api_event(path: str, body: str) -> dict[str, Any]:
+    """An event as an API Gateway REST API sends it to a Lambda proxy integration (format 1.0)."""
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": "POST",
+        "headers": {"Content-Type": "application/json", "Host": HOST},
+        "multiValueHeaders": {"Content-Type": ["application/json"], "Host": [HOST]},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/{proxy+}",
+            "httpMethod": "POST",
+            "path": f"/prod{path}",
+            "accountId": "123456789012",
+            "stage": "prod",
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "identity": {"sourceIp": "203.0.113.7", "userAgent": "Mozilla/5.0"},
+            "apiId": "abc123defg",
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+def _page_request(jpeg: bytes, *, data_url: bool = False) -> str:
+    """What the old React page posts: the photo as base64 (a FileReader data URL or bare)."""
+    encoded = base64.b64encode(jpeg).decode()
+    return json.dumps({"image": f"data:image/jpeg;base64,{encoded}" if data_url else encoded})
+
+
+def _assert_annotated_png(response: dict[str, Any], original: bytes) -> None:
+    """The old page shows `outputResultsData` as a PNG: the photo with the face boxed."""
+    assert response["statusCode"] == 200, response["body"]
+    body = _json(response)
+    png = base64.b64decode(body["outputResultsData"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    plain = np.asarray(Image.open(io.BytesIO(original)).convert("RGB")).astype(int)
+    assert drawn.shape == plain.shape == (512, 512, 3)
+    assert (np.abs(drawn - plain).max(axis=2) > 80).mean() > 0.005  # boxes and labels
+    (face,) = body["faces"]
+    assert face["gender"] == "F"
+    assert 30 <= face["age_years"] <= 52
+
+
+def test_the_old_pages_request_through_a_proxy_event_v2_and_v1(
+    handler: LambdaHandler, astronaut_jpeg: bytes
+) -> None:
+    v2 = http_api_event(
+        "POST",
+        "/lambda",
+        body=_page_request(astronaut_jpeg).encode(),
+        content_type="application/json",
+        base64_body=False,
+    )
+    _assert_annotated_png(handler(v2, CONTEXT), astronaut_jpeg)
+    v1 = rest_api_event("/lambda", _page_request(astronaut_jpeg, data_url=True))
+    _assert_annotated_png(handler(v1, CONTEXT), astronaut_jpeg)
+
+
+def test_the_old_functions_direct_event(handler: LambdaHandler, astronaut_jpeg: bytes) -> None:
+    event = json.loads(_page_request(astronaut_jpeg))
+    _assert_annotated_png(handler(event, CONTEXT), astronaut_jpeg)
+
+
+def test_a_direct_event_with_a_bad_image_or_no_known_shape_is_a_400(
+    handler: LambdaHandler,
+) -> None:
+    not_base64_image = handler({"image": base64.b64encode(b"not an image").decode()}, CONTEXT)
+    assert not_base64_image["statusCode"] == 422
+    assert _error_code(not_base64_image) == "image_decode_error"
+    wrong_type = handler({"image": 42}, CONTEXT)
+    assert wrong_type["statusCode"] == 400
+    assert _error_code(wrong_type) == "invalid_request"
+    unknown = handler({"Records": [{"eventSource": "aws:s3"}]}, CONTEXT)
+    assert unknown["statusCode"] == 400
+    assert _error_code(unknown) == "invalid_request"
+
+
+def test_a_direct_event_carries_its_key_in_headers(
+    make_handler: Any, astronaut_jpeg: bytes
+) -> None:
+    handler = make_handler(api_key_hashes=[hash_api_key("lambda-key")])
+    event = json.loads(_page_request(astronaut_jpeg))
+    refused = handler(event, CONTEXT)
+    assert refused["statusCode"] == 401
+    keyed = {**event, "headers": {"x-api-key": "lambda-key"}}
+    _assert_annotated_png(handler(keyed, CONTEXT), astronaut_jpeg)

@@ -47,6 +47,23 @@ def test_presented_key(headers: dict[str, str], allow_basic: bool, expected: str
     assert presented_key(_request(headers), allow_basic=allow_basic) == expected
 
 
+@pytest.mark.parametrize(
+    ("user", "password", "expected"),
+    [
+        ("tf-client", "the-key", "the-key"),
+        ("someone", "the-key", None),
+        ("tf-client", "", None),
+        ("the-key", "", None),  # the key-as-user-name form only goes without a configured user
+        ("TF-CLIENT", "the-key", None),
+    ],
+)
+def test_presented_key_with_a_basic_auth_user_name(
+    user: str, password: str, expected: str | None
+) -> None:
+    request = _request({"Authorization": _basic(user, password)})
+    assert presented_key(request, allow_basic=True, basic_username="tf-client") == expected
+
+
 def test_key_matching_and_identity() -> None:
     digests = frozenset({hash_api_key("alpha"), hash_api_key("beta")})
     assert key_matches("beta", digests)

@@ -67,3 +67,20 @@ def test_exposure_needs_keys_or_insecure(fields: dict[str, object], allowed: boo
     else:
         with pytest.raises(ValueError, match="API keys"):
             settings.check_exposure()
+
+
+def test_port_comes_from_agelens_port_else_the_platforms_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AGELENS_PORT", raising=False)
+    monkeypatch.delenv("PORT", raising=False)
+    assert Settings().port == 8000
+    monkeypatch.setenv("PORT", "8080")
+    assert Settings().port == 8080
+    assert Settings(port=9100).port == 9100  # --port wins
+    monkeypatch.setenv("AGELENS_PORT", "9001")
+    assert Settings().port == 9001
+    monkeypatch.delenv("AGELENS_PORT")
+    monkeypatch.setenv("PORT", "not-a-port")
+    with pytest.raises(ValidationError):
+        Settings()

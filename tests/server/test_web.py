@@ -26,8 +26,9 @@ import uvicorn
 from numpy.typing import NDArray
 from PIL import Image
 
-from agelens.server.app import EXAMPLE_SUFFIXES, create_app
+from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
+from agelens.server.examples import EXAMPLE_SUFFIXES
 from agelens.server.settings import Settings
 from tests.conftest import REPO_ROOT, SHARED_DATA
 from tests.server.conftest import jpeg_bytes

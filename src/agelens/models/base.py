@@ -27,6 +27,16 @@ class Detector(Protocol):
         ...
 
 
+class TunableDetector(Detector, Protocol):
+    """A detector whose minimum score and NMS IoU can be changed per call (BlazeFace's)."""
+
+    def with_thresholds(
+        self, *, score_threshold: float | None = None, iou_threshold: float | None = None
+    ) -> Detector:
+        """The same detector, sharing its loaded networks, with other thresholds."""
+        ...
+
+
 class Estimator(Protocol):
     """Estimates age and gender from faces: `align` cuts chips, `estimate` runs the networks."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -92,6 +93,18 @@ class BlazeFaceDetector:
     def input_size(self) -> int:
         """The side of the square network input, in pixels."""
         return self._size
+
+    def with_thresholds(
+        self, *, score_threshold: float | None = None, iou_threshold: float | None = None
+    ) -> BlazeFaceDetector:
+        """This detector with another minimum score and/or NMS IoU (None keeps the current
+        one), sharing the loaded network: cheap enough to make per request."""
+        changed = copy.copy(self)
+        if score_threshold is not None:
+            changed.score_threshold = score_threshold
+        if iou_threshold is not None:
+            changed.iou_threshold = iou_threshold
+        return changed
 
     def _prepare(
         self, image: RGBImage, view: tuple[int, int, int, int], out: NDArray[np.float32]
@@ -265,6 +278,20 @@ class RangeSwitchingDetector:
         self.full = full
         self.portrait = portrait
         self.short_max_side = short_max_side
+
+    def with_thresholds(
+        self, *, score_threshold: float | None = None, iou_threshold: float | None = None
+    ) -> RangeSwitchingDetector:
+        """This detector with another minimum score and/or NMS IoU in each of its models
+        (None keeps the current one), sharing the loaded networks."""
+        thresholds = {"score_threshold": score_threshold, "iou_threshold": iou_threshold}
+        return RangeSwitchingDetector(
+            self.short.with_thresholds(**thresholds),
+            self.full.with_thresholds(**thresholds),
+            name=self.name,
+            short_max_side=self.short_max_side,
+            portrait=None if self.portrait is None else self.portrait.with_thresholds(**thresholds),
+        )
 
     def _as_full_range(
         self, detection: Detection, image_wh: tuple[int, int], input_size: int

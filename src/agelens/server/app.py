@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import numpy as np
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,8 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agelens.errors import AgelensError
-from agelens.geometry import iou
-from agelens.imaging import encode_jpeg, load_image
+from agelens.imaging import encode_jpeg, encode_png, load_image
 from agelens.models.base import RGBImage
 from agelens.render import draw_result
 from agelens.server.api_docs import install_api_docs
@@ -46,6 +44,8 @@ from agelens.server.errors import (
     validated,
     validation_message,
 )
+from agelens.server.examples import is_example_name, open_examples
+from agelens.server.examples import media_type as example_media_type
 from agelens.server.jobs import JobManager
 from agelens.server.jobs_api import router as jobs_router
 from agelens.server.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -57,7 +57,10 @@ from agelens.server.schemas import (
     BatchOut,
     ErrorDetail,
     ErrorOut,
+    FaceOut,
     ImageResultOut,
+    LambdaImageIn,
+    LambdaResultOut,
     ModelOut,
     ModelsOut,
     PredictIn,
@@ -80,7 +83,10 @@ from agelens.types import ImageResult
 
 logger = logging.getLogger(__name__)
 
-EXAMPLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
+#: `/predict`'s `face_detector` values. "fast" is the range-switching BlazeFace: it finds the
+#: same faces as the tiled full-range model on every photo of ../shared/data/samples
+#: (tests/server/test_app_predict.py), where the short-range model alone takes torsos for faces.
+PREDICT_DETECTORS = {"fast": "blazeface-fast", "accurate": "blazeface-full"}
 _PAGE_SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
@@ -117,6 +123,7 @@ class Service:
         # Decoding a large photo takes ~3 bytes a pixel: bound how many decode at once.
         self.decode_limiter = anyio.CapacityLimiter(max(2, settings.inference_workers * 2))
         self.startup_error: str | None = None
+        self.examples = open_examples(settings.examples_dir)
 
     # ------------------------------------------------------------------ image intake
 
@@ -195,6 +202,14 @@ class Service:
 
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
+    async def plain_jpeg_base64(self, image: RGBImage) -> str:
+        """The image as it was analysed (upright), as base64 JPEG, nothing drawn on it."""
+
+        def work() -> str:
+            return base64.b64encode(encode_jpeg(image, quality=88)).decode()
+
+        return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
+
 
 def _service(request: Request) -> Service:
     service: Service = request.app.state.service
@@ -211,7 +226,12 @@ def _require_key(request: Request, service: ServiceDep) -> str:
 
 
 def _require_key_or_basic(request: Request, service: ServiceDep) -> str:
-    identity = authenticate(request, service.key_digests, allow_basic=True)
+    identity = authenticate(
+        request,
+        service.key_digests,
+        allow_basic=True,
+        basic_username=service.settings.basic_auth_username,
+    )
     service.limiter.check(identity)
     return identity
 
@@ -281,10 +301,14 @@ def _media_type(request: Request) -> str:
 
 
 async def _image_from_json(
-    service: Service, image_base64: str | None, image_url: str | None
+    service: Service,
+    image_base64: str | None,
+    image_url: str | None,
+    *,
+    names: tuple[str, str] = ("image_base64", "image_url"),
 ) -> tuple[bytes, str]:
     if (image_base64 is None) == (image_url is None):
-        raise InvalidRequestError("send exactly one of image_base64 and image_url")
+        raise InvalidRequestError(f"send exactly one of {names[0]} and {names[1]}")
     if image_base64 is not None:
         return _decode_base64(image_base64), "<base64>"
     assert image_url is not None
@@ -512,35 +536,62 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         "/predict", response_model=PredictOut, response_model_exclude_none=True, tags=["compat"]
     )
     async def predict(body: PredictIn, service: ServiceDep, _key: AuthorizedCompat) -> PredictOut:
-        """Drop-in for seed 003's container: same request and response shapes. Faces are
-        `[x1, y1, x2, y2, w, h, confidence, age, gender]` with gender "M" or "F"."""
+        """Drop-in for the Dockerised TF container: same request and response shapes and types.
+        Faces are `[x1, y1, x2, y2, w, h, confidence, age, gender]` (integer pixels and age,
+        gender "M" or "F"); `confidence` and `nms` are the detector's own thresholds."""
         start = time.perf_counter()
-        if (body.url is None) == (body.b64 is None):
-            raise InvalidRequestError("send exactly one of url and b64")
-        data, label = await _image_from_json(service, body.b64, body.url)
+        data, label = await _image_from_json(service, body.b64, body.url, names=("b64", "url"))
         image, _ = await service.decode(data, label)
-        detector = "blazeface-short" if body.face_detector == "fast" else "blazeface-full"
-        options = service.options(AnalyzeOptions(detector=detector))
+        detector = PREDICT_DETECTORS[body.face_detector]
+        options = replace(
+            service.options(AnalyzeOptions(detector=detector)),
+            score_threshold=body.confidence,
+            iou_threshold=body.nms,
+        )
         result = await service.infer(options, image)
-        kept = _compat_faces(result, confidence=body.confidence, nms=body.nms)
-        faces: list[list[float | str | None]] = []
-        for face in kept.faces:
+        faces: list[list[int | float | str | None]] = []
+        for face in result.faces:
             x1, y1, x2, y2 = (round(v) for v in face.box_xyxy)
-            row: list[float | str | None] = [x1, y1, x2, y2, x2 - x1, y2 - y1]
+            row: list[int | float | str | None] = [x1, y1, x2, y2, x2 - x1, y2 - y1]
             row.append(round(face.detection_score, 4))
             if body.get_attributes:
-                row += [round(face.age_years, 1), face.gender]
+                row += [round(face.age_years), face.gender]
             else:
                 row += [None, None]
             faces.append(row)
         image_b64 = None
-        if body.draw or body.return_image:
-            image_b64 = await service.annotated_jpeg_base64(image, kept)
+        if body.return_image and body.draw:
+            image_b64 = await service.annotated_jpeg_base64(image, result)
+        elif body.return_image:
+            image_b64 = await service.plain_jpeg_base64(image)
         return PredictOut(
             faces=faces,
             image_size=list(result.image_wh),
+            confidence=body.confidence,
             inference_time=round((time.perf_counter() - start) * 1000, 2),
             image=image_b64,
+        )
+
+    @app.post(
+        "/lambda", response_model=LambdaResultOut, response_model_by_alias=True, tags=["compat"]
+    )
+    async def lambda_compat(
+        body: LambdaImageIn, service: ServiceDep, _key: Authorized
+    ) -> LambdaResultOut:
+        """Drop-in for the AWS Lambda system's page: `{"image": "<base64>"}` in,
+        `{"outputResultsData": "<base64 PNG with boxes and labels>"}` out (plus `faces`). The
+        Lambda handler routes its direct (non-proxy) events here too."""
+        data = _decode_base64(body.image)
+        image, _ = await service.decode(data, "<image>")
+        result = await service.infer(service.options(AnalyzeOptions()), image)
+
+        def annotated_png() -> str:
+            return base64.b64encode(encode_png(draw_result(image, result))).decode()
+
+        png = await anyio.to_thread.run_sync(annotated_png, limiter=service.decode_limiter)
+        return LambdaResultOut(
+            output_results_data=png,
+            faces=[FaceOut.model_validate(face) for face in result.to_dict()["faces"]],
         )
 
     @app.get("/healthz", tags=["compat"])
@@ -568,19 +619,6 @@ def _json_source(
         return await _image_from_json(service, image_base64, image_url)
 
     return source
-
-
-def _compat_faces(result: ImageResult, *, confidence: float, nms: float) -> ImageResult:
-    """Seed 003's `confidence` and `nms` applied on top of the detector's own (best first)."""
-    kept: list[Any] = []
-    for face in sorted(result.faces, key=lambda f: -f.detection_score):
-        if face.detection_score < confidence:
-            continue
-        box = np.asarray(face.box_xyxy, dtype=np.float32)
-        if kept and float(iou(box, np.asarray([k.box_xyxy for k in kept], np.float32)).max()) > nms:
-            continue
-        kept.append(face)
-    return replace(result, faces=tuple(kept))
 
 
 def _install_error_handlers(app: FastAPI, service: Service) -> None:
@@ -660,34 +698,27 @@ def _install_web(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/examples", tags=["web"])
     async def examples(service: ServiceDep) -> dict[str, Any]:
-        """Example photos for the web page (the folder `AGELENS_EXAMPLES_DIR`)."""
-        folder = service.settings.examples_dir
-        if folder is None or not folder.is_dir():
+        """Example photos for the web page (`AGELENS_EXAMPLES_DIR`: a folder or an S3 prefix)."""
+        source = service.examples
+        if source is None:
             return {
                 "examples": [],
                 "reason": "no examples folder is configured (AGELENS_EXAMPLES_DIR)",
             }
-        names = sorted(
-            p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXAMPLE_SUFFIXES
-        )
-        reason = None if names else f"the examples folder {folder.name!r} holds no photo"
+        names = await anyio.to_thread.run_sync(source.names)
+        reason = None if names else f"{source.description} holds no photo"
         return {"examples": names, "reason": reason}
 
-    @app.get("/v1/examples/{name}", tags=["web"], response_class=FileResponse)
-    async def example(name: str, service: ServiceDep) -> FileResponse:
+    @app.get("/v1/examples/{name}", tags=["web"], response_class=Response)
+    async def example(name: str, service: ServiceDep) -> Response:
         """One example photo by file name (no paths)."""
-        folder = service.settings.examples_dir
-        candidate = folder / name if folder is not None else None
-        if (
-            candidate is None
-            or "/" in name
-            or "\\" in name
-            or name.startswith(".")
-            or candidate.suffix.lower() not in EXAMPLE_SUFFIXES
-            or not candidate.is_file()
-        ):
+        source = service.examples
+        if source is None or not is_example_name(name):
             raise StarletteHTTPException(404, f"no example named {name!r}")
-        return FileResponse(candidate)
+        data = await anyio.to_thread.run_sync(
+            lambda: source.read(name, max_bytes=service.settings.max_body_bytes)
+        )
+        return Response(data, media_type=example_media_type(name))
 
 
 def _version() -> str:

@@ -12,6 +12,13 @@ loads models that are not loaded yet, so after the first one it just starts and 
 micro-batcher (cheap). Each container handles one request at a time, so batching across
 requests does not happen here; `/v1/analyze/batch` still batches its own images.
 
+Events: API Gateway proxy events (HTTP API payload 2.0 and 1.0, REST API), and the direct event
+of the older AWS Lambda system (`{"image": "<base64>"}`, from a non-proxy integration or a plain
+`Invoke`): that one goes to `POST /lambda` and the handler returns its proxy-shaped response
+(`statusCode`, `headers`, `body` holding `{"outputResultsData": ...}`), as the old function did.
+Headers for it (an `x-api-key`, say) may come in the event's `headers`. An event of no known shape
+gets a 400 in the same shape instead of an exception.
+
 Authentication: an API Gateway function cannot tell whether the gateway authenticates
 callers, so, like `agelens serve` on a public address, it refuses to run without keys
 (`AGELENS_API_KEY_HASHES`) unless `AGELENS_INSECURE=true` says that the gateway does it (an
@@ -21,6 +28,7 @@ IAM, JWT or Lambda authorizer, or a usage-plan API key on a REST API).
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +106,17 @@ class LambdaHandler:
             if self._mangum is None:
                 self._mangum = self._build()
             asyncio.set_event_loop(self._loop)  # in case something replaced it in between
+            if is_direct_event(event):
+                event = direct_event_as_http_api(event)
+            try:
+                self._mangum.infer(event, context)
+            except RuntimeError as error:  # Mangum: "unable to infer a handler"
+                return _error_response(
+                    400,
+                    "invalid_request",
+                    "the Lambda event is neither an API Gateway, ALB or function URL event nor "
+                    f'a direct {{"image": "<base64>"}} event ({error})',
+                )
             return self._mangum(event, context)
 
     def warm(self) -> None:
@@ -125,6 +144,52 @@ class LambdaHandler:
                 self._loop.close()
             self._loop = None
             self._mangum = None
+
+
+#: keys by which Mangum recognises the proxy events it handles
+_PROXY_KEYS = frozenset({"requestContext", "httpMethod", "routeKey", "version", "rawPath"})
+
+
+def is_direct_event(event: object) -> bool:
+    """Whether `event` is the older Lambda system's direct event: `{"image": ...}` as the
+    function's own input, not wrapped in an API Gateway request."""
+    return isinstance(event, dict) and "image" in event and not _PROXY_KEYS & set(event)
+
+
+def direct_event_as_http_api(event: dict[str, Any]) -> dict[str, Any]:
+    """The direct event as the HTTP API (payload 2.0) request `POST /lambda` with its image in
+    a JSON body; `event["headers"]`, when given, are sent along (an API key, say)."""
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    headers.update({"content-type": "application/json", "host": "lambda.direct"})
+    return {
+        "version": "2.0",
+        "routeKey": "POST /lambda",
+        "rawPath": "/lambda",
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": {
+            "http": {
+                "method": "POST",
+                "path": "/lambda",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "lambda-direct",
+            },
+            "routeKey": "POST /lambda",
+            "stage": "$default",
+        },
+        "body": json.dumps({"image": event["image"]}),
+        "isBase64Encoded": False,
+    }
+
+
+def _error_response(status: int, code: str, message: str) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps({"error": {"code": code, "message": message}}),
+        "isBase64Encoded": False,
+    }
 
 
 def _current_loop() -> asyncio.AbstractEventLoop | None:

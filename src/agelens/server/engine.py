@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 from agelens.models.backends import (
     DETECTORS,
@@ -23,7 +24,7 @@ from agelens.models.backends import (
     create_estimator,
     estimator_names,
 )
-from agelens.models.base import Detector, Estimator, RGBImage
+from agelens.models.base import Detector, Estimator, RGBImage, TunableDetector
 from agelens.pipeline import Analyzer
 from agelens.server.errors import InvalidRequestError, OverloadedError
 from agelens.server.metrics import Metrics
@@ -40,6 +41,9 @@ class AnalysisOptions:
     estimator: str
     min_face: float = 0.0
     max_faces: int | None = None
+    #: the detector's minimum face score and NMS IoU for this request (None: its own)
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
 
 
 class ModelPool:
@@ -108,9 +112,30 @@ class ModelPool:
     def run(self, options: AnalysisOptions, images: Sequence[RGBImage]) -> list[ImageResult]:
         """One batched Analyzer call for images sharing `options` (blocking)."""
         analyzer = self.analyzer(options.detector, options.estimator)
+        if options.score_threshold is not None or options.iou_threshold is not None:
+            analyzer = _with_thresholds(analyzer, options)
         return analyzer.analyze_arrays(
             images, min_face=options.min_face, max_faces=options.max_faces
         )
+
+
+def _with_thresholds(analyzer: Analyzer, options: AnalysisOptions) -> Analyzer:
+    """An Analyzer sharing `analyzer`'s loaded models, its detector run with the thresholds of
+    `options`. Built per batch rather than cached: thresholds are free numbers from requests,
+    and the copy shares the networks, so it costs microseconds."""
+    detector = analyzer.detector
+    if not hasattr(detector, "with_thresholds"):
+        raise InvalidRequestError(
+            f"the detector {detector.name!r} has no adjustable score or NMS threshold"
+        )
+    tunable = cast(TunableDetector, detector)
+    return Analyzer(
+        tunable.with_thresholds(
+            score_threshold=options.score_threshold, iou_threshold=options.iou_threshold
+        ),
+        analyzer.estimator,
+        max_pixels=analyzer.max_pixels,
+    )
 
 
 @dataclass(slots=True)

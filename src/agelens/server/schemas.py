@@ -1,4 +1,4 @@
-"""Request and response schemas of the REST API (`/v1`) and the seed-003 compatible `/predict`.
+"""Request and response schemas of the REST API (`/v1`) and the TF-container compatible `/predict`.
 
 The `/v1` response fields are exactly `ImageResult.to_dict()` (the same JSON as
 `agelens analyze --json`), plus `image_jpeg_base64` when an annotated image was asked for.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class FaceOut(BaseModel):
@@ -124,27 +124,63 @@ class ModelsOut(BaseModel):
 
 
 class PredictIn(BaseModel):
-    """Seed 003's request: an image as `url` or `b64`, and its options."""
+    """The Dockerised TF container's request: an image as `url` or `b64`, and its options.
 
-    confidence: float = Field(default=0.5, ge=0, le=1, description="minimum detection score")
-    nms: float = Field(default=0.3, gt=0, le=1, description="IoU above which boxes are merged")
-    draw: bool = False
+    Its documented template sends both fields with one left empty (`"b64": ""`): an empty
+    string counts as absent.
+    """
+
+    confidence: float = Field(
+        default=0.5, ge=0, le=1, description="minimum detection score (the detector's own: 0.5)"
+    )
+    nms: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="IoU above which overlapping detections are merged into one face",
+    )
+    draw: bool = Field(default=False, description="draw the boxes on the returned image")
     face_detector: Literal["fast", "accurate"] = "accurate"
     get_attributes: bool = True
-    return_image: bool = False
+    return_image: bool = Field(
+        default=False, description="return the image at all (false for production)"
+    )
     url: str | None = None
     b64: str | None = None
 
+    @field_validator("url", "b64", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class PredictOut(BaseModel):
-    """Seed 003's response. Each face is `[x1, y1, x2, y2, w, h, conf, age, gender]`."""
+    """The container's response. Each face is `[x1, y1, x2, y2, w, h, confidence, age,
+    gender]`: integer pixels, a float score, an integer age (None without attributes)."""
 
-    faces: list[list[float | str | None]]
-    image_size: list[int]
+    faces: list[list[int | float | str | None]]
+    image_size: list[int] = Field(description="width, height")
+    confidence: float = Field(description="the minimum detection score applied")
     inference_time: float = Field(description="milliseconds")
     image: str | None = Field(
-        default=None, description="annotated JPEG, base64 (draw/return_image)"
+        default=None, description="JPEG, base64, when `return_image` (boxes drawn when `draw`)"
     )
+
+
+class LambdaImageIn(BaseModel):
+    """The AWS Lambda system's request: the image file as base64 (a data URL is fine)."""
+
+    image: str = Field(min_length=1, description="the encoded image file, base64")
+
+
+class LambdaResultOut(BaseModel):
+    """The AWS Lambda system's answer: the annotated image as base64 PNG, and the faces."""
+
+    output_results_data: str = Field(
+        serialization_alias="outputResultsData",
+        description="the image with boxes and labels drawn, PNG, base64",
+    )
+    faces: list[FaceOut]
 
 
 class JobOptions(BaseModel):

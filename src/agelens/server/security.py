@@ -32,10 +32,38 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def presented_key(request: Request, *, allow_basic: bool = False) -> str | None:
+@dataclass(frozen=True, slots=True)
+class BasicCredentials:
+    """The user name and password of an HTTP basic `Authorization` header."""
+
+    username: str
+    password: str
+
+
+def basic_credentials(request: Request) -> BasicCredentials | None:
+    """The request's HTTP basic credentials, or None when it sends none (or unreadable ones)."""
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    username, _, password = decoded.partition(":")
+    return BasicCredentials(username, password)
+
+
+def presented_key(
+    request: Request, *, allow_basic: bool = False, basic_username: str | None = None
+) -> str | None:
     """The API key a request carries: `Authorization: Bearer KEY`, `X-API-Key: KEY`, or (where
-    `allow_basic`, for seed-003 clients) HTTP basic with the key as password (or as user name
-    when the password is empty)."""
+    `allow_basic`, for the TF container's clients on `/predict`) HTTP basic with the key as
+    password.
+
+    With `basic_username` set, basic credentials count only with that user name (compared in
+    constant time). Without it any user name goes, and a key sent as the user name with an
+    empty password (`curl -u KEY:`) is accepted too.
+    """
     header_key = request.headers.get("x-api-key")
     if header_key:
         return header_key.strip()
@@ -43,15 +71,17 @@ def presented_key(request: Request, *, allow_basic: bool = False) -> str | None:
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    if allow_basic and scheme.lower() == "basic" and credentials.strip():
-        try:
-            user, _, password = (
-                base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
-            )
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return password or user or None
-    return None
+    if not allow_basic:
+        return None
+    basic = basic_credentials(request)
+    if basic is None:
+        return None
+    if basic_username is not None:
+        user_matches = hmac.compare_digest(
+            basic.username.encode("utf-8"), basic_username.encode("utf-8")
+        )
+        return basic.password if user_matches and basic.password else None
+    return basic.password or basic.username or None
 
 
 def key_matches(key: str, digests: frozenset[str]) -> bool:
@@ -63,21 +93,32 @@ def key_matches(key: str, digests: frozenset[str]) -> bool:
     return matched
 
 
-def authenticate(request: Request, digests: frozenset[str], *, allow_basic: bool = False) -> str:
+def authenticate(
+    request: Request,
+    digests: frozenset[str],
+    *,
+    allow_basic: bool = False,
+    basic_username: str | None = None,
+) -> str:
     """The identity used for rate limiting: the key's digest prefix, or the client address when
-    no keys are configured. Raises UnauthorizedError when keys are configured and not matched."""
+    no keys are configured. Raises UnauthorizedError when keys are configured and not matched
+    (with basic auth: also when the user name is not `basic_username`, where that is set)."""
     if not digests:
         return f"addr:{request.client.host if request.client else 'unknown'}"
-    key = presented_key(request, allow_basic=allow_basic)
+    challenge = 'Basic realm="agelens"' if allow_basic else 'Bearer realm="agelens"'
+    key = presented_key(request, allow_basic=allow_basic, basic_username=basic_username)
     if key is None:
+        if allow_basic and basic_credentials(request) is not None:
+            raise UnauthorizedError(
+                "the user name or password is not valid", headers={"WWW-Authenticate": challenge}
+            )
         raise UnauthorizedError(
-            "an API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
-            headers={"WWW-Authenticate": 'Bearer realm="agelens"'},
+            "an API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
+            + (" or HTTP basic auth with the key as password" if allow_basic else ""),
+            headers={"WWW-Authenticate": challenge},
         )
     if not key_matches(key, digests):
-        raise UnauthorizedError(
-            "the API key is not valid", headers={"WWW-Authenticate": 'Bearer realm="agelens"'}
-        )
+        raise UnauthorizedError("the API key is not valid", headers={"WWW-Authenticate": challenge})
     return f"key:{hash_api_key(key)[:16]}"
 
 

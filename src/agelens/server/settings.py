@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from agelens.imaging import DEFAULT_MAX_PIXELS
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
         description="Plain keys (hashed at start-up and then forgotten); prefer api_key_hashes.",
         repr=False,
     )
+    basic_auth_username: str | None = Field(
+        default=None,
+        description="The user name HTTP basic auth must carry on `/predict` (the password is an "
+        "API key); unset, any user name is accepted with a valid key.",
+    )
 
     # --- limits
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -95,8 +101,10 @@ class Settings(BaseSettings):
 
     # --- web
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    examples_dir: Path | None = Field(
-        default=None, description="Folder of example photos shown on the web page."
+    examples_dir: str | None = Field(
+        default=None,
+        description="Example photos shown on the web page: a folder, or s3://bucket/prefix "
+        "(pip install 'agelens[s3]').",
     )
 
     # --- jobs API (/v1/jobs): a queue in an embedded database, worked through in the background
@@ -128,6 +136,16 @@ class Settings(BaseSettings):
         "older than this is taken to have lost its replica and is queued again.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _platform_port(cls, values: object) -> object:
+        """`PORT`, which container platforms (Cloud Run, Heroku, Knative) set, when neither
+        `port` nor AGELENS_PORT is given."""
+        platform_port = os.environ.get("PORT", "").strip()
+        if isinstance(values, dict) and "port" not in values and platform_port:
+            return {**values, "port": platform_port}
+        return values
+
     @field_validator(
         "api_key_hashes", "api_keys", "url_allow_networks", "cors_origins", mode="before"
     )
@@ -145,6 +163,17 @@ class Settings(BaseSettings):
                     "`agelens keys new` prints a key and its digest"
                 )
         return [digest.lower() for digest in value]
+
+    @field_validator("examples_dir", mode="before")
+    @classmethod
+    def _examples_location(cls, value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, str) and value.startswith("s3://"):
+            bucket = value[len("s3://") :].partition("/")[0]
+            if not bucket:
+                raise ValueError("examples_dir as S3 is s3://bucket/prefix")
+        return value or None
 
     @field_validator("jobs_database_url")
     @classmethod
