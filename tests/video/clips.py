@@ -67,25 +67,31 @@ class Clip:
         return None
 
 
-def utkface_people(utkface_dir: Path, count: int, *, seed: int = 15) -> list[Person]:
+def utkface_people(
+    utkface_dir: Path,
+    count: int,
+    *,
+    seed: int = 15,
+    usable: Callable[[RGB], bool] = lambda _: True,
+) -> list[Person]:
     """`count` adults from UTKFace's test split, drawn with a fixed seed, women and men
-    alternating (their chips are tight crops; the clips give them room around the face)."""
+    alternating, skipping faces `usable` refuses (e.g. faces the detector does not find: the
+    clips test tracking, not detection). Their chips are tight crops; the clips give them
+    room around the face."""
     with (utkface_dir / "labels.csv").open(newline="") as file:
         rows = [r for r in csv.DictReader(file) if r["split"] == "test"]
     rows = [r for r in rows if 18 <= int(r["age"]) <= 70]
     rng = random.Random(seed)
     rng.shuffle(rows)
-    by_gender = {g: [r for r in rows if r["gender"] == g] for g in ("F", "M")}
-    chosen = [by_gender["FM"[i % 2]][i // 2] for i in range(count)]
-    return [
-        Person(
-            name=Path(row["file"]).name.split(".")[0],
-            face=np.asarray(Image.open(utkface_dir / row["file"]).convert("RGB")),
-            age=float(row["age"]),
-            gender=row["gender"],
-        )
-        for row in chosen
-    ]
+    candidates = {g: iter([r for r in rows if r["gender"] == g]) for g in ("F", "M")}
+    people: list[Person] = []
+    while len(people) < count:
+        row = next(candidates["FM"[len(people) % 2]])
+        face = np.asarray(Image.open(utkface_dir / row["file"]).convert("RGB"))
+        if usable(face):
+            name = Path(row["file"]).name.split(".")[0]
+            people.append(Person(name, face, float(row["age"]), row["gender"]))
+    return people
 
 
 def background(size: tuple[int, int], seed: int) -> RGB:
@@ -104,9 +110,19 @@ def compose(
     frame_count: int,
     appearances: Sequence[Appearance],
     backgrounds: Callable[[int], RGB],
+    *,
+    seed: int = 0,
 ) -> tuple[list[RGB], list[dict[str, Box]]]:
-    """The frames of a clip and, per frame, the visible people's tile boxes."""
+    """The frames of a clip and, per frame, the visible people's tile boxes.
+
+    Like a handheld camera filming people who move a little, every frame is a little
+    different: each face tilts by up to 6 degrees and shakes by up to 3 px and 5% in size, the
+    light changes by up to 8%, and sensor noise (sigma 5) is added.
+    Without it, consecutive frames would be near copies and per-frame estimates would hardly
+    vary, which is not what real video gives.
+    """
     width, height = size
+    rng = np.random.default_rng(seed)
     frames, tiles = [], []
     for index in range(frame_count):
         canvas = Image.fromarray(backgrounds(index))
@@ -116,8 +132,12 @@ def compose(
             if place is None:
                 continue
             x, y, side = place
-            tile = Image.fromarray(appearance.person.face).resize(
-                (round(side), round(side)), Image.Resampling.BILINEAR
+            x, y = x + rng.uniform(-3, 3), y + rng.uniform(-3, 3)
+            side *= 1 + rng.uniform(-0.05, 0.05)
+            tile = (
+                Image.fromarray(appearance.person.face)
+                .rotate(rng.uniform(-6, 6), Image.Resampling.BILINEAR, fillcolor=(128, 128, 128))
+                .resize((round(side), round(side)), Image.Resampling.BILINEAR)
             )
             canvas.paste(tile, (round(x), round(y)))
             box = (x, y, x + side, y + side)
@@ -125,7 +145,9 @@ def compose(
                 canvas.paste((128, 128, 128), tuple(round(v) for v in box))
             elif x >= 0 and y >= 0 and x + side <= width and y + side <= height:
                 visible[appearance.person.name] = box
-        frames.append(np.asarray(canvas))
+        light = rng.uniform(0.92, 1.08)
+        noisy = np.asarray(canvas, dtype=np.float32) * light + rng.normal(0, 5, (height, width, 3))
+        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
         tiles.append(visible)
     return frames, tiles
 

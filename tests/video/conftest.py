@@ -7,16 +7,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from PIL import Image
 
+from agelens.pipeline import Analyzer
 from tests.video.clips import Clip, Person, astronaut_clip, crowd_clip, cut_clip, utkface_people
 
 pytest.importorskip("av", reason="the video extra is not installed: pip install 'agelens[video]'")
 
 
 @pytest.fixture(scope="session")
-def clip_people(utkface_dir: Path) -> list[Person]:
-    """Eight UTKFace test-split adults with known age and gender."""
-    return utkface_people(utkface_dir, 8)
+def clip_people(utkface_dir: Path, analyzer: Analyzer) -> list[Person]:
+    """Eight UTKFace test-split adults with known age and gender, each a face the default
+    detector finds on a plain background (the clips test tracking, not detection)."""
+
+    def found(face: NDArray[np.uint8]) -> bool:
+        canvas = np.full((300, 300, 3), 128, np.uint8)
+        canvas[50:250, 50:250] = np.asarray(Image.fromarray(face).resize((200, 200)))
+        return len(analyzer.detector.detect_many([canvas])[0]) == 1
+
+    return utkface_people(utkface_dir, 8, usable=found)
 
 
 @pytest.fixture(scope="session")
