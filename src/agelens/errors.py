@@ -80,3 +80,21 @@ class BatchOutputError(AgelensError):
     --overwrite), its suffix names no known format, or a resume would mix incompatible runs."""
 
     code = "batch_output_error"
+
+
+class VideoSourceError(AgelensError):
+    """A video source cannot be opened: no such file, an empty file, not a video, a webcam that
+    is absent, a stream that does not answer, or a URL the address rules forbid."""
+
+    code = "video_source_error"
+
+
+class VideoDecodeError(VideoSourceError):
+    """A video broke off part way (corrupt or truncated): the frames before the damage were
+    delivered, and `frames_read` says how many."""
+
+    code = "video_decode_error"
+
+    def __init__(self, message: str, frames_read: int = 0) -> None:
+        super().__init__(message)
+        self.frames_read = frames_read
