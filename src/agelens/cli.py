@@ -1363,9 +1363,12 @@ class _PlainHelpCommand(typer.core.TyperCommand):
                 # the metavar says it all; Typer would add "<list[str]>"
                 param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
             elif isinstance(param, typer.core.TyperOption) and not param.is_flag:
-                kind = "PATH" if param.type_descriptor.is_path else None
-                kind = kind or self._METAVARS.get(param.bare_type(), "VALUE")
-                param.metavar = param.metavar or kind
+                # Typer before its own type display (< 0.20 or so) shows click's TEXT already.
+                descriptor = getattr(param, "type_descriptor", None)
+                if descriptor is None or param.metavar is not None:
+                    continue
+                kind = "PATH" if descriptor.is_path else None
+                param.metavar = kind or self._METAVARS.get(param.bare_type(), "VALUE")
 
 
 def _use_plain_help(*typer_apps: typer.Typer) -> None:
