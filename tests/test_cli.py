@@ -63,12 +63,14 @@ def test_analyze_folder_and_draw_dir(astronaut_file: Path, tmp_path: Path) -> No
 def test_bad_file_is_reported_and_the_rest_go_on(astronaut_file: Path, tmp_path: Path) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    missing = tmp_path / "missing.jpg"
-    result = runner.invoke(app, ["analyze", str(bad), str(astronaut_file), str(missing), "--json"])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    result = runner.invoke(app, ["analyze", str(bad), str(astronaut_file), str(empty), "--json"])
     assert result.exit_code == EXIT_SOME_FAILED
     objects = _json_lines(result.stdout)
-    assert [o["source"] for o in objects] == [str(bad), str(astronaut_file), str(missing)]
+    assert [o["source"] for o in objects] == [str(bad), str(astronaut_file), str(empty)]
     errors = [o for o in objects if "error" in o]
+    assert len(errors) == 2
     assert {e["error"]["code"] for e in errors} == {"image_decode_error"}  # type: ignore[index]
     assert "broken.jpg" in result.stderr
 
@@ -82,12 +84,12 @@ def test_stdin_input(astronaut_file: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code"),
     [
-        (["analyze", "x.jpg", "--estimator", "nope"], EXIT_USAGE),
-        (["analyze", "x.jpg", "--detector", "nope"], EXIT_USAGE),
+        (["analyze", "-", "--estimator", "nope"], EXIT_USAGE),
+        (["analyze", "-", "--detector", "nope"], EXIT_USAGE),
         (["models", "fetch", "nope"], EXIT_USAGE),
         (["models", "info", "nope"], EXIT_USAGE),
         (["eval", "/nonexistent-dir"], EXIT_USAGE),
-        (["analyze", "x.jpg", "--preset", "nope"], EXIT_USAGE),
+        (["analyze", "-", "--preset", "nope"], EXIT_USAGE),
         (["serve", "--preset", "nope"], EXIT_USAGE),
     ],
 )
@@ -277,3 +279,268 @@ def test_analyze_draw_of_a_side_over_65500_px_is_downscaled(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     with Image.open(target) as drawn:
         assert drawn.size == (65_500, 1)
+
+
+# ----------------------------------------------------------------------------- help and version
+
+
+def _help_pages() -> list[list[str]]:
+    import typer.main
+
+    command = typer.main.get_command(app)
+    pages = [["--help"]]
+    for name, sub in command.commands.items():  # type: ignore[attr-defined]
+        pages.append([name, "--help"])
+        pages += [[name, inner, "--help"] for inner in getattr(sub, "commands", {})]
+    return pages
+
+
+def test_every_help_page_is_plain_text_without_type_noise() -> None:
+    pages = _help_pages()
+    assert len(pages) > 10
+    for args in pages:
+        result = runner.invoke(app, args, env={"COLUMNS": "100"})
+        assert result.exit_code == 0, (args, result.output)
+        for noise in ("<bool>", "<str>", "<int>", "<float>", "<path>", "<list["):
+            assert noise not in result.stdout, (args, noise)
+
+
+@pytest.mark.parametrize(
+    ("command", "hint"),
+    [("batch", "agelens[ray]"), ("report", "agelens[report]"), ("eval", "agelens[report]")],
+)
+def test_help_keeps_install_hints_in_brackets(command: str, hint: str) -> None:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert hint in result.stdout
+
+
+def test_version() -> None:
+    from agelens import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"agelens {__version__}"
+
+
+def test_train_and_finetune_help_say_why_their_pad_defaults_differ() -> None:
+    # click wraps help at 80 columns: compare the words
+    train = " ".join(runner.invoke(app, ["train", "--help"]).stdout.split())
+    finetune = " ".join(runner.invoke(app, ["finetune", "--help"]).stdout.split())
+    assert "0 suits ordinary photos; use 0.5 for tightly cropped faces" in train
+    assert "finetune defaults to 0.5" in train
+    assert "The default 0.5 suits tightly cropped faces" in finetune
+    assert "train defaults to 0" in finetune
+
+
+def test_the_cli_default_pixel_limit_is_the_librarys() -> None:
+    from agelens import cli
+    from agelens.imaging import DEFAULT_MAX_PIXELS
+
+    assert cli.DEFAULT_MAX_PIXELS == DEFAULT_MAX_PIXELS
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def test_models_list_shows_every_name_users_pass_uncut_at_80_columns() -> None:
+    from agelens.models.backends import DETECTORS, ESTIMATORS, PRESETS
+
+    names = {*DETECTORS, *ESTIMATORS, *(p.estimator for p in PRESETS.values())}
+    assert {"ensemble", "blazeface-fast", "blazeface-portrait"} <= names
+    table = runner.invoke(app, ["models", "list"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    cells = {cell.strip() for line in table.stdout.splitlines() for cell in line.split("│")}
+    assert names <= cells, names - cells
+    listed = {
+        row["name"] for row in json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    }
+    assert names <= listed
+
+
+@pytest.mark.parametrize(
+    ("name", "combines", "license"),
+    [
+        ("ensemble", ["cydral", "faceapi"], "CC0-1.0 + MIT"),
+        ("blazeface-fast", ["blazeface-short", "blazeface-full"], "Apache-2.0"),
+        ("blazeface-portrait", ["blazeface-short", "blazeface-full"], "Apache-2.0"),
+    ],
+)
+def test_models_info_knows_the_combined_names(name: str, combines: list[str], license: str) -> None:
+    result = runner.invoke(app, ["models", "info", name])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["combines"] == combines
+    assert info["license"] == license
+    assert info["fetched"] is True
+    assert info["description"]
+
+
+# ----------------------------------------------------------------------------- analyze --draw
+
+
+def test_draw_dir_keeps_same_named_inputs_from_different_folders_apart(
+    astronaut_file: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    Image.open(astronaut_file).save(first)
+    Image.open(astronaut_file).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
+    unique = tmp_path / "a" / "y.jpg"
+    Image.open(astronaut_file).save(unique)
+    out = tmp_path / "drawn"
+    result = runner.invoke(
+        app, ["analyze", str(first), str(second), str(unique), "--draw", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a_x.jpg", "b_x.jpg", "y.jpg"]
+    assert (out / "a_x.jpg").read_bytes() != (out / "b_x.jpg").read_bytes()
+
+
+def test_draw_file_with_several_inputs_is_a_usage_error(
+    astronaut_file: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "out.jpg"
+    result = runner.invoke(
+        app, ["analyze", str(astronaut_file), str(astronaut_file), "--draw", str(target)]
+    )
+    assert result.exit_code == EXIT_USAGE
+    assert "give a folder instead" in result.stderr
+    assert not target.exists()
+
+
+# ----------------------------------------------------------------------------- exit codes
+
+
+@pytest.fixture
+def inputs(astronaut_file: Path, tmp_path: Path) -> dict[str, str]:
+    """One input per row of the exit-code table."""
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here\n")
+    bad = tmp_path / "bad" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return {
+        "good": str(astronaut_file),
+        "missing": str(tmp_path / "missing.jpg"),
+        "empty folder": str(empty),
+        "bad image": str(bad),
+    }
+
+
+EXIT_CODE_TABLE = [
+    ("good", 0),
+    ("missing", EXIT_USAGE),
+    ("empty folder", EXIT_USAGE),
+    ("bad image", EXIT_SOME_FAILED),
+]
+
+
+@pytest.mark.parametrize("command", ["analyze", "batch"])
+@pytest.mark.parametrize(("given", "code"), EXIT_CODE_TABLE)
+def test_one_exit_code_table_for_analyze_and_batch(
+    command: str, given: str, code: int, inputs: dict[str, str], tmp_path: Path
+) -> None:
+    fast = ["--preset", "fast"]
+    args = [command, inputs[given], *fast]
+    if command == "batch":
+        args += ["--out", str(tmp_path / "results.jsonl"), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == code, result.output
+    if code == EXIT_USAGE:
+        assert "no such file" in result.stderr or "no images found" in result.stderr
+
+
+def test_exit_codes_in_the_docs_are_the_clis() -> None:
+    from agelens import cli
+    from tests.conftest import REPO_ROOT
+
+    page = (REPO_ROOT / "docs" / "cli.md").read_text()
+    for code in (cli.EXIT_OK, cli.EXIT_SOME_FAILED, cli.EXIT_USAGE, cli.EXIT_MODEL):
+        assert f"\n| `{code}` |" in page
+    assert f"\n| `{cli.EXIT_INTERRUPTED}` |" in page
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def test_json_timings_include_decode(astronaut_file: Path) -> None:
+    result = runner.invoke(app, ["analyze", str(astronaut_file), "--json"])
+    timings = json.loads(result.stdout)["timings_ms"]
+    assert set(timings) >= {"decode", "detect", "align", "estimate"}
+    assert timings["decode"] > 0
+
+
+def test_a_decompression_bomb_gets_our_limit_message(tmp_path: Path) -> None:
+    from tests.test_imaging import png_declaring_size
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring_size(20_000, 20_000))
+    result = runner.invoke(app, ["analyze", str(bomb), "--preset", "fast"])
+    assert result.exit_code == EXIT_SOME_FAILED
+    assert "over the limit of 50000000 pixels (400000000 pixels)" in result.stderr
+    assert "--max-pixels" in result.stderr
+    assert "DOS attack" not in result.stderr
+
+
+def test_max_pixels_option_sets_the_limit(astronaut_file: Path) -> None:
+    result = runner.invoke(app, ["analyze", str(astronaut_file), "--max-pixels", "1000"])
+    assert result.exit_code == EXIT_SOME_FAILED
+    assert "over the limit of 1000 pixels" in result.stderr
+
+
+@pytest.fixture
+def labelled_folder(astronaut_file: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    rows = ["file,age,gender"]
+    for index in range(3):
+        (folder / f"a{index}.jpg").write_bytes(astronaut_file.read_bytes())
+        rows.append(f"a{index}.jpg,42,F")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_eval_prints_a_summary_and_what_it_wrote(labelled_folder: Path, tmp_path: Path) -> None:
+    out, records = tmp_path / "metrics.json", tmp_path / "records.jsonl"
+    args = ["eval", str(labelled_folder), "--preset", "fast"]
+    result = runner.invoke(
+        app, [*args, "--out", str(out), "--records", str(records)], env={"COLUMNS": "120"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) < 25
+    assert "age MAE (years)" in result.stdout
+    assert "gender accuracy" in result.stdout
+    assert "│ 100.0%" in result.stdout
+    assert f"wrote {out} (every metric, JSON)" in lines
+    assert f"wrote {records} (one prediction per image, JSONL)" in lines
+    assert json.loads(out.read_text())["n"] == 3
+
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["gender_accuracy"] == 1.0
+
+
+# ----------------------------------------------------------------------------- batch progress
+
+
+def test_batch_progress_shows_no_rate_until_it_rests_on_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from agelens import cli
+
+    clock = iter([100.0 + 0.0001 * i for i in range(9)] + [102.0])
+    monkeypatch.setattr(cli.time, "monotonic", lambda: next(clock))
+    progress = cli._BatchProgress(enabled=True)
+    item = SimpleNamespace(face_count=1, status="face", skipped=False)
+    rates = []
+    for _ in range(10):
+        progress.update(item)
+        rates.append(progress._progress.tasks[0].fields["rate"])
+    assert rates[:9] == ["-"] * 9  # 9 images within a millisecond: no rate yet
+    assert rates[9] == "4.5"  # 9 images after the first, over 2 s

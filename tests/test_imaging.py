@@ -445,7 +445,8 @@ def half_of(encoded: bytes) -> bytes:
             lambda tmp: png_declaring_size(100_000, 100_000),
             {},
             ImageTooLargeError,
-            "pixels",
+            "over the limit of 50000000 pixels (10000000000 pixels); downscale it or raise the "
+            "limit (--max-pixels",
             id="bomb-png-100000x100000",
         ),
         pytest.param(
@@ -466,7 +467,7 @@ def half_of(encoded: bytes) -> bytes:
             lambda tmp: write_file(tmp, "bomb.png", png_declaring_size(100_000, 100_000)),
             {},
             ImageTooLargeError,
-            "pixels",
+            "over the limit of 50000000 pixels",
             id="bomb-png-file",
         ),
         pytest.param(
@@ -619,6 +620,17 @@ def test_bad_inputs_raise_typed_errors_quickly(
 
     assert type(error) is expected_error, repr(error)
     assert message_part in str(error)
+    assert "DOS attack" not in str(error)  # Pillow's words, not ours
+
+
+def test_an_image_over_pillows_own_limit_but_under_ours_says_so() -> None:
+    # 20000x20000 is past twice Pillow's MAX_IMAGE_PIXELS, so Pillow refuses it while opening.
+    error = run_with_deadline(
+        2.0, lambda: load_image(png_declaring_size(20_000, 20_000), max_pixels=10**9)
+    )
+
+    assert isinstance(error, ImageTooLargeError)
+    assert "400000000 pixels, more than the image library (Pillow) opens safely" in str(error)
 
 
 def test_decoding_leaves_pillow_and_warning_state_alone() -> None:

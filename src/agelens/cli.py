@@ -1,7 +1,9 @@
 """The `agelens` command. Thin: every subcommand calls the library.
 
-Exit codes: 0 success; 1 some inputs could not be analysed (each is reported, the rest go on);
-2 usage error; 3 a model is missing or could not be fetched.
+Exit codes, the same for every command (docs/cli.md has the table): 0 success; 1 done, but some
+inputs could not be analysed (each is reported, the rest go on); 2 usage error, nothing analysed
+(a missing file or folder, no images in the inputs, an unknown model or option value); 3 a model
+is missing or could not be fetched; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import importlib.util
 import json
 import logging
 import sys
+import time
+import typing
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +23,10 @@ import typer
 from agelens.errors import AgelensError, ModelFetchError, ModelNotFetchedError, UnknownModelError
 from agelens.models.backends import resolve_models
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL = 0, 1, 2, 3
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: agelens.imaging.DEFAULT_MAX_PIXELS, written out so that `agelens --help` does not import
+#: Pillow (a test keeps the two equal)
+DEFAULT_MAX_PIXELS = 50_000_000
 IMAGE_SUFFIXES = {
     ".jpg",
     ".jpeg",
@@ -33,19 +40,25 @@ IMAGE_SUFFIXES = {
     ".heif",
 }
 
+# Plain help (rich_markup_mode=None): Rich markup would eat "[ray]" in "agelens[ray]", and
+# click rewraps each paragraph to the terminal instead of keeping the source's line breaks.
 app = typer.Typer(
     help="Apparent age and gender of every face in photos.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
-models_app = typer.Typer(help="Obtain and inspect models.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Obtain and inspect models.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(models_app, name="models")
 logger = logging.getLogger("agelens.cli")
 
 # The model choice shared by analyze, eval and batch: explicit names win over the preset.
 PresetOption = Annotated[
-    str | None, typer.Option(help="fastest, fast, balanced (default) or accurate; see README.")
+    str | None,
+    typer.Option(help="fastest, fast, balanced (default) or accurate (docs: Presets)."),
 ]
 DetectorOption = Annotated[
     str | None,
@@ -62,11 +75,32 @@ EstimatorOption = Annotated[
     str | None,
     typer.Option(help="Estimator name or trained model folder (overrides --preset)."),
 ]
+MaxPixelsOption = Annotated[
+    int,
+    typer.Option(
+        help="Refuse images with more pixels than this, read from the header before decoding "
+        "(decompression bombs)."
+    ),
+]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from agelens import __version__
+
+        typer.echo(f"agelens {__version__}")
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
 def _configure(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -126,6 +160,7 @@ def _model_rows() -> list[dict[str, Any]]:
         }
         for spec in MODELS.values()
     ]
+    rows += _combined_rows(rows)
     for name, folder in trained_folders().items():
         if card_kind(folder) == "agelens-finetuned":
             rows.append(_finetuned_row(name, folder))
@@ -150,6 +185,48 @@ def _model_rows() -> list[dict[str, Any]]:
                     f"({card['training']['faces_used']} faces). {card.get('data_notice', '')}"
                 ).strip(),
                 "card": card,
+            }
+        )
+    return rows
+
+
+#: What the detector and estimator names that combine registry models do (`--detector` and
+#: `--estimator` take them like any other name).
+_COMBINED_DESCRIPTIONS = {
+    "blazeface-fast": "short-range BlazeFace up to 512 px, full-range above, never tiled: "
+    "the fast preset's detector; misses faces under ~1/20 of a large photo's side",
+    "blazeface-portrait": "blazeface-fast, but images up to 512 px are searched first by "
+    "the short-range model at 96 px (128 px where that finds nothing): for portraits and face "
+    "crops; the fastest preset's detector",
+    "ensemble": "cydral and faceapi on each face and its mirror image, stacked with weights "
+    "fitted on UTKFace dev: the default estimator",
+}
+
+
+def _combined_rows(registry_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the detector and estimator names that are not registry models themselves
+    but combine them (blazeface-fast, blazeface-portrait, ensemble)."""
+    from agelens.models.backends import DETECTORS, ESTIMATORS, REQUIRED_MODELS
+
+    by_name = {row["name"]: row for row in registry_rows}
+    rows: list[dict[str, Any]] = []
+    for name in [*DETECTORS, *ESTIMATORS]:
+        if name in by_name or name not in REQUIRED_MODELS:
+            continue
+        parts = [by_name[part] for part in REQUIRED_MODELS[name]]
+        task = "detector" if name in DETECTORS else "age_gender"
+        rows.append(
+            {
+                "name": name,
+                "task": task,
+                "source": f"agelens: {' + '.join(REQUIRED_MODELS[name])}",
+                "license": " + ".join(dict.fromkeys(part["license"] for part in parts)),
+                "size_bytes": sum(part["size_bytes"] or 0 for part in parts),
+                "files": {},
+                "fetched": all(part["fetched"] for part in parts),
+                "path": None,
+                "description": _COMBINED_DESCRIPTIONS.get(name, ""),
+                "combines": list(REQUIRED_MODELS[name]),
             }
         )
     return rows
@@ -197,27 +274,40 @@ def _finetuned_row(name: str, folder: Path) -> dict[str, Any]:
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """Every registered model: task, source package, licence, size, sha256, fetched or not."""
+    """Every model name --detector and --estimator take: task, source package, licence, size,
+    sha256, fetched or not."""
     rows = _model_rows()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("name", "task", "source", "license", "size", "sha256", "fetched")
+    console = Console()
+    # Names are what users type: never cut or wrapped. Source and sha256 need a wide terminal;
+    # `models info NAME` and `--json` always have them.
+    wide = console.width >= 150
+    longest = max(len(row["name"]) for row in rows)
+    columns: list[Column | str] = [Column("name", no_wrap=True, min_width=longest), "task"]
+    columns += ["source"] if wide else []
+    columns += [Column("license", overflow="fold"), Column("size", no_wrap=True)]
+    columns += ["sha256"] if wide else []
+    table = Table(*columns, "fetched")
     for row in rows:
         size = f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] else "-"
         hashes = "\n".join(f"{name}: {digest[:16]}…" for name, digest in row["files"].items())
-        fetched = "yes" if row["fetched"] else "no"
-        table.add_row(
-            row["name"], row["task"], row["source"], row["license"], size, hashes, fetched
-        )
-    Console().print(table)
+        cells = [row["name"], row["task"]]
+        cells += [row["source"]] if wide else []
+        cells += [row["license"], size]
+        cells += [hashes] if wide else []
+        table.add_row(*cells, "yes" if row["fetched"] else "no")
+    console.print(table)
 
 
 @models_app.command("info")
-def models_info(name: str) -> None:
+def models_info(
+    name: Annotated[str, typer.Argument(help="A name from `agelens models list`.")],
+) -> None:
     """Everything known about one model, as JSON."""
     rows = {row["name"]: row for row in _model_rows()}
     if name not in rows:
@@ -229,6 +319,8 @@ def models_info(name: str) -> None:
 
 
 def _expand_inputs(paths: list[str]) -> list[str]:
+    """Files as given, folders as the image files under them (sorted); a path that does not
+    exist is a usage error, like `batch`'s."""
     expanded: list[str] = []
     for raw in paths:
         path = Path(raw)
@@ -238,16 +330,53 @@ def _expand_inputs(paths: list[str]) -> list[str]:
                 for p in sorted(path.rglob("*"))
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
-        else:
+        elif raw == "-" or path.exists():
             expanded.append(raw)
+        else:
+            raise _fail(f"{raw}: no such file or folder", EXIT_USAGE)
     return expanded
 
 
-def _draw_target(draw: Path, source: str, many: bool) -> Path:
-    if not many and draw.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}:
-        return draw
-    stem = "stdin" if source == "-" else Path(source).stem
-    return draw / f"{stem}.jpg"
+_DRAWING_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+def _drawing_targets(draw: Path, inputs: list[str]) -> list[Path]:
+    """Where `analyze --draw` writes each input's annotated image.
+
+    One input and an image suffix: that file. Otherwise a folder with one JPEG per input, named
+    after the input; inputs with the same name in different folders get their folders in the
+    name (`a/x.jpg`, `b/x.jpg` -> `a_x.jpg`, `b_x.jpg`), so no drawing overwrites another.
+    """
+    if draw.suffix.lower() in _DRAWING_SUFFIXES:
+        if len(inputs) > 1:
+            raise _fail(
+                f"--draw {draw} names one file but there are {len(inputs)} images; "
+                "give a folder instead",
+                EXIT_USAGE,
+            )
+        return [draw]
+    stems = ["stdin" if name == "-" else Path(name).stem for name in inputs]
+    if len(set(stems)) < len(stems):
+        import os
+
+        resolved = [Path(name).resolve() for name in inputs if name != "-"]
+        common = Path(os.path.commonpath(resolved)) if resolved else Path()
+        stems = [
+            stem
+            if stems.count(stem) == 1
+            else "_".join(Path(name).resolve().relative_to(common).with_suffix("").parts)
+            for name, stem in zip(inputs, stems, strict=True)
+        ]
+    taken: set[str] = set()
+    targets = []
+    for stem in stems:
+        unique, number = stem, 1
+        while unique in taken:  # x.jpg and x.png in one folder
+            number += 1
+            unique = f"{stem}-{number}"
+        taken.add(unique)
+        targets.append(draw / f"{unique}.jpg")
+    return targets
 
 
 @app.command()
@@ -255,7 +384,12 @@ def analyze(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders, or - for stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
     draw: Annotated[
-        Path | None, typer.Option(help="Write annotated images to this folder (or file).")
+        Path | None,
+        typer.Option(
+            help="Write annotated images into this folder (one JPEG per input, named after it; "
+            "same-named inputs get their folders in the name), or into this .jpg/.png file "
+            "when there is one input."
+        ),
     ] = None,
     preset: PresetOption = None,
     detector: DetectorOption = None,
@@ -265,6 +399,7 @@ def analyze(
     threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
     workers: Annotated[int, typer.Option(help="Image groups analysed side by side.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per network run.")] = 8,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Detect faces and estimate apparent age and gender."""
     from agelens.imaging import load_image
@@ -273,26 +408,31 @@ def analyze(
     inputs = _expand_inputs(paths)
     if not inputs:
         raise _fail("no images found in the given paths", EXIT_USAGE)
+    targets = _drawing_targets(draw, inputs) if draw is not None else []
     try:
         detector, estimator = resolve_models(preset, detector, estimator)
-        analyzer = Analyzer(detector, estimator, threads=threads, workers=workers)
+        analyzer = Analyzer(
+            detector, estimator, threads=threads, workers=workers, max_pixels=max_pixels
+        )
     except (UnknownModelError, ValueError) as error:
         raise _fail(str(error), EXIT_USAGE) from error
     except (ModelNotFetchedError, ModelFetchError) as error:
         raise _fail(str(error), EXIT_MODEL) from error
     failures = 0
-    many = len(inputs) > 1
     step = max(1, batch_size)
     for start in range(0, len(inputs), step):
         chunk = inputs[start : start + step]
         decoded: dict[int, Any] = {}
+        decode_ms: dict[int, float] = {}
         errors: dict[int, AgelensError] = {}
         for index, name in enumerate(chunk):
+            began = time.perf_counter()
             try:
                 data: Any = sys.stdin.buffer.read() if name == "-" else name
                 decoded[index] = load_image(data, max_pixels=analyzer.max_pixels)
             except AgelensError as error:
                 errors[index] = error
+            decode_ms[index] = (time.perf_counter() - began) * 1000
         results = dict(
             zip(
                 decoded,
@@ -308,13 +448,17 @@ def analyze(
                 failures += 1
                 _report_error(name, errors[index], as_json)
                 continue
-            result = replace(results[index], source=name)
+            result = replace(
+                results[index],
+                source=name,
+                timings_ms={"decode": decode_ms[index], **results[index].timings_ms},
+            )
             if as_json:
                 typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
             else:
                 _print_result(result)
-            if draw is not None:
-                _write_drawing(draw, name, many, decoded[index], result)
+            if targets:
+                _write_drawing(targets[start + index], decoded[index], result)
     if failures:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -351,19 +495,16 @@ def _print_result(result: Any) -> None:
     console.print(table)
 
 
-def _write_drawing(draw: Path, name: str, many: bool, image: Any, result: Any) -> None:
+def _write_drawing(target: Path, image: Any, result: Any) -> None:
     from agelens.imaging import encode_jpeg
     from agelens.render import draw_result
 
-    target = _draw_target(draw, name, many)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(encode_jpeg(draw_result(image, result)))
     logger.info("wrote %s", target)
 
 
 # ----------------------------------------------------------------------------- batch
-
-EXIT_INTERRUPTED = 130
 
 
 @app.command()
@@ -401,18 +542,20 @@ def batch(
     chunk_size: Annotated[
         int, typer.Option(help="Images per committed part (what a crash can cost at most).")
     ] = 500,
+    max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
 ) -> None:
     """Analyse a whole photo collection into one table (one row per face), resumably.
 
-    Exit codes: 0 done; 1 done, but some images gave error rows; 2 usage error (missing input,
-    existing output without --resume/--overwrite, unknown model or format, missing extra);
-    3 a model is missing; 130 interrupted (finished images are kept: run again with --resume).
+    Exit codes: 0 done; 1 done, but some images gave error rows; 2 usage error (a missing
+    input, inputs without images, an existing output without --resume/--overwrite, an unknown
+    model or format, a missing extra); 3 a model is missing; 130 interrupted (finished images
+    are kept: run again with --resume).
     """
     import contextlib
     import os
 
-    from agelens.batch import BatchOptions, count_sources, run_batch
+    from agelens.batch import BatchOptions, count_sources, iter_sources, run_batch
     from agelens.errors import BatchInputError, BatchOutputError, MissingExtraError
 
     if engine not in ("local", "ray"):
@@ -429,11 +572,15 @@ def batch(
             threads=threads,
             crops_dir=crops,
             chunk_images=chunk_size,
+            max_pixels=max_pixels,
         )
     except (UnknownModelError, ValueError) as error:
         raise _fail(str(error), EXIT_USAGE) from error
     show_progress = not quiet and sys.stderr.isatty()
     try:
+        # Nothing to analyse is a usage error, as it is for `analyze` (not an empty output).
+        if next(iter(iter_sources(inputs)), None) is None:
+            raise _fail(f"no images found in {' '.join(inputs)}", EXIT_USAGE)
         with _BatchProgress(enabled=show_progress) as progress:
             if show_progress:
                 with contextlib.suppress(BatchInputError):  # run_batch reports it
@@ -484,7 +631,8 @@ class _BatchProgress:
         )
 
         self.enabled = enabled
-        self.faces = self.errors = self.skipped = 0
+        self.faces = self.errors = self.skipped = self.done = 0
+        self._first_done_at: float | None = None
         self._progress = Progress(
             TextColumn("images"),
             BarColumn(),
@@ -520,15 +668,33 @@ class _BatchProgress:
         self.faces += item.face_count
         self.errors += item.status == "error"
         self.skipped += item.skipped
-        speed = self._progress.tasks[0].speed
+        self.done += 1
+        now = time.monotonic()
+        if self._first_done_at is None:
+            self._first_done_at = now
+        rate = self.rate(now)
         self._progress.update(
             self._task,
             advance=1,
             faces=self.faces,
             errors=self.errors,
             skipped=self.skipped,
-            rate=f"{speed:.1f}" if speed else "-",
+            rate=f"{rate:.1f}" if rate is not None else "-",
         )
+
+    #: the rate is shown once it rests on this much time (a first frame of a few images
+    #: finished within microseconds of each other would read as 100,000 img/s)
+    MIN_RATE_SECONDS = 1.0
+
+    def rate(self, now: float) -> float | None:
+        """Images a second since the first image finished, or None until that is at least
+        MIN_RATE_SECONDS ago."""
+        if self._first_done_at is None:
+            return None
+        elapsed = now - self._first_done_at
+        if elapsed < self.MIN_RATE_SECONDS:
+            return None
+        return (self.done - 1) / elapsed
 
 
 # ----------------------------------------------------------------------------- report
@@ -598,6 +764,10 @@ def evaluate_command(
         float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
     ] = 0.0,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here.")] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print every metric as JSON instead of a summary table."),
+    ] = False,
     preset: PresetOption = None,
     detector: DetectorOption = None,
     estimator: EstimatorOption = None,
@@ -613,7 +783,10 @@ def evaluate_command(
         ),
     ] = None,
 ) -> None:
-    """Score age and gender against a labelled folder (any CSV with file,age,gender)."""
+    """Score age and gender against a labelled folder (any CSV with file,age,gender).
+
+    Prints a summary table (every metric with --json) and writes the full metrics with --out.
+    """
     from rich.progress import Progress
 
     from agelens.errors import MissingExtraError, require_extra
@@ -656,17 +829,54 @@ def evaluate_command(
     metrics["split"] = split
     metrics["limit"] = limit
     text = json.dumps(metrics, indent=2)
+    written = []
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+        written.append(f"wrote {out} (every metric, JSON)")
     if records is not None:
         records.write_text("".join(json.dumps(r) + "\n" for r in per_image))
+        written.append(f"wrote {records} (one prediction per image, JSONL)")
     if html is not None:
         from agelens.report.eval_html import write_eval_html
 
         write_eval_html(html, metrics, per_image)
-        logger.info("wrote %s", html)
-    typer.echo(text)
+        written.append(f"wrote {html} (report with plots)")
+    if as_json:
+        typer.echo(text)
+    else:
+        _print_eval_summary(metrics)
+    for line in written:
+        typer.echo(line, err=as_json)
+
+
+def _print_eval_summary(metrics: dict[str, Any]) -> None:
+    """The headline metrics of `agelens eval` as a short table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def percent(key: str) -> str:
+        value = metrics.get(key)
+        return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
+
+    def number(key: str, digits: int = 2) -> str:
+        value = metrics.get(key)
+        return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+    models = metrics.get("models") or {}
+    title = f"{metrics['dataset']}: {' + '.join(str(name) for name in models.values())}"
+    table = Table("metric", "value", title=title)
+    table.add_row("images scored", str(metrics["n"]))
+    table.add_row("faces found", str(metrics["faces_found"]))
+    table.add_row("age MAE (years)", number("age_mae"))
+    table.add_row("age within 5 years (CS@5)", percent("age_cs5"))
+    table.add_row("age mean signed error (years)", number("age_mean_signed_error"))
+    table.add_row("age interval holds the true age", percent("age_interval_coverage"))
+    table.add_row("gender accuracy", percent("gender_accuracy"))
+    if "age_bin_accuracy" in metrics:
+        table.add_row("age-bin accuracy", percent("age_bin_accuracy"))
+    table.add_row("images per second", number("images_per_second", 1))
+    Console().print(table)
 
 
 def _command_line(context: typer.Context) -> str:
@@ -726,7 +936,12 @@ def train_command(
         str, typer.Option(help="Comma-separated backbones: faceres, faceres-deep, faceapi, cydral.")
     ] = "faceres,faceapi,cydral",
     pad: Annotated[
-        float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
+        float,
+        typer.Option(
+            help="Border, as a fraction of the image size, added before detection. 0 suits "
+            "ordinary photos; use 0.5 for tightly cropped faces such as UTKFace's (finetune "
+            "defaults to 0.5 because its recipe is made for such crops)."
+        ),
     ] = 0.0,
     detector: TrainingDetectorOption = "blazeface-full",
     folds: Annotated[int, typer.Option(help="Cross-fitting folds (= heads averaged).")] = 5,
@@ -870,7 +1085,12 @@ def finetune_command(
     ] = "dev",
     limit: Annotated[int | None, typer.Option(help="Train on a seeded sample of N rows.")] = None,
     pad: Annotated[
-        float, typer.Option(help="Border, as a fraction of the image size, added before detection.")
+        float,
+        typer.Option(
+            help="Border, as a fraction of the image size, added before detection. The default "
+            "0.5 suits tightly cropped faces such as UTKFace's, which this recipe (like --split "
+            "dev) is made for; use 0 for ordinary photos (train defaults to 0)."
+        ),
     ] = 0.5,
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping on validation).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the split, augmentation and batches.")] = 0,
@@ -1032,7 +1252,9 @@ def finetune_command(
 
 # ----------------------------------------------------------------------------- service
 
-keys_app = typer.Typer(help="API keys for the service.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for the service.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -1166,6 +1388,44 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         return
     m_arena_max = -8  # from glibc's malloc.h
     mallopt(m_arena_max, arenas)
+
+
+# ----------------------------------------------------------------------------- help text
+
+
+class _PlainHelpCommand(typer.core.TyperCommand):
+    """A Typer command whose help shows click's classic metavars (`--out PATH`, `INPUTS...`)
+    instead of Typer's `<path>`, `<str>`, `<list[str]>` after every name."""
+
+    _METAVARS: typing.ClassVar[dict[str, str]] = {
+        "str": "TEXT",
+        "int": "INTEGER",
+        "float": "NUMBER",
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, typer.core.TyperArgument):
+                param.metavar = param.metavar or (param.name or "value").upper()
+                # the metavar says it all; Typer would add "<list[str]>"
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+            elif isinstance(param, typer.core.TyperOption) and not param.is_flag:
+                # Typer before its own type display (< 0.20 or so) shows click's TEXT already.
+                descriptor = getattr(param, "type_descriptor", None)
+                if descriptor is None or param.metavar is not None:
+                    continue
+                kind = "PATH" if descriptor.is_path else None
+                param.metavar = kind or self._METAVARS.get(param.bare_type(), "VALUE")
+
+
+def _use_plain_help(*typer_apps: typer.Typer) -> None:
+    for typer_app in typer_apps:
+        for command in typer_app.registered_commands:
+            command.cls = _PlainHelpCommand
+
+
+_use_plain_help(app, models_app, keys_app)
 
 
 def main() -> None:

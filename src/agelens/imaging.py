@@ -16,6 +16,7 @@ import functools
 import io
 import logging
 import os
+import re
 import stat
 import warnings
 from collections.abc import Iterator
@@ -284,9 +285,7 @@ def _decode_encoded_image(
                 f"{label}: not a recognised image format (supported: {SUPPORTED_FORMATS_LABEL})"
             ) from error
         except Image.DecompressionBombError as error:
-            raise ImageTooLargeError(
-                f"{label}: image is over Pillow's own decompression-bomb limit ({error})"
-            ) from error
+            raise _bomb_error(label, error, max_pixels) from error
         except MemoryError:
             raise
         except Exception as error:  # Pillow's plugins raise many types on hostile headers.
@@ -340,9 +339,7 @@ def _pil_image_to_rgb(image: Image.Image, *, label: str, max_pixels: int) -> npt
     try:
         image.load()
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(
-            f"{label}: image is over Pillow's own decompression-bomb limit ({error})"
-        ) from error
+        raise _bomb_error(label, error, max_pixels) from error
     except MemoryError:
         raise
     except Exception as error:  # Pillow's decoders raise many types on corrupt data.
@@ -356,14 +353,40 @@ def _pil_image_to_rgb(image: Image.Image, *, label: str, max_pixels: int) -> npt
         ) from error
 
 
+#: how to raise the pixel limit, from each door
+RAISE_PIXEL_LIMIT = (
+    "downscale it or raise the limit (--max-pixels on the command line, AGELENS_MAX_PIXELS "
+    "for the service, max_pixels= in Python)"
+)
+
+
 def _check_pixel_count(width: int, height: int, *, label: str, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"{label}: image has zero pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"{label}: image is {width}x{height} ({width * height} pixels), over the limit of "
-            f"{max_pixels} pixels; downscale it or raise max_pixels"
+            f"{max_pixels} pixels; {RAISE_PIXEL_LIMIT}"
         )
+
+
+_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def _bomb_error(label: str, error: Exception, max_pixels: int) -> ImageTooLargeError:
+    """Pillow refuses images over twice its own MAX_IMAGE_PIXELS while opening them, before
+    agelens can read the size; say it in agelens's terms (the pixel count is in its message)."""
+    found = _BOMB_PIXELS.search(str(error))
+    pixels = int(found.group(1)) if found else None
+    if pixels is None or pixels > max_pixels:
+        size = f" ({pixels} pixels)" if pixels is not None else ""
+        return ImageTooLargeError(
+            f"{label}: image is over the limit of {max_pixels} pixels{size}; {RAISE_PIXEL_LIMIT}"
+        )
+    return ImageTooLargeError(
+        f"{label}: image has {pixels} pixels, more than the image library (Pillow) opens "
+        "safely; downscale it"
+    )
 
 
 def _decode_failure(label: str, error: Exception) -> ImageDecodeError:

@@ -228,3 +228,52 @@ def test_report_needs_an_output(rows: list[dict[str, Any]], tmp_path: Path) -> N
     outcome = runner.invoke(app, ["report", str(results)])
     assert outcome.exit_code == EXIT_USAGE
     assert "--html" in outcome.stderr
+
+
+def test_count_axes_have_whole_number_ticks() -> None:
+    from agelens.report import plots
+
+    # 2 images at most: matplotlib alone would tick 0, 0.25, 0.5, ... 2.0
+    faces_per_image = plots.bars(
+        ["0", "1", "2"], {"images": [1.0, 2.0, 1.0]}, title="t", whole_numbers=True
+    )
+    ages = plots.histogram({"F": [30.0, 31.0], "M": [50.0]}, [0, 20, 40, 60], title="t")
+    pyramid = plots.pyramid(
+        ["0-9", "10-19"], [1, 2], [2, 1], left_label="F", right_label="M", title="t"
+    )
+    for ticks in (
+        faces_per_image.figure.axes[0].get_yticks(),
+        ages.figure.axes[0].get_yticks(),
+        pyramid.figure.axes[0].get_xticks(),
+    ):
+        assert len(ticks) >= 2
+        assert all(float(tick).is_integer() for tick in ticks), ticks
+
+
+def test_report_page_does_not_scroll_sideways_on_a_phone(
+    rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        pytest.skip("needs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    long_path = "photos/" + "/".join(["a-folder-with-a-rather-long-name"] * 6) + "/broken.jpg"
+    wide = [*rows, error_row(long_path, None, ImageDecodeError(f"{long_path} is truncated"))]
+    page_file = tmp_path / "report.html"
+    page_file.write_text(render_batch_html(rows_to_table(wide), source="results.parquet"))
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=str(chromium),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})
+            page.goto(page_file.as_uri())
+            widths = page.evaluate(
+                "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+            )
+        finally:
+            browser.close()
+    assert widths[0] <= widths[1], widths

@@ -126,7 +126,7 @@ def test_no_plotting_library_at_import() -> None:
 def test_eval_html_on_utkface(utkface_dir: Path, tmp_path: Path) -> None:
     html = tmp_path / "utk.html"
     args = ["eval", str(utkface_dir), "--split", "test", "--limit", "40", "--pad", "0.5"]
-    result = runner.invoke(app, [*args, "--html", str(html)])
+    result = runner.invoke(app, [*args, "--html", str(html), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["n"] == 40

@@ -533,3 +533,120 @@ def test_jobs_panel_runs_url_and_zip_jobs_and_opens_the_report(
             f"done: 2 of 2 images · {photos.count} face"
         )
         screenshot(page, "jobs-panel.png")
+
+
+# ------------------------------------------------------------------ where messages show
+
+
+def _assert_in_viewport(page: Page, selector: str) -> dict[str, float]:
+    box = page.locator(selector).bounding_box()
+    viewport = page.viewport_size
+    assert box is not None
+    assert viewport is not None
+    assert box["y"] >= 0, (selector, box)
+    assert box["y"] + box["height"] <= viewport["height"], (selector, box, viewport)
+    return box
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)])
+def test_a_bad_upload_on_a_fresh_page_shows_its_error_next_to_the_upload(
+    browser: Browser, base_url: str, tmp_path: Path, width: int, height: int
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo\n", encoding="utf-8")
+    with open_page(browser, base_url, width=width, height=height) as page:
+        upload(page, text)
+        expect(page.locator("#error")).to_be_visible()
+        error = _assert_in_viewport(page, "#error")
+        dropzone = page.locator("#dropzone").bounding_box()
+        jobs = page.locator("#jobs-title").bounding_box()
+        assert dropzone is not None
+        assert jobs is not None
+        assert dropzone["y"] < error["y"] < jobs["y"]  # under the upload, above the Jobs panel
+        screenshot(page, f"error-next-to-upload-{width}.png")
+
+
+def test_analysing_message_shows_next_to_the_upload(
+    browser: Browser, base_url: str, photos: Photos
+) -> None:
+    # The request is held until the message has been seen, so "Analysing…" cannot be missed.
+    with open_page(browser, base_url, width=390, height=844) as page:
+        release: list[Any] = []
+        page.route("**/v1/analyze", lambda route: release.append(route))
+        upload(page, photos.women)
+        expect(page.locator("#status")).to_have_text(f"Analysing {photos.women.name}…")
+        _assert_in_viewport(page, "#status")
+        assert len(release) == 1
+        release[0].continue_()
+        wait_for_faces(page, photos.count)
+
+
+# ------------------------------------------------------------------ labels at phone width
+
+
+@pytest.fixture(scope="module")
+def group_photo(tmp_path_factory: pytest.TempPathFactory, astronaut: NDArray[np.uint8]) -> Path:
+    """sample5 (a group photo) when the shared samples are there, else eight astronauts side
+    by side in two rows: faces close together, as in a group photo."""
+    sample = SHARED_DATA / "samples" / "sample5.jpg"
+    if sample.is_file():
+        return sample
+    face = Image.fromarray(astronaut).resize((200, 200))
+    group = Image.new("RGB", (800, 400), (240, 240, 240))
+    for index in range(8):
+        group.paste(face, ((index % 4) * 200, (index // 4) * 200))
+    path = tmp_path_factory.mktemp("group") / "group.jpg"
+    group.save(path, quality=92)
+    return path
+
+
+def test_labels_do_not_overlap_at_phone_width(
+    browser: Browser, base_url: str, group_photo: Path
+) -> None:
+    with open_page(browser, base_url, width=390, height=844) as page:
+        upload(page, group_photo)
+        expect(page.locator("#result")).to_be_visible()
+        count = page.locator("#faces tbody tr").count()
+        assert count >= 4
+        labels = json.loads(page.get_attribute("#canvas", "data-label-boxes") or "[]")
+        width, height = page.evaluate("[canvas.width, canvas.height]")
+        assert len(labels) == count
+        for index, (x, y, w, h) in enumerate(labels):
+            assert x >= 0, (index, labels[index])
+            assert y >= 0, (index, labels[index])
+            assert x + w <= width + 0.5, (index, labels[index])
+            assert y + h <= height + 0.5, (index, labels[index])
+            for other in labels[index + 1 :]:
+                ox, oy, ow, oh = other
+                assert not (x < ox + ow and ox < x + w and y < oy + oh and oy < y + h), (
+                    labels[index],
+                    other,
+                )
+        screenshot(page, "phone-group-labels.png")
+
+
+# ------------------------------------------------------------------ the jobs panel's input
+
+
+def test_jobs_url_box_takes_one_url_per_line_and_shows_the_full_job_id(
+    browser: Browser, jobs_base_url: str, photos: Photos
+) -> None:
+    name = photos.example_names()[0]
+    lines = [f"{jobs_base_url}/v1/examples/{name}", f"{jobs_base_url}/v1/examples/my photo.jpg"]
+    with open_page(browser, jobs_base_url, width=390, height=844) as page:
+        page.fill("#job-urls", "\n".join([lines[0], "", f"  {lines[1]}  "]))
+        with page.expect_request("**/v1/jobs") as submitted:
+            page.click("#job-form button[type=submit]")
+        sent = submitted.value.post_data_json
+        assert sent["urls"] == [lines[0], lines[1].replace(" ", "%20")]
+        job = page.locator("#jobs li").first
+        expect(job.locator(".job-status")).to_contain_text("done: 2 of 2 images")
+        shown = (job.locator(".job-id").text_content() or "").strip()
+        assert shown == job.get_attribute("data-job-id")
+        answer = page.request.get(f"{jobs_base_url}/v1/jobs/{shown}")
+        assert answer.status == 200
+        assert answer.json()["id"] == shown
+        widths = page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert widths[0] <= widths[1], widths

@@ -279,6 +279,7 @@ def draw_charts(results: pyarrow.Table, summary: Mapping[str, Any]) -> list[Repo
                     title="Faces found per image",
                     xlabel="faces in the image",
                     ylabel="images",
+                    whole_numbers=True,
                 ),
             )
         )

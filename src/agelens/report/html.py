@@ -13,7 +13,10 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: 
        max-width: 1100px; margin: 2rem auto; padding: 0 1rem; }
 h1 { font-size: 1.5rem; margin-bottom: .2rem; }
 h2 { font-size: 1.15rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
-table { border-collapse: collapse; margin: .6rem 0; }
+/* A wide table scrolls inside itself, never the page (phones: 360-390 px). */
+table { border-collapse: collapse; margin: .6rem 0; display: block; max-width: 100%;
+        overflow-x: auto; }
+td { overflow-wrap: anywhere; }
 th, td { padding: .2rem .7rem; border-bottom: 1px solid #eee; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 table.run td, table.run th, table.text td, table.text th { text-align: left; }

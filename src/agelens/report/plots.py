@@ -101,6 +101,14 @@ def _as_svg(chart: Callable[_P, Chart]) -> Callable[_P, str]:
     return wrapper
 
 
+def _whole_number_ticks() -> Any:
+    """Tick positions for an axis of counts: whole numbers only (a count axis from 0 to 2
+    would otherwise be ticked at 0.5, 1.0, 1.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _figure(width: float = 5.0, height: float = 3.4) -> Figure:
     """A Figure without pyplot: no global backend state, safe in threads and servers."""
     require_extra("matplotlib", "report")
@@ -184,9 +192,11 @@ def bars(
     reference: float | None = None,
     reference_label: str | None = None,
     counts: Sequence[int] | None = None,
+    whole_numbers: bool = False,
 ) -> Figure:
     """Grouped bars, one group per category and one bar per series (None is left blank);
-    optional horizontal reference line and `n=` labels under the categories."""
+    optional horizontal reference line and `n=` labels under the categories. `whole_numbers`:
+    the values are counts, so the value axis has no fractional ticks."""
     import numpy as np
 
     figure = _figure(max(4.0, 0.6 * len(categories) * max(1, len(series)) + 1.5), 3.4)
@@ -206,6 +216,8 @@ def bars(
     axes.axhline(0, color="#999", linewidth=0.8)
     if ylim is not None:
         axes.set_ylim(*ylim)
+    if whole_numbers:
+        axes.yaxis.set_major_locator(_whole_number_ticks())
     if len(series) > 1 or reference_label:  # below the plot: bars near 1.0 leave no room inside
         handles, names = axes.get_legend_handles_labels()
         figure.legend(
@@ -309,6 +321,7 @@ def histogram(
         axes.xaxis.set_major_formatter(plain)
         axes.xaxis.set_minor_formatter(plain)
     axes.set_xlim(low, high)
+    axes.yaxis.set_major_locator(_whole_number_ticks())  # counts: no 0.5 ticks
     _apply(axes, title, xlabel, ylabel)
     return figure
 
@@ -344,6 +357,7 @@ def pyramid(
     axes.set_xlim(-widest * 1.25, widest * 1.25)
     axes.set_yticks(positions, list(bands))
     axes.axvline(0, color="#444", linewidth=0.8)
+    axes.xaxis.set_major_locator(_whole_number_ticks())  # counts: no 0.5 ticks
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{abs(value):g}"))
     axes.legend(loc="upper right", frameon=False, fontsize=8)
     _apply(axes, title, xlabel, "")

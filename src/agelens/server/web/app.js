@@ -54,6 +54,17 @@ function setStatus(text, busy = false) {
   const status = $("status");
   status.textContent = text;
   status.classList.toggle("busy", busy);
+  if (busy) revealMessages();
+}
+
+/** Scroll the messages (next to the upload) into view when they are off-screen, e.g. after
+ * an example further down the page was picked. */
+function revealMessages() {
+  const box = $("messages").getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) {
+    const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    $("messages").scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "nearest" });
+  }
 }
 
 function showError(title, detail) {
@@ -62,6 +73,7 @@ function showError(title, detail) {
   $("error").hidden = false;
   $("result").hidden = true; // an older result would read as the answer for this file
   setStatus("");
+  revealMessages();
 }
 
 function clearError() {
@@ -391,16 +403,27 @@ function draw() {
   ctx.font = `600 ${fontPx}px system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif`;
   ctx.textBaseline = "top";
 
+  const padX = 4 * perCss;
+  const padY = 3 * perCss;
+  const boxes = result.faces.map((face) => {
+    const [x1, y1, x2, y2] = face.box_xyxy;
+    return { left: x1 * sx, top: y1 * sy, width: (x2 - x1) * sx, height: (y2 - y1) * sy };
+  });
+  const labels = placeLabels(
+    boxes,
+    result.faces.map((face) => ctx.measureText(faceLabel(face)).width + 2 * padX),
+    fontPx + 2 * padY,
+    width,
+    height,
+  );
+  canvas.dataset.labelBoxes = JSON.stringify(labels.map((l) => [l.x, l.y, l.width, l.height]));
+
   const order = result.faces.map((_, i) => i).filter((i) => i !== state.active);
   if (state.active >= 0) order.push(state.active); // the highlighted face on top
   for (const index of order) {
     const face = result.faces[index];
     const color = COLORS[face.gender] || "#555";
-    const [x1, y1, x2, y2] = face.box_xyxy;
-    const left = x1 * sx;
-    const top = y1 * sy;
-    const boxW = (x2 - x1) * sx;
-    const boxH = (y2 - y1) * sy;
+    const { left, top, width: boxW, height: boxH } = boxes[index];
     const line = Math.max(1.5, (index === state.active ? 4 : 2.5) * perCss);
     if (index === state.active) {
       ctx.lineWidth = line + 3 * perCss;
@@ -410,22 +433,49 @@ function draw() {
     ctx.lineWidth = line;
     ctx.strokeStyle = color;
     ctx.strokeRect(left, top, boxW, boxH);
-
-    const text = faceLabel(face);
-    const padX = 4 * perCss;
-    const padY = 3 * perCss;
-    const labelW = ctx.measureText(text).width + 2 * padX;
-    const labelH = fontPx + 2 * padY;
-    let labelX = Math.min(Math.max(0, left - line / 2), width - labelW);
-    labelX = Math.max(0, labelX);
-    let labelY = top - line / 2 - labelH;
-    if (labelY < 0) labelY = Math.min(height - labelH, top + boxH + line / 2); // below the box
-    if (labelY < 0) labelY = 0;
-    ctx.fillStyle = color;
-    ctx.fillRect(labelX, labelY, labelW, labelH);
-    ctx.fillStyle = "#ffffff";
-    ctx.fillText(text, labelX + padX, labelY + padY);
   }
+  for (const index of order) {
+    const label = labels[index];
+    ctx.fillStyle = COLORS[result.faces[index].gender] || "#555";
+    ctx.fillRect(label.x, label.y, label.width, label.height);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillText(faceLabel(result.faces[index]), label.x + padX, label.y + padY);
+  }
+}
+
+function overlaps(a, b) {
+  return a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+}
+
+/**
+ * Where each face's label goes (canvas pixels): above its box if there is room and no label
+ * placed before it is there, else below it, else inside its top edge, else the nearest free
+ * spot stepping up or down from above the box. On a phone a label is large beside the faces of
+ * a group photo, so labels of neighbouring faces would otherwise cover each other.
+ */
+export function placeLabels(boxes, labelWidths, labelHeight, width, height) {
+  const placed = [];
+  const clampY = (y) => Math.max(0, Math.min(height - labelHeight, y));
+  boxes.forEach((box, index) => {
+    const labelWidth = Math.min(labelWidths[index], width);
+    const x = Math.max(0, Math.min(box.left, width - labelWidth));
+    const above = box.top - labelHeight;
+    const candidates = [above, box.top + box.height, box.top];
+    for (let step = 1; step <= 40; step += 1) {
+      candidates.push(above - step * labelHeight, box.top + box.height + step * labelHeight);
+    }
+    let spot = null;
+    for (const y of candidates) {
+      if (y < 0 || y + labelHeight > height) continue;
+      const rect = { x, y, width: labelWidth, height: labelHeight };
+      if (!placed.some((other) => overlaps(rect, other))) {
+        spot = rect;
+        break;
+      }
+    }
+    placed.push(spot || { x, y: clampY(above), width: labelWidth, height: labelHeight });
+  });
+  return placed;
 }
 
 function downloadJson() {
@@ -687,10 +737,12 @@ function jobMessage(text) {
 
 async function submitJob(event) {
   event.preventDefault();
+  // One URL per line; a space inside a line is part of its URL (percent-encoded).
   const urls = $("job-urls")
-    .value.split(/\s+/)
-    .map((url) => url.trim())
-    .filter(Boolean);
+    .value.split(/\r?\n/)
+    .map((line) => line.trim())
+    .filter(Boolean)
+    .map(encodeSpaces);
   const zip = $("job-zip").files[0];
   if (!urls.length && !zip) {
     jobMessage("Give image URLs or choose a zip of photos.");
@@ -737,14 +789,24 @@ async function submitJob(event) {
   pollJob(item, body.id);
 }
 
+/** A line of the URL box as a URL: spaces percent-encoded, as a browser's address bar does. */
+function encodeSpaces(line) {
+  return line.replace(/ /g, "%20");
+}
+
 function jobItem(job) {
   const item = document.createElement("li");
   item.dataset.jobId = job.id;
   const title = document.createElement("strong");
-  title.textContent = `Job ${job.id.slice(0, 8)} · ${job.source === "zip" ? "zip" : "URLs"} · ${plural(job.images_total, "image")}`;
+  title.textContent = `Job · ${job.source === "zip" ? "zip" : "URLs"} · ${plural(job.images_total, "image")}`;
+  // The full id: the one GET /v1/jobs/{id} takes (a shortened one answers 404).
+  const id = document.createElement("code");
+  id.className = "job-id";
+  id.textContent = job.id;
+  id.title = "Job id, as the jobs API takes it";
   const progress = document.createElement("progress");
   progress.max = 1;
-  progress.setAttribute("aria-label", `Progress of job ${job.id.slice(0, 8)}`);
+  progress.setAttribute("aria-label", `Progress of job ${job.id}`);
   const status = document.createElement("span");
   status.className = "job-status";
   const links = document.createElement("span");
@@ -762,7 +824,7 @@ function jobItem(job) {
     links.append(link);
   }
   links.hidden = true;
-  item.append(title, progress, status, links);
+  item.append(title, id, progress, status, links);
   showJob(item, job);
   return item;
 }
