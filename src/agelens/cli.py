@@ -1029,7 +1029,10 @@ def serve(
         str | None, typer.Option(help="Default models: fastest, fast, balanced or accurate.")
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Default detector.")] = None,
-    estimator: Annotated[str | None, typer.Option(help="Default estimator.")] = None,
+    estimator: Annotated[
+        str | None,
+        typer.Option(help="Default estimator: a name or a trained model folder (as for analyze)."),
+    ] = None,
     examples_dir: Annotated[
         str | None,
         typer.Option(help="Example photos for the web page: a folder or s3://bucket/prefix."),
@@ -1057,6 +1060,9 @@ def serve(
             detector, estimator = resolve_models(preset, detector, estimator)
         except UnknownModelError as error:
             raise _fail(str(error), EXIT_USAGE) from error
+    if estimator is not None and Path(estimator).expanduser().is_dir():
+        # a trained model's folder: absolute, so that /v1/models and jobs name it unambiguously
+        estimator = str(Path(estimator).expanduser().resolve())
     overrides: dict[str, Any] = {
         k: v
         for k, v in {
