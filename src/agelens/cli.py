@@ -1105,6 +1105,83 @@ def serve(
     )
 
 
+API_KEY_VARIABLE = "AGELENS_API_KEY"
+
+
+def _bot_analysis(
+    service: str | None, preset: str | None, detector: str | None, estimator: str | None
+) -> Any:
+    """The analysis a bot runs: the service at `service` through the client (its key from
+    AGELENS_API_KEY), or the library in this process with the given models."""
+    import os
+
+    from agelens.errors import require_extra
+
+    if service is not None:
+        from agelens.bots.analysis import ServiceAnalysis
+
+        try:
+            require_extra("httpx", "client")
+        except AgelensError as error:
+            raise _fail(str(error), EXIT_USAGE) from error
+        return ServiceAnalysis.connect(service, os.environ.get(API_KEY_VARIABLE) or None)
+    from agelens.bots.analysis import LibraryAnalysis
+    from agelens.pipeline import Analyzer
+
+    try:
+        detector, estimator = resolve_models(preset, detector, estimator)
+        return LibraryAnalysis(Analyzer(detector, estimator))
+    except UnknownModelError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    except (ModelNotFetchedError, ModelFetchError) as error:
+        raise _fail(str(error), EXIT_MODEL) from error
+
+
+@app.command("telegram")
+def telegram_bot(
+    service: Annotated[
+        str | None,
+        typer.Option(
+            help="Analyse on this agelens service (its API key from AGELENS_API_KEY) "
+            "instead of in this process."
+        ),
+    ] = None,
+    preset: PresetOption = None,
+    detector: DetectorOption = None,
+    estimator: EstimatorOption = None,
+    per_minute: Annotated[
+        int, typer.Option(help="Images a minute each chat may send (0: no limit).")
+    ] = 10,
+    token_variable: Annotated[
+        str, typer.Option(help="Environment variable holding the bot token.")
+    ] = "AGELENS_TELEGRAM_TOKEN",
+) -> None:
+    """Run a Telegram bot: a photo in, the faces' apparent age and gender out.
+
+    The token (from @BotFather) is read from AGELENS_TELEGRAM_TOKEN, never from the command
+    line. Needs the telegram extra: pip install 'agelens[telegram]'.
+    """
+    from agelens.errors import require_extra
+
+    try:
+        require_extra("telegram", "telegram")
+        from agelens.bots.telegram import (
+            AgeBot,
+            ChatRateLimiter,
+            build_application,
+            run_polling,
+            token_from_environment,
+        )
+
+        token = token_from_environment(token_variable)
+    except AgelensError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    analysis = _bot_analysis(service, preset, detector, estimator)
+    bot = AgeBot(analysis, ChatRateLimiter(per_minute))
+    logger.info("telegram bot running, analysis: %s", analysis.description)
+    run_polling(build_application(token, bot))
+
+
 def _limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas for the long-running service.
 
