@@ -1182,6 +1182,64 @@ def telegram_bot(
     run_polling(build_application(token, bot))
 
 
+@app.command(
+    "streamlit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def streamlit_command(
+    context: typer.Context,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            help="Analyse on this agelens service (its API key from AGELENS_API_KEY) "
+            "instead of in the app's process."
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Models when analysing in process (default balanced).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8501,
+) -> None:
+    """Run the Streamlit app: upload a photo or use the camera; see the faces, a table, the JSON.
+
+    Further arguments go to `streamlit run` (e.g. --theme.base dark). Needs the streamlit extra:
+    pip install 'agelens[streamlit]'.
+    """
+    import os
+    from importlib import resources
+
+    from agelens.errors import require_extra
+
+    try:
+        require_extra("streamlit", "streamlit")
+    except AgelensError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    script = str(resources.files("agelens.bots") / "streamlit_app.py")
+    env = dict(os.environ)
+    if service is not None:
+        env["AGELENS_SERVICE_URL"] = service
+    if preset is not None:
+        env["AGELENS_STREAMLIT_PRESET"] = preset
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        script,
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        *context.args,
+    ]
+    # Replaced by streamlit's process, so signals (Ctrl+C, SIGTERM) reach it directly.
+    os.execve(sys.executable, argv, env)
+
+
 def _limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas for the long-running service.
 

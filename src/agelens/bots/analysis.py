@@ -72,32 +72,52 @@ class LibraryAnalysis:
 
 
 class ServiceAnalysis:
-    """A running agelens service (`agelens serve`, the container, Lambda) through the client."""
+    """A running agelens service (`agelens serve`, the container, Lambda) through the client.
+    The clients are made on first use; `close` / `aclose` release them."""
 
-    def __init__(self, client: Client, async_client: AsyncClient) -> None:
-        self.client = client
-        self.async_client = async_client
-        self.description = f"the agelens service at {client.base_url}"
+    def __init__(self, base_url: str, api_key: str | None = None) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.description = f"the agelens service at {base_url}"
+        self._client: Client | None = None
+        self._async_client: AsyncClient | None = None
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None = None) -> ServiceAnalysis:
-        """Clients for the service at `base_url` (an API key if it needs one)."""
-        from agelens.client import AsyncClient, Client
+        """The analysis on the service at `base_url` (an API key if it needs one)."""
+        from agelens.errors import require_extra
 
-        return cls(Client(base_url, api_key), AsyncClient(base_url, api_key))
+        require_extra("httpx", "client")
+        return cls(base_url, api_key)
 
     def analyze(self, data: bytes) -> Analysis:
-        result, jpeg = self.client.analyze(data, return_image=True)
+        if self._client is None:
+            from agelens.client import Client
+
+            self._client = Client(self.base_url, self.api_key)
+        result, jpeg = self._client.analyze(data, return_image=True)
         return Analysis(result, jpeg)
 
     async def analyze_async(self, data: bytes) -> Analysis:
-        result, jpeg = await self.async_client.analyze(data, return_image=True)
+        if self._async_client is None:
+            from agelens.client import AsyncClient
+
+            self._async_client = AsyncClient(self.base_url, self.api_key)
+        result, jpeg = await self._async_client.analyze(data, return_image=True)
         return Analysis(result, jpeg)
+
+    def close(self) -> None:
+        """Close the blocking client's connections."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     async def aclose(self) -> None:
         """Close both clients' connections."""
-        await self.async_client.aclose()
-        self.client.close()
+        if self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = None
+        self.close()
 
 
 def face_label(face: Face) -> str:
