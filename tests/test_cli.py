@@ -178,6 +178,8 @@ def test_eval_contract(utkface_dir: Path, tmp_path: Path) -> None:
         "n",
         "faces_found",
         "age_mae",
+        "age_mse",
+        "age_rmse",
         "age_cs5",
         "gender_accuracy",
         "by_decade",
@@ -200,6 +202,9 @@ def test_eval_contract(utkface_dir: Path, tmp_path: Path) -> None:
     assert metrics["n"] == 24
     assert metrics["faces_found"] >= 22
     assert metrics["age_mae"] < 12
+    # RMSE weighs large errors more: at least the MAE, and the square root of the MSE
+    assert metrics["age_rmse"] >= metrics["age_mae"]
+    assert metrics["age_rmse"] ** 2 == pytest.approx(metrics["age_mse"])
 
 
 def test_console_script_runs(astronaut_file: Path) -> None:

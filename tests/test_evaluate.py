@@ -45,6 +45,10 @@ def test_metrics_by_hand() -> None:
     assert metrics["age_mae"] == pytest.approx((2 + 10 + 5) / 3)
     assert metrics["age_cs5"] == pytest.approx(2 / 3)
     assert metrics["age_mean_signed_error"] == pytest.approx((2 - 10 - 5) / 3)
+    assert metrics["age_mse"] == pytest.approx((4 + 100 + 25) / 3)
+    assert metrics["age_rmse"] == pytest.approx(((4 + 100 + 25) / 3) ** 0.5)
+    assert metrics["by_decade"]["30-39"]["age_mse"] == pytest.approx(100)
+    assert metrics["by_decade"]["30-39"]["age_rmse"] == pytest.approx(10)
     assert metrics["gender_accuracy"] == pytest.approx(2 / 3)
     assert metrics["age_interval_coverage"] == pytest.approx(2 / 3)
     assert list(metrics["by_decade"]) == ["10-19", "30-39", "70+"]
@@ -64,6 +68,8 @@ def test_empty_metrics() -> None:
     metrics = compute_metrics([], n=0)
     assert metrics["faces_found"] == 0
     assert metrics["age_mae"] is None
+    assert metrics["age_mse"] is None
+    assert metrics["age_rmse"] is None
     assert metrics["age_slope"] is None
     assert metrics["age_interval_coverage"] is None
     assert metrics["gender_accuracy"] is None

@@ -1293,7 +1293,10 @@ def serve(
         str | None, typer.Option(help="Default models: fastest, fast, balanced or accurate.")
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Default detector.")] = None,
-    estimator: Annotated[str | None, typer.Option(help="Default estimator.")] = None,
+    estimator: Annotated[
+        str | None,
+        typer.Option(help="Default estimator: a name or a trained model folder (as for analyze)."),
+    ] = None,
     examples_dir: Annotated[
         str | None,
         typer.Option(help="Example photos for the web page: a folder or s3://bucket/prefix."),
@@ -1321,6 +1324,9 @@ def serve(
             detector, estimator = resolve_models(preset, detector, estimator)
         except UnknownModelError as error:
             raise _fail(str(error), EXIT_USAGE) from error
+    if estimator is not None and Path(estimator).expanduser().is_dir():
+        # a trained model's folder: absolute, so that /v1/models and jobs name it unambiguously
+        estimator = str(Path(estimator).expanduser().resolve())
     overrides: dict[str, Any] = {
         k: v
         for k, v in {
@@ -1361,6 +1367,141 @@ def serve(
         log_level=log_level,
         proxy_headers=False,
     )
+
+
+API_KEY_VARIABLE = "AGELENS_API_KEY"
+
+
+def _bot_analysis(
+    service: str | None, preset: str | None, detector: str | None, estimator: str | None
+) -> Any:
+    """The analysis a bot runs: the service at `service` through the client (its key from
+    AGELENS_API_KEY), or the library in this process with the given models."""
+    import os
+
+    from agelens.errors import require_extra
+
+    if service is not None:
+        from agelens.bots.analysis import ServiceAnalysis
+
+        try:
+            require_extra("httpx", "client")
+        except AgelensError as error:
+            raise _fail(str(error), EXIT_USAGE) from error
+        return ServiceAnalysis.connect(service, os.environ.get(API_KEY_VARIABLE) or None)
+    from agelens.bots.analysis import LibraryAnalysis
+    from agelens.pipeline import Analyzer
+
+    try:
+        detector, estimator = resolve_models(preset, detector, estimator)
+        return LibraryAnalysis(Analyzer(detector, estimator))
+    except UnknownModelError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    except (ModelNotFetchedError, ModelFetchError) as error:
+        raise _fail(str(error), EXIT_MODEL) from error
+
+
+@app.command("telegram")
+def telegram_bot(
+    service: Annotated[
+        str | None,
+        typer.Option(
+            help="Analyse on this agelens service (its API key from AGELENS_API_KEY) "
+            "instead of in this process."
+        ),
+    ] = None,
+    preset: PresetOption = None,
+    detector: DetectorOption = None,
+    estimator: EstimatorOption = None,
+    per_minute: Annotated[
+        int, typer.Option(help="Images a minute each chat may send (0: no limit).")
+    ] = 10,
+    token_variable: Annotated[
+        str, typer.Option(help="Environment variable holding the bot token.")
+    ] = "AGELENS_TELEGRAM_TOKEN",
+) -> None:
+    """Run a Telegram bot: a photo in, the faces' apparent age and gender out.
+
+    The token (from @BotFather) is read from AGELENS_TELEGRAM_TOKEN, never from the command
+    line. Needs the telegram extra: pip install 'agelens[telegram]'.
+    """
+    from agelens.errors import require_extra
+
+    try:
+        require_extra("telegram", "telegram")
+        from agelens.bots.telegram import (
+            AgeBot,
+            ChatRateLimiter,
+            build_application,
+            run_polling,
+            token_from_environment,
+        )
+
+        token = token_from_environment(token_variable)
+    except AgelensError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    analysis = _bot_analysis(service, preset, detector, estimator)
+    bot = AgeBot(analysis, ChatRateLimiter(per_minute))
+    logger.info("telegram bot running, analysis: %s", analysis.description)
+    run_polling(build_application(token, bot))
+
+
+@app.command(
+    "streamlit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def streamlit_command(
+    context: typer.Context,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            help="Analyse on this agelens service (its API key from AGELENS_API_KEY) "
+            "instead of in the app's process."
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Models when analysing in process (default balanced).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8501,
+) -> None:
+    """Run the Streamlit app: upload a photo or use the camera; see the faces, a table, the JSON.
+
+    Further arguments go to `streamlit run` (e.g. --theme.base dark). Needs the streamlit extra:
+    pip install 'agelens[streamlit]'.
+    """
+    import os
+    from importlib import resources
+
+    from agelens.errors import require_extra
+
+    try:
+        require_extra("streamlit", "streamlit")
+    except AgelensError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    script = str(resources.files("agelens.bots") / "streamlit_app.py")
+    env = dict(os.environ)
+    if service is not None:
+        env["AGELENS_SERVICE_URL"] = service
+    if preset is not None:
+        env["AGELENS_STREAMLIT_PRESET"] = preset
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        script,
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        *context.args,
+    ]
+    # Replaced by streamlit's process, so signals (Ctrl+C, SIGTERM) reach it directly.
+    os.execve(sys.executable, argv, env)
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:

@@ -10,6 +10,9 @@ Needs only the `client` extra (`pip install 'agelens[client]'`, which adds httpx
             print(face.gender, face.age_years, face.age_interval)
         result, jpeg = client.analyze("photo.jpg", return_image=True)  # + the annotated JPEG
         items = client.analyze_batch(["a.jpg", "b.jpg"])  # ImageResult or ClientError each
+        job = client.submit_job(["https://example.com/a.jpg", ...])  # or files, or a .zip
+        job = client.wait(job.id)                         # polls until done or failed
+        rows = client.job_results(job.id)                 # one dict per face (agelens.rows)
 
 Results are the same frozen dataclasses the library returns (`agelens.types.ImageResult`).
 Server errors raise a `ClientError` subclass per error code (`UnauthorizedError`,
@@ -18,17 +21,21 @@ Server errors raise a `ClientError` subclass per error code (`UnauthorizedError`
 Retries: a 502/503 answer (overloaded, models still loading, a proxy whose upstream is not up)
 is retried up to `retries` times, waiting as the server's Retry-After says (capped at
 `max_retry_wait`) or with exponential backoff and jitter; so is a connection that failed before
-a response arrived. Every endpoint is free of side effects, so a repeat is safe. Other 4xx and
-5xx answers and read timeouts are never retried. `AsyncClient` is the same with `await`.
+a response arrived. Every endpoint but `submit_job` is free of side effects, so a repeat is
+safe; `submit_job` is retried only on a 503 (the server said it did not queue the job). Other
+4xx and 5xx answers and read timeouts are never retried. `AsyncClient` is the same with `await`.
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
+import io
+import json
 import os
 import random
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +59,9 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "InvalidRequestError",
+    "Job",
+    "JobExpiredError",
+    "JobTimeoutError",
     "NotFoundError",
     "NotReadyError",
     "OverloadedError",
@@ -199,6 +209,18 @@ class AnalysisTimeoutError(ClientError):
     default_code = "timeout"
 
 
+class JobExpiredError(ClientError):
+    """The job's results were deleted (they are kept `AGELENS_JOBS_RESULT_TTL_S` seconds)."""
+
+    default_code = "expired"
+
+
+class JobTimeoutError(ClientError):
+    """`wait` gave up: the job had not ended within its `timeout`."""
+
+    default_code = "job_timeout"
+
+
 _ERRORS_BY_CODE: dict[str, tuple[type[ClientError], int]] = {
     "invalid_request": (InvalidRequestError, 400),
     "bad_request": (InvalidRequestError, 400),
@@ -217,6 +239,7 @@ _ERRORS_BY_CODE: dict[str, tuple[type[ClientError], int]] = {
     "model_not_fetched": (NotReadyError, 503),
     "model_fetch_error": (NotReadyError, 503),
     "timeout": (AnalysisTimeoutError, 504),
+    "expired": (JobExpiredError, 410),
 }
 
 
@@ -396,6 +419,109 @@ def _chunks(sources: Iterable[Source], size: int) -> Iterator[list[Source]]:
         yield chunk
 
 
+#: the states in which a job no longer changes
+JOB_END_STATES = frozenset({"done", "failed", "expired"})
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job of the service (`/v1/jobs`): its state and counts when it was asked for.
+
+    `status` is one of queued, running, done, failed, expired; `message` says why a job
+    failed. Counts are of the images analysed so far (`faces`: faces found in them).
+    """
+
+    id: str
+    status: str
+    progress: float
+    images_total: int
+    images_done: int
+    images_without_faces: int
+    errors: int
+    faces: int
+    detector: str
+    estimator: str
+    message: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job has stopped changing (done, failed or expired)."""
+        return self.status in JOB_END_STATES
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any]) -> Job:
+        """The job from the service's JSON."""
+        return cls(
+            id=str(body["id"]),
+            status=str(body["status"]),
+            progress=float(body["progress"]),
+            images_total=int(body["images_total"]),
+            images_done=int(body["images_done"]),
+            images_without_faces=int(body["images_without_faces"]),
+            errors=int(body["errors"]),
+            faces=int(body["faces"]),
+            detector=str(body["detector"]),
+            estimator=str(body["estimator"]),
+            message=body.get("message"),
+        )
+
+
+def _zip_of(sources: Sequence[Source]) -> bytes:
+    """Local images (paths or bytes) packed into a zip in memory, names kept where known."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        used: set[str] = set()
+        for number, source in enumerate(sources):
+            data, name = _read(source)
+            member = name or f"image-{number:05d}"
+            if member in used:
+                member = f"{number:05d}-{member}"
+            used.add(member)
+            archive.writestr(member, data)
+    return buffer.getvalue()
+
+
+def _is_zip_file(source: object) -> bool:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source[:4]) == b"PK\x03\x04"
+    return isinstance(source, str | os.PathLike) and os.fspath(source).lower().endswith(".zip")
+
+
+def _submit_job_call(images: Iterable[Source] | Source, options: dict[str, Any]) -> _Call:
+    if _is_zip_file(images):
+        data, _ = _read(images)  # type: ignore[arg-type]
+        return _Call(
+            "POST",
+            "/v1/jobs",
+            params=_as_text(options),
+            content=data,
+            headers={"Content-Type": "application/zip"},
+        )
+    if isinstance(images, str | bytes | bytearray | memoryview | os.PathLike):
+        raise ValueError(
+            "submit_job takes several images (a list of URLs, paths or bytes) or one .zip file"
+        )
+    sources = list(images)
+    if not sources:
+        raise ValueError("submit_job needs at least one image")
+    urls = [s for s in sources if _is_url(s)]
+    if len(urls) == len(sources):
+        return _Call("POST", "/v1/jobs", json={"urls": urls, **options})
+    if urls:
+        raise ValueError("submit_job takes either URLs or local images (paths, bytes), not both")
+    return _Call(
+        "POST",
+        "/v1/jobs",
+        params=_as_text(options),
+        content=_zip_of(sources),
+        headers={"Content-Type": "application/zip"},
+    )
+
+
+def _parse_rows(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 class _Base:
     """Settings and retry policy shared by Client and AsyncClient."""
 
@@ -448,6 +574,12 @@ _RETRYABLE_TRANSPORT = (
 )
 
 
+def _retryable(status: int, creates: bool) -> bool:
+    """Whether an error answer may be retried: 502/503, and for a call that creates something
+    only 503 (the service answered that it did not; a 502 may come after it did)."""
+    return status == 503 if creates else status in RETRY_STATUSES
+
+
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
@@ -498,23 +630,27 @@ class Client(_Base):
         """Close the connections."""
         self._http.close()
 
-    def _send(self, call: _Call, *, retry: bool = True) -> Any:
+    def _send(
+        self, call: _Call, *, retry: bool = True, text: bool = False, creates: bool = False
+    ) -> Any:
+        """The JSON (or with `text`, the text) of a successful answer. `creates`: the call has
+        a side effect, so only an answer saying it was not done (503) is retried."""
         attempts = self.retries + 1 if retry else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
                 response = self._http.request(call.method, call.path, **call.send_kwargs())
             except _RETRYABLE_TRANSPORT as error:
-                if last:
+                if last or creates:
                     raise self._connection_error(call, error) from error
                 _sleep(self._wait(attempt, None))
                 continue
             except httpx.TransportError as error:
                 raise self._connection_error(call, error) from error
             if response.is_success:
-                return response.json()
+                return response.text if text else response.json()
             failure = _error_from_response(response)
-            if last or response.status_code not in RETRY_STATUSES:
+            if last or not _retryable(response.status_code, creates):
                 raise failure
             _sleep(self._wait(attempt, failure))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -579,6 +715,52 @@ class Client(_Base):
             items += _parse_batch(self._send(_batch_call(chunk, options)))
         return items
 
+    def submit_job(
+        self,
+        images: Iterable[Source] | Source,
+        *,
+        detector: str | None = None,
+        estimator: str | None = None,
+        min_face: float | None = None,
+        max_faces: int | None = None,
+    ) -> Job:
+        """Queue a job on the service (`POST /v1/jobs`) and return it at once (queued).
+
+        `images`: http(s) URLs the server fetches, or local images (paths or bytes, sent as
+        one zip), or a single `.zip` file (path or bytes). Then `wait(job.id)` and
+        `job_results(job.id)`. Raises ValueError for URLs mixed with local images.
+        """
+        options = _options(detector, estimator, min_face, max_faces, False)
+        return Job.from_dict(self._send(_submit_job_call(images, options), creates=True))
+
+    def job(self, job_id: str) -> Job:
+        """The job's current state (NotFoundError for an unknown id, or another key's job)."""
+        return Job.from_dict(self._send(_Call("GET", f"/v1/jobs/{job_id}")))
+
+    def job_results(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's result rows so far (all of them once done): one dict per face, per image
+        without a face and per failed image, with the columns of `agelens.rows`.
+        JobExpiredError once the results have been deleted."""
+        return _parse_rows(
+            self._send(_Call("GET", f"/v1/jobs/{job_id}/results", {"format": "jsonl"}), text=True)
+        )
+
+    def wait(self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 1.0) -> Job:
+        """Poll the job every `poll_seconds` until it has ended (done, failed or expired) and
+        return it; check `job.status`. JobTimeoutError after `timeout` seconds (None: no
+        limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job.ended:
+                return job
+            if deadline is not None and time.monotonic() + poll_seconds > deadline:
+                raise JobTimeoutError(
+                    f"job {job_id} is still {job.status} after {timeout:g} s "
+                    f"({job.images_done} of {job.images_total} images)"
+                )
+            _sleep(poll_seconds)
+
     def models(self) -> dict[str, Any]:
         """The server's detectors and estimators, its defaults, and what is loaded."""
         return dict(self._send(_Call("GET", "/v1/models")))
@@ -631,23 +813,25 @@ class AsyncClient(_Base):
         """Close the connections."""
         await self._http.aclose()
 
-    async def _send(self, call: _Call, *, retry: bool = True) -> Any:
+    async def _send(
+        self, call: _Call, *, retry: bool = True, text: bool = False, creates: bool = False
+    ) -> Any:
         attempts = self.retries + 1 if retry else 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
                 response = await self._http.request(call.method, call.path, **call.send_kwargs())
             except _RETRYABLE_TRANSPORT as error:
-                if last:
+                if last or creates:
                     raise self._connection_error(call, error) from error
                 await _async_sleep(self._wait(attempt, None))
                 continue
             except httpx.TransportError as error:
                 raise self._connection_error(call, error) from error
             if response.is_success:
-                return response.json()
+                return response.text if text else response.json()
             failure = _error_from_response(response)
-            if last or response.status_code not in RETRY_STATUSES:
+            if last or not _retryable(response.status_code, creates):
                 raise failure
             await _async_sleep(self._wait(attempt, failure))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -705,6 +889,44 @@ class AsyncClient(_Base):
         for chunk in _chunks(sources, self.batch_size):
             items += _parse_batch(await self._send(_batch_call(chunk, options)))
         return items
+
+    async def submit_job(
+        self,
+        images: Iterable[Source] | Source,
+        *,
+        detector: str | None = None,
+        estimator: str | None = None,
+        min_face: float | None = None,
+        max_faces: int | None = None,
+    ) -> Job:
+        """See `Client.submit_job`."""
+        options = _options(detector, estimator, min_face, max_faces, False)
+        return Job.from_dict(await self._send(_submit_job_call(images, options), creates=True))
+
+    async def job(self, job_id: str) -> Job:
+        """See `Client.job`."""
+        return Job.from_dict(await self._send(_Call("GET", f"/v1/jobs/{job_id}")))
+
+    async def job_results(self, job_id: str) -> list[dict[str, Any]]:
+        """See `Client.job_results`."""
+        call = _Call("GET", f"/v1/jobs/{job_id}/results", {"format": "jsonl"})
+        return _parse_rows(await self._send(call, text=True))
+
+    async def wait(
+        self, job_id: str, *, timeout: float | None = None, poll_seconds: float = 1.0
+    ) -> Job:
+        """See `Client.wait`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = await self.job(job_id)
+            if job.ended:
+                return job
+            if deadline is not None and time.monotonic() + poll_seconds > deadline:
+                raise JobTimeoutError(
+                    f"job {job_id} is still {job.status} after {timeout:g} s "
+                    f"({job.images_done} of {job.images_total} images)"
+                )
+            await _async_sleep(poll_seconds)
 
     async def models(self) -> dict[str, Any]:
         """See `Client.models`."""

@@ -169,6 +169,15 @@ def _slope(true: NDArray[np.float64], predicted: NDArray[np.float64]) -> float |
     return float(np.polyfit(true, predicted, 1)[0])
 
 
+def _squared_errors(errors: NDArray[np.float64]) -> dict[str, float | None]:
+    """`age_mse` (years squared) and `age_rmse` (years), as systems that trained on MSE report
+    them; None without ages."""
+    if not len(errors):
+        return {"age_mse": None, "age_rmse": None}
+    mse = float(np.mean(errors**2))
+    return {"age_mse": mse, "age_rmse": float(np.sqrt(mse))}
+
+
 def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
     """Metrics from per-image records (`age`, `gender`, `race`, `age_low`, `age_high`,
     `pred_age`, `pred_gender`, `interval`, optionally `gender_probability`), over the images
@@ -184,6 +193,7 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
         "n": n,
         "faces_found": len(found),
         "age_mae": float(np.abs(errors).mean()) if len(errors) else None,
+        **_squared_errors(errors),
         "age_cs5": float((np.abs(errors) <= 5).mean()) if len(errors) else None,
         "age_mean_signed_error": float(errors.mean()) if len(errors) else None,
         "age_slope": _slope(true, predicted),
@@ -288,6 +298,7 @@ def _grouped(
         summary[name] = {
             "n": len(members),
             "age_mae": float(np.abs(errors).mean()) if len(errors) else None,
+            **_squared_errors(errors),
             "age_cs5": float((np.abs(errors) <= 5).mean()) if len(errors) else None,
             "age_mean_signed_error": float(errors.mean()) if len(errors) else None,
             "age_interval_coverage": float(np.mean(inside)) if inside else None,

@@ -6,12 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -26,6 +20,7 @@ from PIL import Image
 
 from agelens.geometry import iou
 from agelens.server.settings import hash_api_key
+from tests.conftest import agelens_serve
 from tests.server.conftest import WebServer, jpeg_bytes
 
 USER = "tf-client"
@@ -45,13 +40,6 @@ TEMPLATE: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @dataclass(frozen=True)
 class LiveServer:
     url: str
@@ -68,50 +56,16 @@ def live_server() -> Iterator[LiveServer]:
     """`agelens serve` in its own process, configured as the container's users would: the port
     only from PORT, keys and a basic-auth user name, URL input allowed from loopback (where
     the tests' image server runs)."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGELENS_")}
-    if "AGELENS_HOME" in os.environ:
-        env["AGELENS_HOME"] = os.environ["AGELENS_HOME"]
-    env.update(
-        PORT=str(port),
-        AGELENS_API_KEY_HASHES=hash_api_key(KEY),
-        AGELENS_BASIC_AUTH_USERNAME=USER,
-        AGELENS_URL_ALLOW_NETWORKS="127.0.0.1/32",
-        AGELENS_THREADS="2",
-        AGELENS_JOBS_ENABLED="false",
-        PYTHONUNBUFFERED="1",
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agelens", "serve", "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"agelens serve exited with {process.returncode}:\n{output}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "agelens serve did not get ready"
-            time.sleep(0.2)
+    env = {
+        "AGELENS_API_KEY_HASHES": hash_api_key(KEY),
+        "AGELENS_BASIC_AUTH_USERNAME": USER,
+        "AGELENS_URL_ALLOW_NETWORKS": "127.0.0.1/32",
+        "AGELENS_THREADS": "2",
+        "AGELENS_JOBS_ENABLED": "false",
+    }
+    # no --port: the port comes from PORT only, as on a container platform
+    with agelens_serve([], env) as url:
         yield LiveServer(url)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
 
 
 def _serve_bytes(web_server: WebServer, path: str, data: bytes) -> str:

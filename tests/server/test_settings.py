@@ -84,3 +84,12 @@ def test_port_comes_from_agelens_port_else_the_platforms_port(
     monkeypatch.setenv("PORT", "not-a-port")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_an_empty_basic_auth_user_name_means_none_is_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGELENS_BASIC_AUTH_USERNAME", "")
+    assert Settings().basic_auth_username is None
+    monkeypatch.setenv("AGELENS_BASIC_AUTH_USERNAME", "tf-client")
+    assert Settings().basic_auth_username == "tf-client"

@@ -59,6 +59,8 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     calibration = metrics.get("gender_calibration") or {}
     rows = [
         ("age MAE (years)", _num(metrics.get("age_mae"))),
+        ("age RMSE (years)", _num(metrics.get("age_rmse"))),
+        ("age MSE (years²)", _num(metrics.get("age_mse"))),
         ("age CS@5 (|error| ≤ 5 years)", _num(metrics.get("age_cs5"), "pct")),
         ("age mean signed error (years)", _num(metrics.get("age_mean_signed_error"), "signed")),
         ("slope of predicted vs true age", _num(metrics.get("age_slope"))),

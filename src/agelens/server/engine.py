@@ -79,7 +79,9 @@ class ModelPool:
             )
         with self._lock:
             loaded = estimator in self._estimators
-        if loaded or estimator in ESTIMATORS:
+        # The operator's default may be a trained model's folder path (`serve --estimator
+        # PATH`); requests may name that one, never other paths on the server.
+        if loaded or estimator in ESTIMATORS or estimator == self.default_estimator:
             return
         names = estimator_names()
         if estimator not in names:

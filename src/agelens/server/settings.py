@@ -164,6 +164,12 @@ class Settings(BaseSettings):
                 )
         return [digest.lower() for digest in value]
 
+    @field_validator("basic_auth_username", mode="before")
+    @classmethod
+    def _empty_user_name_is_unset(cls, value: object) -> object:
+        # An empty variable (a Secret's empty key, say) means no user name is required.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("examples_dir", mode="before")
     @classmethod
     def _examples_location(cls, value: object) -> object:
