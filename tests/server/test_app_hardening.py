@@ -46,7 +46,7 @@ def test_return_image_of_a_side_over_65500_px_is_downscaled(client: TestClient) 
 
 def test_predict_draw_of_a_side_over_65500_px_is_downscaled(client: TestClient) -> None:
     encoded = base64.b64encode(_png(65_535, 1)).decode()
-    response = client.post("/predict", json={"b64": encoded, "draw": True})
+    response = client.post("/predict", json={"b64": encoded, "draw": True, "return_image": True})
     assert response.status_code == 200, response.text
     assert _decoded_jpeg(response.json()["image"]).size == (65_500, 1)
 
