@@ -38,6 +38,7 @@ from agelens.server.errors import (
     ApiError,
     InvalidRequestError,
     NotReadyError,
+    OverloadedError,
     TimeoutApiError,
     UnsupportedMediaTypeError,
     error_body,
@@ -63,6 +64,7 @@ from agelens.server.schemas import (
     PredictOut,
 )
 from agelens.server.security import (
+    AdmissionMiddleware,
     ASGIApp,
     BodyLimitMiddleware,
     Message,
@@ -332,6 +334,11 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.state.service = service
     app.state.jobs = jobs
     _install_error_handlers(app, service)
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_requests=settings.max_requests_in_flight,
+        on_refused=service.metrics.errors.labels(OverloadedError.code).inc,
+    )
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1)
     inference_workers: int = Field(default=1, ge=1, description="Batches run side by side.")
     request_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_requests_in_flight: int = Field(
+        default=16,
+        ge=1,
+        description="POST requests being read, decoded or analysed at once; one more gets "
+        "503 `overloaded` + Retry-After at once, before its body is read.",
+    )
 
     # --- web
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
