@@ -263,3 +263,37 @@ def test_many_concurrent_uploads_get_200_or_503_only(
             assert response.headers["retry-after"] == "1"
         else:
             assert len(response.json()["faces"]) == 1
+
+
+# ------------------------------------------------------------------ failed authentication
+
+
+def test_failed_authentications_are_rate_limited_per_address(
+    make_client: ClientFactory, blank_jpeg: bytes
+) -> None:
+    key = "a-real-key-0123456789"
+    client = make_client(api_keys=[key], auth_failures_per_minute=5)
+    wrong = {"Content-Type": "image/jpeg", "X-API-Key": "guess"}
+    codes = [
+        client.post("/v1/analyze", content=blank_jpeg, headers=wrong).status_code for _ in range(7)
+    ]
+    assert codes == [401] * 5 + [429] * 2
+    limited = client.post("/v1/analyze", content=blank_jpeg, headers={**wrong, "X-API-Key": key})
+    assert limited.status_code == 429  # the address waits, whatever key it now sends
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 13
+    assert client.get("/health").status_code == 200  # health checks are never limited
+    assert client.get("/ready").status_code == 200
+
+
+def test_successful_authentications_do_not_count(
+    make_client: ClientFactory, blank_jpeg: bytes
+) -> None:
+    key = "a-real-key-0123456789"
+    client = make_client(api_keys=[key], auth_failures_per_minute=2, rate_limit_per_minute=0)
+    headers = {"Content-Type": "image/jpeg", "X-API-Key": key}
+    codes = {
+        client.post("/v1/analyze", content=blank_jpeg, headers=headers).status_code
+        for _ in range(6)
+    }
+    assert codes == {200}

@@ -67,6 +67,7 @@ from agelens.server.security import (
     AdmissionMiddleware,
     ASGIApp,
     BodyLimitMiddleware,
+    FailedAuthLimitMiddleware,
     Message,
     RateLimiter,
     Receive,
@@ -340,6 +341,11 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         on_refused=service.metrics.errors.labels(OverloadedError.code).inc,
     )
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(
+        FailedAuthLimitMiddleware,
+        per_minute=settings.auth_failures_per_minute,
+        exempt_paths=frozenset({"/health", "/ready", "/healthz"}),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -104,8 +104,24 @@ class RateLimiter:
 
     def check(self, identity: str) -> None:
         """Take one token or raise RateLimitedError with Retry-After."""
+        wait = self._take(identity, consume=True)
+        if wait > 0:
+            raise RateLimitedError(
+                f"more than {self.per_minute} requests a minute; retry in {wait:.1f} s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+
+    def take(self, identity: str) -> None:
+        """Take one token when there is one (never raises)."""
+        self._take(identity, consume=True)
+
+    def wait_seconds(self, identity: str) -> float:
+        """Seconds until `identity` has a token again (0 when it has one); takes none."""
+        return self._take(identity, consume=False)
+
+    def _take(self, identity: str, *, consume: bool) -> float:
         if self.per_minute <= 0:
-            return
+            return 0.0
         rate = self.per_minute / 60.0
         now = time.monotonic()
         with self._lock:
@@ -118,13 +134,59 @@ class RateLimiter:
             while len(self._buckets) > self.max_identities:
                 self._buckets.popitem(last=False)
             if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return
-            wait = (1.0 - bucket.tokens) / rate
-        raise RateLimitedError(
-            f"more than {self.per_minute} requests a minute; retry in {wait:.1f} s",
-            headers={"Retry-After": str(max(1, round(wait + 0.5)))},
-        )
+                if consume:
+                    bucket.tokens -= 1.0
+                return 0.0
+            return (1.0 - bucket.tokens) / rate
+
+
+def retry_after(wait_seconds: float) -> str:
+    """A Retry-After value (whole seconds, at least 1) for a wait."""
+    return str(max(1, round(wait_seconds + 0.5)))
+
+
+class FailedAuthLimitMiddleware:
+    """Slows down key guessing: each 401 answered to a client address takes a token from that
+    address's bucket (`per_minute` a minute, bursts up to `per_minute`); an address with no
+    token left gets 429 `rate_limited` + Retry-After on every path but `exempt_paths`
+    (health checks) until its bucket refills. Keyed by the peer address: clients behind one
+    NAT share a bucket."""
+
+    def __init__(self, app: ASGIApp, per_minute: int, exempt_paths: frozenset[str]) -> None:
+        self.app = app
+        self.per_minute = per_minute
+        self.exempt_paths = exempt_paths
+        self.failures = RateLimiter(per_minute)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or self.per_minute <= 0
+            or scope.get("path") in self.exempt_paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = f"addr:{client[0] if client else 'unknown'}"
+        wait = self.failures.wait_seconds(address)
+        if wait > 0:
+            await send_error(
+                send,
+                RateLimitedError(
+                    f"more than {self.per_minute} failed authentications a minute from this "
+                    f"address; retry in {wait:.0f} s",
+                    headers={"Retry-After": retry_after(wait)},
+                ),
+                close=False,
+            )
+            return
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.failures.take(address)
+            await send(message)
+
+        await self.app(scope, receive, watching_send)
 
 
 class BodyLimitMiddleware:

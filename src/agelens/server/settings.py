@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         description="Requests per minute per API key (or client address); 0 = off.",
     )
 
+    auth_failures_per_minute: int = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications a minute from one client address before it gets "
+        "429 for a while; 0 = off.",
+    )
+
     # --- URL input
     url_fetch_enabled: bool = True
     url_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
