@@ -129,7 +129,22 @@ class Settings(BaseSettings):
     )
     jobs_max_images: int = Field(default=1000, ge=1, description="URLs or zip members per job.")
     jobs_max_active: int = Field(default=100, ge=1, description="Jobs queued or running at once.")
-    jobs_zip_max_uncompressed_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    jobs_zip_max_uncompressed_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes a job's zip may inflate to (refused with 413 beyond).",
+    )
+    jobs_zip_max_ratio: float = Field(
+        default=20.0,
+        gt=1,
+        description="How many times its own size a zip may inflate to: photos barely compress "
+        "(JPEG, PNG ~1x, BMP a few x); far beyond is a zip bomb (413).",
+    )
+    jobs_uploads_max_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="Disk the extracted zips of all active jobs may use together (413 beyond).",
+    )
     jobs_chunk_images: int = Field(
         default=8, ge=1, description="Images analysed and committed together."
     )
