@@ -222,7 +222,7 @@ Authorized = Annotated[str, Depends(_require_key)]
 AuthorizedCompat = Annotated[str, Depends(_require_key_or_basic)]
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 413, 415, 422, 429, 503, 504)
+    status: {"model": ErrorOut} for status in (400, 401, 408, 413, 415, 422, 429, 503, 504)
 }
 _IMAGE_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -338,6 +338,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.add_middleware(
         AdmissionMiddleware,
         max_requests=settings.max_requests_in_flight,
+        body_timeout_seconds=settings.body_timeout_seconds,
         on_refused=service.metrics.errors.labels(OverloadedError.code).inc,
     )
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)

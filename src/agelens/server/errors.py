@@ -105,6 +105,13 @@ class GoneError(ApiError):
     code = "expired"
 
 
+class RequestTimeoutError(ApiError):
+    """The request body did not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class TimeoutApiError(ApiError):
     """The analysis did not finish within `request_timeout_seconds`."""
 

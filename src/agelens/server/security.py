@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -21,6 +22,7 @@ from agelens.server.errors import (
     InvalidRequestError,
     OverloadedError,
     RateLimitedError,
+    RequestTimeoutError,
     RequestTooLargeError,
     UnauthorizedError,
     error_body,
@@ -257,11 +259,13 @@ class AdmissionMiddleware:
         app: ASGIApp,
         max_requests: int,
         *,
+        body_timeout_seconds: float = 60.0,
         retry_after_seconds: int = 1,
         on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.max_requests = max_requests
+        self.body_timeout_seconds = body_timeout_seconds
         self.retry_after_seconds = retry_after_seconds
         self.on_refused = on_refused
         # One event loop runs every request, so a plain counter is exact.
@@ -287,8 +291,27 @@ class AdmissionMiddleware:
             )
             return
         self.in_flight += 1
+        deadline = time.monotonic() + self.body_timeout_seconds
+        body_done = False
+
+        async def receive_in_time() -> Message:
+            # A slow body would hold its slot for ever; after the body, receive() only waits
+            # for a disconnect, which has no deadline.
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except TimeoutError as error:
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {self.body_timeout_seconds:g} s"
+                ) from error
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_in_time, send)
         finally:
             self.in_flight -= 1
 

@@ -99,6 +99,20 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1)
     inference_workers: int = Field(default=1, ge=1, description="Batches run side by side.")
     request_timeout_seconds: float = Field(default=60.0, gt=0)
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection's request headers must be in by then."
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A POST body must be in by then (408 `request_timeout` otherwise).",
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open connections; beyond, requests get a plain 503."
+    )
     max_requests_in_flight: int = Field(
         default=16,
         ge=1,
