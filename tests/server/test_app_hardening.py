@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -133,8 +134,14 @@ def test_an_oversize_chunked_json_body_is_413(
 @contextmanager
 def _serve(settings: Settings, pool: ModelPool) -> Iterator[tuple[str, int]]:
     """The app under a real uvicorn on a free loopback port, in a thread: (host, port)."""
+    with _serve_app(create_app(settings, pool=pool)) as address:
+        yield address
+
+
+@contextmanager
+def _serve_app(app: FastAPI) -> Iterator[tuple[str, int]]:
     config = uvicorn.Config(
-        create_app(settings, pool=pool),
+        app,
         host="127.0.0.1",
         port=0,
         log_level="warning",
@@ -297,3 +304,29 @@ def test_successful_authentications_do_not_count(
         for _ in range(6)
     }
     assert codes == {200}
+
+
+# ------------------------------------------------------------------ unexpected errors
+
+
+def test_an_unexpected_error_is_a_500_that_keeps_the_connection(
+    model_pool: ModelPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path), pool=model_pool)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    with _serve_app(app) as address, socket.create_connection(address, timeout=10) as connection:
+        statuses = []
+        for path in ("/broken", "/health", "/broken", "/health"):
+            connection.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            body = json.loads(response.read())
+            statuses.append(response.status)
+            if response.status == 500:
+                assert body["error"]["code"] == "internal_error"
+    assert statuses == [500, 200, 500, 200]  # one kept-alive connection throughout
+    assert "a bug" in caplog.text
