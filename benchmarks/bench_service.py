@@ -19,6 +19,19 @@ httpx.AsyncClient workers. Phases, in order:
    150) or `--duration-per-level` seconds: requests/s, images/s, p50/p95/p99 latency of the
    successful requests, errors by HTTP status and error code (503 `overloaded` apart), and
    service images/s / library images/s.
+5. Overload: `--overload` uploads (default 256) started at once, each on its own connection
+   (raw sockets: the body is written whole while the answer is read as soon as it comes, as
+   curl does; httpx would read it only after sending the whole body): time from connecting to
+   the status line of the 503 `overloaded` answers (p50/p95/max; PASS when p95 <
+   `--max-503-p95-ms`, default 100) and of the admitted ones (all must get 200), anything else,
+   and the server's RSS and peak RSS (VmHWM) after it; then the same burst against a bare
+   asyncio server that answers 503 at once (a subprocess), as this machine's floor: on a
+   shared, loaded machine the client and the scheduler cost more than the server's door.
+
+`--overload-only` runs the overload phase alone (after `--warmup` requests, no library baseline,
+soak or levels):
+
+    python benchmarks/bench_service.py --overload-only --warmup 50 --json overload.json
 
 The client runs on the same machine and takes CPU from the server: the ratios include that
 cost, as they include HTTP, multipart parsing, decoding on the server and micro-batching.
@@ -283,6 +296,199 @@ def run_load(base_url: str, samples: Sequence[Sample], **kwargs: Any) -> RunStat
     return asyncio.run(drive(base_url, samples, **kwargs))
 
 
+def _multipart(sample: Sample, boundary: str) -> bytes:
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+        f'filename="{sample.name}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+    return head + sample.data + f"\r\n--{boundary}--\r\n".encode()
+
+
+async def _raw_upload(
+    host: str, port: int, body: bytes, boundary: str
+) -> tuple[int, dict[str, str], bytes, float]:
+    """One POST /v1/analyze on its own connection, written whole without waiting, while the
+    answer is read as soon as it comes (as curl does; httpx reads only after sending all):
+    (status, headers, body, milliseconds to the status line)."""
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        (
+            f"POST /v1/analyze HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + body
+    )
+    try:
+        status_line = await reader.readline()
+        first_ms = (time.perf_counter() - start) * 1000
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        payload = await reader.readexactly(int(headers.get("content-length", "0")))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return int(status_line.split()[1]), headers, payload, first_ms
+
+
+async def overload_burst(base_url: str, samples: Sequence[Sample], uploads: int) -> dict[str, Any]:
+    """`uploads` multipart uploads started at once, each on its own connection: the time to
+    each answer's status line by kind (503 `overloaded`, 200, anything else)."""
+    url = httpx.URL(base_url)
+    host, port = str(url.host), int(url.port or 80)
+    boundary = "agelens-bench-boundary"
+    bodies = [_multipart(sample, boundary) for sample in samples]
+    refused_ms: list[float] = []
+    admitted_ms: list[float] = []
+    other: Counter[str] = Counter()
+    retry_after: Counter[str] = Counter()
+    gate = asyncio.Event()
+
+    async def one(index: int) -> None:
+        await gate.wait()
+        try:
+            status, headers, payload, first_ms = await _raw_upload(
+                host, port, bodies[index % len(bodies)], boundary
+            )
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as error:
+            other[f"transport {type(error).__name__}"] += 1
+            return
+        if status == 200:
+            admitted_ms.append(first_ms)
+            return
+        try:
+            code = str(json.loads(payload)["error"]["code"])
+        except (ValueError, KeyError, TypeError):
+            code = "?"
+        if status == 503 and code == "overloaded":
+            refused_ms.append(first_ms)
+            retry_after[headers.get("retry-after", "(none)")] += 1
+        else:
+            other[f"{status} {code}"] += 1
+
+    tasks = [asyncio.create_task(one(i)) for i in range(uploads)]
+    await asyncio.sleep(0.05)  # every task is waiting at the gate
+    start = time.perf_counter()
+    gate.set()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - start
+
+    def spread(values: list[float]) -> dict[str, float | None]:
+        array = np.asarray(values, dtype=np.float64)
+        if not array.size:
+            return {"p50": None, "p95": None, "max": None}
+        return {
+            "p50": float(np.percentile(array, 50)),
+            "p95": float(np.percentile(array, 95)),
+            "max": float(array.max()),
+        }
+
+    return {
+        "uploads": uploads,
+        "wall_seconds": wall,
+        "refused_503": len(refused_ms),
+        "refused_latency_ms": spread(refused_ms),
+        "retry_after": dict(retry_after),
+        "admitted_200": len(admitted_ms),
+        "admitted_latency_ms": spread(admitted_ms),
+        "other": dict(other),
+    }
+
+
+async def _serve_floor(port: int) -> None:
+    """The least a server can do: answer 503 to each request as soon as its headers are in,
+    then read and drop the body. Run as its own process to measure this machine's floor."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            await reader.readuntil(b"\r\n\r\n")
+            body = b'{"error": {"code": "overloaded", "message": "floor"}}'
+            writer.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            await writer.drain()
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=2048)
+    async with server:
+        await server.serve_forever()
+
+
+def measure_floor(samples: Sequence[Sample], uploads: int) -> dict[str, Any]:
+    """The same burst against `_serve_floor` in a subprocess: what this machine (its load,
+    the client) costs before any server logic."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve-floor", str(port)], stdout=sys.stderr
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("the floor server did not start")
+            time.sleep(0.05)
+        return asyncio.run(overload_burst(f"http://127.0.0.1:{port}", samples, uploads))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def overload_report(figures: dict[str, Any]) -> str:
+    """The overload phase as lines of text."""
+    row = figures["overload"]
+    refused, admitted = row["refused_latency_ms"], row["admitted_latency_ms"]
+    floor = row["floor"]["refused_latency_ms"]
+    other = ", ".join(f"{k}: {v}" for k, v in row["other"].items()) or "none"
+    return "\n".join(
+        [
+            f"overload: {row['uploads']} uploads at once, {row['wall_seconds']:.1f} s in all",
+            f"  503 overloaded: {row['refused_503']}, latency p50 {fmt(refused['p50'])} ms, "
+            f"p95 {fmt(refused['p95'])} ms, max {fmt(refused['max'])} ms "
+            f"(limit p95 < {row['max_503_p95_ms']:g} ms) -> {row['verdict']}; "
+            f"Retry-After {row['retry_after']}",
+            f"  200 admitted: {row['admitted_200']}, latency p50 {fmt(admitted['p50'])} ms, "
+            f"p95 {fmt(admitted['p95'])} ms, max {fmt(admitted['max'])} ms",
+            f"  anything else: {other}",
+            f"  this machine's floor (a bare asyncio server answering 503 at once, same "
+            f"client): p50 {fmt(floor['p50'])} ms, p95 {fmt(floor['p95'])} ms, "
+            f"max {fmt(floor['max'])} ms",
+            f"  server RSS after: {row['rss_after_kib'] / 1024:.1f} MiB, peak VmHWM "
+            f"{row['hwm_kib'] / 1024:.1f} MiB",
+        ]
+    )
+
+
+def run_overload(
+    server: Server, samples: Sequence[Sample], uploads: int, max_503_p95_ms: float
+) -> dict[str, Any]:
+    """The overload phase against a running server, with its verdict and RSS."""
+    logger.info("overload: %d uploads at once", uploads)
+    row = asyncio.run(overload_burst(server.base_url, samples, uploads))
+    memory = read_rss_kib(server.pid)
+    logger.info("overload floor: %d uploads at once against a bare asyncio server", uploads)
+    row["floor"] = measure_floor(samples, uploads)
+    p95 = row["refused_latency_ms"]["p95"]
+    passed = p95 is not None and p95 < max_503_p95_ms and not row["other"]
+    row.update(
+        {
+            "max_503_p95_ms": max_503_p95_ms,
+            "verdict": "PASS" if passed else "FAIL",
+            "rss_after_kib": memory["VmRSS"],
+            "hwm_kib": memory["VmHWM"],
+        }
+    )
+    return row
+
+
 # ---------------------------------------------------------------------- library baseline
 
 
@@ -380,6 +586,10 @@ def parse_env_pairs(pairs: Sequence[str], parser: argparse.ArgumentParser) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["--serve-floor"]:
+        asyncio.run(_serve_floor(int(arguments[1])))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples-dir", type=Path, default=DATA_ROOT / "samples")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -404,6 +614,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="environment of the server, e.g. AGELENS_QUEUE_SIZE=128 (repeatable)",
+    )
+    parser.add_argument(
+        "--overload", type=int, default=256, help="uploads started at once (0 = skip)"
+    )
+    parser.add_argument("--max-503-p95-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--overload-only", action="store_true", help="warm up, then the overload phase alone"
     )
     parser.add_argument("--server-log-level", default="warning")
     parser.add_argument("--ready-timeout", type=float, default=180.0)
@@ -446,6 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
         )
     )
+    if args.overload_only:
+        return overload_only(args, env, overrides, settings, samples)
     library_requests = args.library_requests or max(50, args.requests_per_level)
     lib_args = (samples, library_requests, settings.detector, settings.estimator, settings.threads)
 
@@ -519,6 +738,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stats.errors or "none",
             )
             levels.append(stats)
+        overload = (
+            run_overload(server, samples, args.overload, args.max_503_p95_ms)
+            if args.overload
+            else None
+        )
     finally:
         server.stop()
 
@@ -564,12 +788,66 @@ def main(argv: Sequence[str] | None = None) -> int:
             "samples": rss_trail,
         },
     }
+    figures["overload"] = overload
     print(report(figures))
+    if overload is not None:
+        print(overload_report(figures))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         logger.info("figures written to %s", args.json)
     return 0
+
+
+def overload_only(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    overrides: dict[str, str],
+    settings: Any,
+    samples: Sequence[Sample],
+) -> int:
+    """`--overload-only`: start the server, warm it up, run the overload phase, report."""
+    server = Server(env, args.server_log_level)
+    try:
+        server.wait_ready(args.ready_timeout)
+        if args.warmup:
+            logger.info("warm-up: %d requests", args.warmup)
+            run_load(
+                server.base_url,
+                samples,
+                label="warm-up",
+                concurrency=args.rss_concurrency,
+                requests=args.warmup,
+                duration=None,
+            )
+        overload = run_overload(server, samples, args.overload or 256, args.max_503_p95_ms)
+    finally:
+        server.stop()
+    figures: dict[str, Any] = {
+        "config": {
+            "detector": settings.detector,
+            "estimator": settings.estimator,
+            "max_requests_in_flight": settings.max_requests_in_flight,
+            "queue_size": settings.queue_size,
+            "server_env": overrides,
+            "samples_dir": str(args.samples_dir),
+            "samples": len(samples),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "overload": overload,
+    }
+    print(
+        f"agelens serve: detector {settings.detector}, estimator {settings.estimator}, "
+        f"max_requests_in_flight {settings.max_requests_in_flight}, "
+        f"server env {overrides or '{}'}; {len(samples)} sample photos; "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(overload_report(figures))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if overload["verdict"] == "PASS" else 1
 
 
 if __name__ == "__main__":

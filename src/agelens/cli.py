@@ -1360,12 +1360,15 @@ def serve(
     except AgelensError as error:
         raise _fail(str(error), EXIT_USAGE) from error
     _limit_malloc_arenas()
+    from agelens.server.connections import uvicorn_limits
+
     uvicorn.run(
         create_app(settings, pool=pool),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         proxy_headers=False,
+        **uvicorn_limits(settings),
     )
 
 

@@ -273,6 +273,7 @@ def _decode_encoded_image(
 ) -> npt.NDArray[np.uint8]:
     if not data:
         raise ImageDecodeError(f"{label}: image data is empty (0 bytes)")
+    _route_libtiff_messages()
     formats: tuple[str, ...] = _PILLOW_FORMATS
     if _looks_like_heif(data):
         _register_heif_opener()
@@ -292,6 +293,62 @@ def _decode_encoded_image(
             raise _decode_failure(label, error) from error
         with image:
             return _pil_image_to_rgb(image, label=label, max_pixels=max_pixels)
+
+
+# libtiff's default handlers print every warning and error straight to stderr (file descriptor
+# 2), past logging: ~420 lines for 1,000 damaged compressed TIFFs. Its handlers take a C
+# va_list, which is passed as a pointer on x86-64 and aarch64 Linux, so libc's vsnprintf can
+# format the message for logging there; elsewhere the handlers are switched off (Pillow still
+# raises, and the ImageDecodeError says the file is damaged).
+_LIBTIFF_HANDLER_MACHINES = frozenset({"x86_64", "aarch64"})
+
+
+@functools.cache
+def _route_libtiff_messages() -> object:
+    """Send libtiff's messages to this module's logger (at DEBUG) instead of stderr, once.
+
+    Returns what must stay alive (the C callback), or None when libtiff is not loaded by
+    Pillow's build or cannot be reached.
+    """
+    import ctypes
+    import platform
+    import sys
+
+    from PIL import _imaging  # noqa: F401  (loads Pillow's libtiff into the process)
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = {line.split()[-1] for line in maps if "libtiff" in line and "/" in line}
+        library = ctypes.CDLL(sorted(paths)[0]) if paths else None
+    except (OSError, IndexError):
+        return None
+    if library is None:
+        return None
+    handler_type = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+    libc = ctypes.CDLL(None)
+    vsnprintf = libc.vsnprintf
+    vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+    def log_message(module: bytes | None, fmt: bytes | None, arguments: int | None) -> None:
+        buffer = ctypes.create_string_buffer(512)
+        vsnprintf(buffer, len(buffer), fmt or b"", arguments)
+        where = (module or b"libtiff").decode("utf-8", "replace")
+        logger.debug("libtiff: %s: %s", where, buffer.value.decode("utf-8", "replace"))
+
+    callback = (
+        handler_type(log_message)
+        if platform.machine() in _LIBTIFF_HANDLER_MACHINES
+        else handler_type()  # a NULL handler: libtiff stays silent
+    )
+    for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+        setter = getattr(library, name, None)
+        if setter is not None:
+            setter.argtypes = [handler_type]
+            setter.restype = handler_type
+            setter(callback)
+    return callback
 
 
 def _looks_like_heif(data: bytes | bytearray) -> bool:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.client
 import io
 import json
+import socket
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from agelens.server.app import create_app
+from agelens.server.engine import ModelPool
+from agelens.server.settings import Settings
 from tests.server.conftest import ClientFactory
 
 
@@ -110,3 +126,207 @@ def test_an_oversize_chunked_json_body_is_413(
     response = client.post(path, content=chunks(), headers={"Content-Type": "application/json"})
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+# ------------------------------------------------------------------ admission control
+
+
+@contextmanager
+def _serve(settings: Settings, pool: ModelPool) -> Iterator[tuple[str, int]]:
+    """The app under a real uvicorn on a free loopback port, in a thread: (host, port)."""
+    with _serve_app(create_app(settings, pool=pool)) as address:
+        yield address
+
+
+@contextmanager
+def _serve_app(app: FastAPI) -> Iterator[tuple[str, int]]:
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        ws="none",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-admission", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the server stopped while starting"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _start_upload(address: tuple[str, int], body: bytes) -> socket.socket:
+    """A raw POST whose headers and first half of the body are sent, the rest held back."""
+    connection = socket.create_connection(address, timeout=30)
+    head = (
+        "POST /v1/analyze HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    connection.sendall(head + body[: len(body) // 2])
+    return connection
+
+
+def _finish_upload(connection: socket.socket, body: bytes) -> tuple[int, dict[str, Any]]:
+    connection.sendall(body[len(body) // 2 :])
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    payload = json.loads(response.read())
+    connection.close()
+    return response.status, payload
+
+
+def test_a_full_server_answers_503_at_once_and_finishes_what_it_admitted(
+    model_pool: ModelPool, astronaut_jpeg: bytes, tmp_path: Path
+) -> None:
+    settings = Settings(max_requests_in_flight=3, rate_limit_per_minute=0, data_dir=tmp_path)
+    with _serve(settings, model_pool) as address:
+        base = f"http://{address[0]}:{address[1]}"
+        held = [_start_upload(address, astronaut_jpeg) for _ in range(3)]
+        with httpx.Client(base_url=base, timeout=30) as client:
+            deadline = time.monotonic() + 10
+            while True:  # the held uploads are admitted once their headers are parsed
+                probe = client.post(
+                    "/v1/analyze", content=astronaut_jpeg, headers={"Content-Type": "image/jpeg"}
+                )
+                if probe.status_code == 503:
+                    break
+                assert probe.status_code == 200, probe.text
+                assert time.monotonic() < deadline, "the held uploads were never admitted"
+
+        def refused_upload(_: int) -> tuple[int, str | None, str, float]:
+            start = time.perf_counter()
+            with httpx.Client(base_url=base, timeout=30) as client:
+                response = client.post(
+                    "/v1/analyze", content=astronaut_jpeg, headers={"Content-Type": "image/jpeg"}
+                )
+            elapsed = time.perf_counter() - start
+            code = response.json()["error"]["code"]
+            return response.status_code, response.headers.get("retry-after"), code, elapsed
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            refused = list(pool.map(refused_upload, range(16)))
+        assert {(status, retry, code) for status, retry, code, _ in refused} == {
+            (503, "1", "overloaded")
+        }
+        # Generous for a shared 2-core machine; benchmarks/bench_service.py measures p95.
+        assert max(elapsed for *_, elapsed in refused) < 2.0
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200  # GETs never refused
+
+        finished = [_finish_upload(connection, astronaut_jpeg) for connection in held]
+        assert [status for status, _ in finished] == [200, 200, 200]
+        assert all(len(payload["faces"]) == 1 for _, payload in finished)
+        again = httpx.post(
+            f"{base}/v1/analyze",
+            content=astronaut_jpeg,
+            headers={"Content-Type": "image/jpeg"},
+            timeout=30,
+        )
+        assert again.status_code == 200
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        assert 'agelens_errors_total{code="overloaded"}' in metrics
+
+
+def test_many_concurrent_uploads_get_200_or_503_only(
+    model_pool: ModelPool, astronaut_jpeg: bytes, tmp_path: Path
+) -> None:
+    settings = Settings(max_requests_in_flight=4, rate_limit_per_minute=0, data_dir=tmp_path)
+    with _serve(settings, model_pool) as (host, port):
+
+        async def run() -> list[httpx.Response]:
+            async with httpx.AsyncClient(
+                base_url=f"http://{host}:{port}",
+                timeout=60,
+                limits=httpx.Limits(max_connections=48),
+            ) as client:
+                return list(
+                    await asyncio.gather(
+                        *(
+                            client.post(
+                                "/v1/analyze",
+                                content=astronaut_jpeg,
+                                headers={"Content-Type": "image/jpeg"},
+                            )
+                            for _ in range(48)
+                        )
+                    )
+                )
+
+        responses = asyncio.run(run())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= 4
+    for response in responses:
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "overloaded"
+            assert response.headers["retry-after"] == "1"
+        else:
+            assert len(response.json()["faces"]) == 1
+
+
+# ------------------------------------------------------------------ failed authentication
+
+
+def test_failed_authentications_are_rate_limited_per_address(
+    make_client: ClientFactory, blank_jpeg: bytes
+) -> None:
+    key = "a-real-key-0123456789"
+    client = make_client(api_keys=[key], auth_failures_per_minute=5)
+    wrong = {"Content-Type": "image/jpeg", "X-API-Key": "guess"}
+    codes = [
+        client.post("/v1/analyze", content=blank_jpeg, headers=wrong).status_code for _ in range(7)
+    ]
+    assert codes == [401] * 5 + [429] * 2
+    limited = client.post("/v1/analyze", content=blank_jpeg, headers={**wrong, "X-API-Key": key})
+    assert limited.status_code == 429  # the address waits, whatever key it now sends
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 13
+    assert client.get("/health").status_code == 200  # health checks are never limited
+    assert client.get("/ready").status_code == 200
+
+
+def test_successful_authentications_do_not_count(
+    make_client: ClientFactory, blank_jpeg: bytes
+) -> None:
+    key = "a-real-key-0123456789"
+    client = make_client(api_keys=[key], auth_failures_per_minute=2, rate_limit_per_minute=0)
+    headers = {"Content-Type": "image/jpeg", "X-API-Key": key}
+    codes = {
+        client.post("/v1/analyze", content=blank_jpeg, headers=headers).status_code
+        for _ in range(6)
+    }
+    assert codes == {200}
+
+
+# ------------------------------------------------------------------ unexpected errors
+
+
+def test_an_unexpected_error_is_a_500_that_keeps_the_connection(
+    model_pool: ModelPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path), pool=model_pool)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    with _serve_app(app) as address, socket.create_connection(address, timeout=10) as connection:
+        statuses = []
+        for path in ("/broken", "/health", "/broken", "/health"):
+            connection.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            body = json.loads(response.read())
+            statuses.append(response.status)
+            if response.status == 500:
+                assert body["error"]["code"] == "internal_error"
+    assert statuses == [500, 200, 500, 200]  # one kept-alive connection throughout
+    assert "a bug" in caplog.text

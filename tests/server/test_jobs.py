@@ -25,6 +25,8 @@ from pydantic import ValidationError
 from agelens.rows import COLUMN_NAMES, rows_to_table, sha256_bytes
 from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
+from agelens.server.errors import RequestTooLargeError
+from agelens.server.jobs import extract_zip, folder_bytes
 from agelens.server.jobstore import JobStoreUnavailableError, open_job_store
 from agelens.server.settings import Settings
 from tests.server.conftest import ClientFactory, WebServer
@@ -319,6 +321,57 @@ def test_zip_limits(
     assert_error_shape(response, status, code)
     uploads = data_dir / "job-uploads"
     assert not uploads.exists() or not list(uploads.iterdir())
+
+
+def _deflated_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_written(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """50 x 2 MiB of zeros deflate to ~100 KB: within the byte limits, far over the ratio."""
+    archive = _deflated_zip({f"{i}.jpg": bytes(2 * 1024 * 1024) for i in range(50)})
+    assert len(archive) < 200 * 1024
+    data_dir = tmp_path / "data"
+    client = make_client(data_dir=data_dir, jobs_zip_max_uncompressed_bytes=1024**3)
+    response = client.post("/v1/jobs", files={"file": ("a.zip", archive, "application/zip")})
+    assert_error_shape(response, 413, "request_too_large")
+    assert "zip bomb" in response.json()["error"]["message"]
+    uploads = data_dir / "job-uploads"
+    assert not uploads.exists() or not list(uploads.iterdir())
+
+
+def test_zip_extraction_respects_the_disk_budget_of_all_jobs(tmp_path: Path) -> None:
+    archive = _deflated_zip({f"{i}.jpg": bytes(range(256)) * 400 for i in range(3)})
+    folder = tmp_path / "job"
+    with pytest.raises(RequestTooLargeError, match="disk space"):
+        extract_zip(
+            archive,
+            folder,
+            max_members=10,
+            max_total_bytes=10**9,
+            max_member_bytes=10**9,
+            max_ratio=1000,
+            disk_budget_bytes=200_000,
+        )
+    assert not folder.exists()
+    items = extract_zip(
+        archive,
+        folder,
+        max_members=10,
+        max_total_bytes=10**9,
+        max_member_bytes=10**9,
+        max_ratio=1000,
+        disk_budget_bytes=400_000,
+    )
+    assert len(items) == 3
+    assert folder_bytes(folder) == 3 * 256 * 400
+    assert folder_bytes(tmp_path / "absent") == 0
 
 
 # ------------------------------------------------------------------ restart

@@ -7,12 +7,13 @@ import asyncio
 import ipaddress
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from agelens.server.errors import UrlFetchError, UrlForbiddenError
-from agelens.server.urlfetch import UrlFetcher, is_public_address
+from agelens.server.urlfetch import IPV4_REFUSED, IPV6_RULES, UrlFetcher, is_public_address
 from tests.server.conftest import ClientFactory, HandlerRoute, WebServer
 
 ADDRESSES = [
@@ -247,3 +248,13 @@ def test_image_url_through_the_api(
     assert redirected.json()["error"]["code"] == "url_forbidden"
     off = make_client(url_fetch_enabled=False)
     assert off.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"}).status_code == 400
+
+
+def test_the_documented_rules_table_is_the_one_in_the_code() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
+    for network, why in IPV4_REFUSED:
+        assert f"| `{network}` | {why} |" in page, network
+    for network, verdict, why in IPV6_RULES:
+        assert f"| `{network}` | {verdict}" in page, network
+        assert page.count(f"`{network}`") >= 1
+        assert why in page, why

@@ -35,8 +35,10 @@ from agelens.server.api_docs import install_api_docs
 from agelens.server.engine import AnalysisOptions, MicroBatcher, ModelPool
 from agelens.server.errors import (
     ApiError,
+    InternalServerError,
     InvalidRequestError,
     NotReadyError,
+    OverloadedError,
     TimeoutApiError,
     UnsupportedMediaTypeError,
     error_body,
@@ -67,8 +69,10 @@ from agelens.server.schemas import (
     PredictOut,
 )
 from agelens.server.security import (
+    AdmissionMiddleware,
     ASGIApp,
     BodyLimitMiddleware,
+    FailedAuthLimitMiddleware,
     Message,
     RateLimiter,
     Receive,
@@ -76,6 +80,7 @@ from agelens.server.security import (
     Send,
     authenticate,
     parse_multipart,
+    send_error,
 )
 from agelens.server.settings import Settings
 from agelens.server.urlfetch import UrlFetcher
@@ -240,7 +245,7 @@ Authorized = Annotated[str, Depends(_require_key)]
 AuthorizedCompat = Annotated[str, Depends(_require_key_or_basic)]
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 413, 415, 422, 429, 503, 504)
+    status: {"model": ErrorOut} for status in (400, 401, 408, 413, 415, 422, 429, 503, 504)
 }
 _IMAGE_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -359,7 +364,19 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.state.service = service
     app.state.jobs = jobs
     _install_error_handlers(app, service)
+    app.add_middleware(_ContainUnexpectedErrors, metrics=service.metrics)
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_requests=settings.max_requests_in_flight,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        on_refused=service.metrics.errors.labels(OverloadedError.code).inc,
+    )
     app.add_middleware(_MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(
+        FailedAuthLimitMiddleware,
+        per_minute=settings.auth_failures_per_minute,
+        exempt_paths=frozenset({"/health", "/ready", "/healthz"}),
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -653,6 +670,42 @@ def _install_error_handlers(app: FastAPI, service: Service) -> None:
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return respond("internal_error", "an unexpected error happened; it has been logged", 500)
+
+
+class _ContainUnexpectedErrors:
+    """Answers an unexpected exception with the 500 `internal_error` body and ends the request
+    normally. Left to Starlette, the exception is re-raised after the 500 is sent, and uvicorn
+    then closes the connection under the client: the next request on that kept-alive
+    connection failed 9 times in 10."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_watching(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watching)
+        except Exception:
+            if started:  # too late for an error body: let the server close the connection
+                raise
+            logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            self.metrics.errors.labels("internal_error").inc()
+            await send_error(
+                send,
+                InternalServerError("an unexpected error happened; it has been logged"),
+                close=False,
+            )
 
 
 class _MetricsMiddleware:

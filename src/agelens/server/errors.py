@@ -105,6 +105,20 @@ class GoneError(ApiError):
     code = "expired"
 
 
+class InternalServerError(ApiError):
+    """A bug: an exception nobody expected (logged with its traceback)."""
+
+    status = 500
+    code = "internal_error"
+
+
+class RequestTimeoutError(ApiError):
+    """The request body did not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class TimeoutApiError(ApiError):
     """The analysis did not finish within `request_timeout_seconds`."""
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import shutil
 import stat
 import time
@@ -113,14 +114,18 @@ def extract_zip(
     max_members: int,
     max_total_bytes: int,
     max_member_bytes: int,
+    max_ratio: float = float("inf"),
+    disk_budget_bytes: int | None = None,
 ) -> list[NewItem]:
     """The zip's files written to `folder` under generated names, as job items (labelled with
     their names in the archive). Directories and macOS metadata are skipped; unsafe or
     unreadable members become refused items (error rows later), not files.
 
     Raises InvalidRequestError (not a zip, no file, too many files) or RequestTooLargeError
-    (the files add up to more than `max_total_bytes`, checked on the bytes actually
-    inflated, not just the sizes the archive declares); `folder` is removed then.
+    when the files add up to more than `max_total_bytes`, more than `max_ratio` times the
+    zip's own size (a zip bomb), or more than `disk_budget_bytes` (what the uploads of all
+    jobs may still use): checked on the sizes the archive declares before anything is
+    written, and again on the bytes actually inflated; `folder` is removed then.
     """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -137,8 +142,26 @@ def extract_zip(
         f"the zip's files add up to more than {max_total_bytes} bytes uncompressed; "
         "split it into several jobs"
     )
-    if sum(m.file_size for m in members) > max_total_bytes:
-        raise too_large
+    max_by_ratio = max_ratio * max(len(data), 1)
+    too_compressed = RequestTooLargeError(
+        f"the zip's files inflate to more than {max_ratio:g} times the zip's "
+        f"{len(data)} bytes; such an archive is refused as a zip bomb"
+    )
+    budget = disk_budget_bytes if disk_budget_bytes is not None else max_total_bytes
+    no_room = RequestTooLargeError(
+        f"the jobs' uploads already use the disk space this server allows for them "
+        f"({max(budget, 0)} bytes left); retry when running jobs have ended"
+    )
+
+    def check_total(total_bytes: int) -> None:
+        if total_bytes > max_total_bytes:
+            raise too_large
+        if total_bytes > max_by_ratio:
+            raise too_compressed
+        if total_bytes > budget:
+            raise no_room
+
+    check_total(sum(m.file_size for m in members))
     folder.mkdir(parents=True, exist_ok=True)
     items: list[NewItem] = []
     total = 0
@@ -157,13 +180,22 @@ def extract_zip(
                 items.append(NewItem(label, None, (type(error).__name__, str(error))))
                 continue
             total += written
-            if total > max_total_bytes:
-                raise too_large
+            check_total(total)
             items.append(NewItem(label, stored))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return items
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under `folder` (0 when it does not exist)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # a job ending meanwhile removes its files
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def _copy_member(
@@ -318,6 +350,8 @@ class JobManager:
                 max_members=self.settings.jobs_max_images,
                 max_total_bytes=self.settings.jobs_zip_max_uncompressed_bytes,
                 max_member_bytes=self.settings.max_body_bytes,
+                max_ratio=self.settings.jobs_zip_max_ratio,
+                disk_budget_bytes=self.settings.jobs_uploads_max_bytes - folder_bytes(self.uploads),
             )
         )
         try:

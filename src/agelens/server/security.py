@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -17,8 +18,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from agelens.server.errors import (
+    ApiError,
     InvalidRequestError,
+    OverloadedError,
     RateLimitedError,
+    RequestTimeoutError,
     RequestTooLargeError,
     UnauthorizedError,
     error_body,
@@ -143,8 +147,24 @@ class RateLimiter:
 
     def check(self, identity: str) -> None:
         """Take one token or raise RateLimitedError with Retry-After."""
+        wait = self._take(identity, consume=True)
+        if wait > 0:
+            raise RateLimitedError(
+                f"more than {self.per_minute} requests a minute; retry in {wait:.1f} s",
+                headers={"Retry-After": retry_after(wait)},
+            )
+
+    def take(self, identity: str) -> None:
+        """Take one token when there is one (never raises)."""
+        self._take(identity, consume=True)
+
+    def wait_seconds(self, identity: str) -> float:
+        """Seconds until `identity` has a token again (0 when it has one); takes none."""
+        return self._take(identity, consume=False)
+
+    def _take(self, identity: str, *, consume: bool) -> float:
         if self.per_minute <= 0:
-            return
+            return 0.0
         rate = self.per_minute / 60.0
         now = time.monotonic()
         with self._lock:
@@ -157,13 +177,59 @@ class RateLimiter:
             while len(self._buckets) > self.max_identities:
                 self._buckets.popitem(last=False)
             if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return
-            wait = (1.0 - bucket.tokens) / rate
-        raise RateLimitedError(
-            f"more than {self.per_minute} requests a minute; retry in {wait:.1f} s",
-            headers={"Retry-After": str(max(1, round(wait + 0.5)))},
-        )
+                if consume:
+                    bucket.tokens -= 1.0
+                return 0.0
+            return (1.0 - bucket.tokens) / rate
+
+
+def retry_after(wait_seconds: float) -> str:
+    """A Retry-After value (whole seconds, at least 1) for a wait."""
+    return str(max(1, round(wait_seconds + 0.5)))
+
+
+class FailedAuthLimitMiddleware:
+    """Slows down key guessing: each 401 answered to a client address takes a token from that
+    address's bucket (`per_minute` a minute, bursts up to `per_minute`); an address with no
+    token left gets 429 `rate_limited` + Retry-After on every path but `exempt_paths`
+    (health checks) until its bucket refills. Keyed by the peer address: clients behind one
+    NAT share a bucket."""
+
+    def __init__(self, app: ASGIApp, per_minute: int, exempt_paths: frozenset[str]) -> None:
+        self.app = app
+        self.per_minute = per_minute
+        self.exempt_paths = exempt_paths
+        self.failures = RateLimiter(per_minute)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or self.per_minute <= 0
+            or scope.get("path") in self.exempt_paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = f"addr:{client[0] if client else 'unknown'}"
+        wait = self.failures.wait_seconds(address)
+        if wait > 0:
+            await send_error(
+                send,
+                RateLimitedError(
+                    f"more than {self.per_minute} failed authentications a minute from this "
+                    f"address; retry in {wait:.0f} s",
+                    headers={"Retry-After": retry_after(wait)},
+                ),
+                close=False,
+            )
+            return
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.failures.take(address)
+            await send(message)
+
+        await self.app(scope, receive, watching_send)
 
 
 class BodyLimitMiddleware:
@@ -201,19 +267,94 @@ def _too_large_message(max_bytes: int) -> str:
 
 
 async def _send_too_large(send: Send, max_bytes: int) -> None:
-    body = json.dumps(error_body(RequestTooLargeError.code, _too_large_message(max_bytes))).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": RequestTooLargeError.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    await send_error(send, RequestTooLargeError(_too_large_message(max_bytes)))
+
+
+async def send_error(send: Send, error: ApiError, *, close: bool = True) -> None:
+    """Answer `error` in the service's error shape straight from ASGI (before any route runs),
+    the request body unread. With `close`, the connection is closed after the answer (and a
+    client still sending may see a reset instead); without, the server reads and discards the
+    rest of the body and keeps the connection (uvicorn does so once a response is complete)."""
+    body = json.dumps(error_body(error.code, str(error))).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    for name, value in error.headers.items():
+        headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class AdmissionMiddleware:
+    """Admission control at the door: at most `max_requests` POST requests are in the service
+    at once (their bodies being read, decoded, queued or analysed); one more is answered
+    503 `overloaded` with Retry-After at once, before its body is read, instead of queueing
+    without bound in front of the inference queue. GETs (health, readiness, results, the page)
+    are never refused. `on_refused` is called for each refusal (metrics)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_requests: int,
+        *,
+        body_timeout_seconds: float = 60.0,
+        retry_after_seconds: int = 1,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_requests = max_requests
+        self.body_timeout_seconds = body_timeout_seconds
+        self.retry_after_seconds = retry_after_seconds
+        self.on_refused = on_refused
+        # One event loop runs every request, so a plain counter is exact.
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_requests:
+            if self.on_refused is not None:
+                self.on_refused()
+            await send_error(
+                send,
+                OverloadedError(
+                    f"the server is busy with {self.in_flight} requests; retry in "
+                    f"{self.retry_after_seconds} s",
+                    headers={"Retry-After": str(self.retry_after_seconds)},
+                ),
+                # Closing with the body unread makes the kernel reset the connection, and
+                # clients still uploading then lose the 503: 224 of 256 did in the benchmark.
+                close=False,
+            )
+            return
+        self.in_flight += 1
+        deadline = time.monotonic() + self.body_timeout_seconds
+        body_done = False
+
+        async def receive_in_time() -> Message:
+            # A slow body would hold its slot for ever; after the body, receive() only waits
+            # for a disconnect, which has no deadline.
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except TimeoutError as error:
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {self.body_timeout_seconds:g} s"
+                ) from error
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        try:
+            await self.app(scope, receive_in_time, send)
+        finally:
+            self.in_flight -= 1
 
 
 @dataclass(frozen=True, slots=True)

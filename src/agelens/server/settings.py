@@ -82,6 +82,13 @@ class Settings(BaseSettings):
         description="Requests per minute per API key (or client address); 0 = off.",
     )
 
+    auth_failures_per_minute: int = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications a minute from one client address before it gets "
+        "429 for a while; 0 = off.",
+    )
+
     # --- URL input
     url_fetch_enabled: bool = True
     url_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -98,6 +105,26 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1)
     inference_workers: int = Field(default=1, ge=1, description="Batches run side by side.")
     request_timeout_seconds: float = Field(default=60.0, gt=0)
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection's request headers must be in by then."
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A POST body must be in by then (408 `request_timeout` otherwise).",
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        default=1000, ge=1, description="Open connections; beyond, requests get a plain 503."
+    )
+    max_requests_in_flight: int = Field(
+        default=16,
+        ge=1,
+        description="POST requests being read, decoded or analysed at once; one more gets "
+        "503 `overloaded` + Retry-After at once, before its body is read.",
+    )
 
     # --- web
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -124,7 +151,22 @@ class Settings(BaseSettings):
     )
     jobs_max_images: int = Field(default=1000, ge=1, description="URLs or zip members per job.")
     jobs_max_active: int = Field(default=100, ge=1, description="Jobs queued or running at once.")
-    jobs_zip_max_uncompressed_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    jobs_zip_max_uncompressed_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes a job's zip may inflate to (refused with 413 beyond).",
+    )
+    jobs_zip_max_ratio: float = Field(
+        default=20.0,
+        gt=1,
+        description="How many times its own size a zip may inflate to: photos barely compress "
+        "(JPEG, PNG ~1x, BMP a few x); far beyond is a zip bomb (413).",
+    )
+    jobs_uploads_max_bytes: int = Field(
+        default=2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="Disk the extracted zips of all active jobs may use together (413 beyond).",
+    )
     jobs_chunk_images: int = Field(
         default=8, ge=1, description="Images analysed and committed together."
     )
