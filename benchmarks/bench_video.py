@@ -45,7 +45,6 @@ def build_clip(folder: Path, frames: int, utkface: Path, analyzer: Analyzer) -> 
     detector finds on a plain background, as in the tests)."""
     import numpy as np
     from PIL import Image
-
     from tests.video.clips import Appearance, background, compose, encode, utkface_people
 
     def found(face: np.ndarray) -> bool:
