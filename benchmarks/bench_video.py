@@ -10,7 +10,7 @@ is not timed. Then, in each round, in turn:
 
 - `video --detect-every 1` and `video --detect-every 3`: what `agelens video CLIP --out
   tracks.parquet` does (decode in a thread, detect, track, estimate when due, fuse, write the
-  track rows), with the default `--estimate-every 5`;
+  track rows), with the default `--estimate-every 10`;
 - the baseline: decode every frame and `Analyzer.analyze_arrays` it (detect and estimate every
   face of every frame), as a per-frame tool would.
 

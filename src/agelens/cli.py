@@ -569,7 +569,7 @@ def video_command(
     ] = 1,
     estimate_every: Annotated[
         int, typer.Option(help="Estimate a person's age and gender at most every n frames.")
-    ] = 5,
+    ] = 10,
     preset: PresetOption = None,
     detector: DetectorOption = None,
     estimator: EstimatorOption = None,
