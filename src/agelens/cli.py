@@ -697,6 +697,11 @@ def report_command(
             require_extra("matplotlib", "report")
         except MissingExtraError as error:
             raise _fail(str(error), EXIT_USAGE) from error
+    from agelens.report.video_html import is_track_file
+
+    if is_track_file(results):
+        _report_tracks(results, html, png, as_json)
+        return
     try:
         table = read_results(results)
     except ResultsFileError as error:
@@ -708,6 +713,28 @@ def report_command(
         typer.echo(
             f"{summary['images']} images, {summary['faces']} faces, "
             f"{summary['images_failed']} errors"
+            + (f"; wrote {html}" if html is not None else "")
+            + (f"; PNGs in {png}" if png is not None else "")
+        )
+
+
+def _report_tracks(results: Path, html: Path | None, png: Path | None, as_json: bool) -> None:
+    """`agelens report` on a track file of `agelens video`: people, not faces."""
+    from agelens.errors import ResultsFileError
+    from agelens.report.batch_html import summary_json
+    from agelens.report.video_html import read_tracks, write_tracks_report
+
+    try:
+        tracks = read_tracks(results)
+    except ResultsFileError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    summary = write_tracks_report(tracks, html_path=html, png_dir=png, source=str(results))
+    if as_json:
+        typer.echo(summary_json(summary))
+    else:
+        typer.echo(
+            f"{summary['people']} people ({summary['people_estimated']} estimated) in "
+            f"{summary['frames_with_faces']} frames"
             + (f"; wrote {html}" if html is not None else "")
             + (f"; PNGs in {png}" if png is not None else "")
         )

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agelens.video.tracking import FrameResult, PersonSummary
-
 if TYPE_CHECKING:
     import pyarrow
+
+    from agelens.video.tracking import FrameResult, PersonSummary
 
 #: (column name, Arrow type name) of a track file, in output order.
 TRACK_COLUMNS: tuple[tuple[str, str], ...] = (
