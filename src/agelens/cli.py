@@ -590,9 +590,10 @@ def video_command(
 ) -> None:
     """Track every person in a video and give each one steady age and gender.
 
-    Exit codes: 0 done; 1 the video broke off part way (everything before the damage is
-    written) or could not be opened; 2 usage error (bad option, output format, missing extra);
-    3 a model is missing.
+    Exit codes: 0 done (a webcam or stream stopped with Ctrl-C included); 1 the video broke off
+    part way (everything before the damage is written) or could not be opened; 2 usage error
+    (bad option, output format, missing extra); 3 a model is missing; 130 a file interrupted
+    with Ctrl-C (the frames before are written).
     """
     from rich.progress import Progress
 

@@ -145,3 +145,17 @@ def test_usage_errors_say_what_to_do(
     result = runner.invoke(app, ["video", str(cut.path), *arguments])
     assert result.exit_code == EXIT_USAGE
     assert message in result.output
+
+
+def test_ctrl_c_ends_the_run_and_keeps_what_was_done(
+    crowd: Clip, analyzer: Analyzer, tmp_path: Path
+) -> None:
+    def interrupt_at_ten(done: int, _expected: int | None) -> None:
+        if done == 10:
+            raise KeyboardInterrupt
+
+    out, people = tmp_path / "tracks.parquet", tmp_path / "people.csv"
+    run = run_video(crowd.path, analyzer, out=out, summary=people, progress=interrupt_at_ten)
+    assert (run.interrupted, run.live, run.frames) == (True, False, 10)
+    assert max(pq.read_table(out)["frame_index"].to_pylist()) == 9
+    assert len(read_table(people, PEOPLE_COLUMNS)) == 3

@@ -33,6 +33,8 @@ class VideoRun:
     seconds: float
     error: VideoDecodeError | None = None
     crops: dict[int, str] = field(default_factory=dict)
+    interrupted: bool = False
+    live: bool = False
 
     @property
     def frames_per_second(self) -> float:
@@ -59,10 +61,11 @@ def run_video(
     `draw` (annotated video, audio kept), `crops` (best face of each person, TRACK.jpg).
 
     A video that breaks off part way still gets every output from the frames before the
-    damage; the error is returned in `VideoRun.error`. VideoSourceError (not openable) is
-    raised before anything is written. `progress(frames_done, frames_expected)` is called
-    every frame; `stop()` returning True ends the run early (a live source) and keeps what
-    was done.
+    damage; the error is returned in `VideoRun.error`. Ctrl-C (KeyboardInterrupt) ends the run
+    the same way, with `VideoRun.interrupted` set: how a webcam or stream is stopped.
+    VideoSourceError (not openable) is raised before anything is written.
+    `progress(frames_done, frames_expected)` is called every frame; `stop()` returning True
+    ends the run early (a live source) and keeps what was done.
     """
     from agelens.imaging import encode_jpeg
     from agelens.video.draw import AnnotatedVideoWriter
@@ -78,6 +81,7 @@ def run_video(
     label = str(source)
     start = time.perf_counter()
     error: VideoDecodeError | None = None
+    interrupted = False
     frames = 0
     with open_source(source, frames_fps=frames_fps, allow_networks=allow_networks) as video:
         info = video.info
@@ -105,6 +109,9 @@ def run_video(
             except VideoDecodeError as damage:
                 logger.warning("%s", damage)
                 error = damage
+            except KeyboardInterrupt:
+                logger.info("interrupted after %d frames", frames)
+                interrupted = True
             if rows_writer is not None:
                 rows_writer.write(pending)
         except BaseException:
@@ -141,4 +148,6 @@ def run_video(
         seconds=time.perf_counter() - start,
         error=error,
         crops=crop_names,
+        interrupted=interrupted,
+        live=info.live,
     )
