@@ -47,6 +47,7 @@ from agelens.server.errors import (
 )
 from agelens.server.jobs import JobManager
 from agelens.server.jobs_api import router as jobs_router
+from agelens.server.live import router as live_router
 from agelens.server.metrics import CONTENT_TYPE_LATEST, Metrics
 from agelens.server.schemas import (
     AnalyzeJson,
@@ -536,6 +537,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         return {"status": "ok"}
 
     app.include_router(jobs_router)
+    app.include_router(live_router)
     _install_web(app, service)
     return app
 
