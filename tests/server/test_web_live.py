@@ -55,10 +55,14 @@ def write_y4m(clip: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fake_camera(tmp_path_factory: pytest.TempPathFactory, astronaut: NDArray[np.uint8]) -> Path:
-    folder = tmp_path_factory.mktemp("camera")
-    clip = astronaut_clip(folder, astronaut)
-    return write_y4m(clip.path, folder / "camera.y4m")
+def clip(tmp_path_factory: pytest.TempPathFactory, astronaut: NDArray[np.uint8]) -> Path:
+    """A zoom and pan over the astronaut photo, as an MP4."""
+    return astronaut_clip(tmp_path_factory.mktemp("clip"), astronaut).path
+
+
+@pytest.fixture(scope="module")
+def fake_camera(clip: Path) -> Path:
+    return write_y4m(clip, clip.with_name("camera.y4m"))
 
 
 @contextmanager
@@ -149,6 +153,41 @@ def test_live_mode_tracks_the_camera_and_lists_the_person(
             page.click("#live-stop")
             expect(page.locator("#live-start")).to_be_visible()
             expect(page.locator("#live-status")).to_contain_text("Stopped after")
+            assert errors == []
+        finally:
+            context.close()
+
+
+def test_a_video_job_shows_its_annotated_clip_and_people(
+    browser: Browser, model_pool: ModelPool, tmp_path: Path, clip: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    with serve(settings, model_pool) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready='true']", state="attached")
+            page.set_input_files("#job-zip", str(clip))
+            page.click("#job-form button[type=submit]")
+            job = page.locator("#jobs li").first
+            expect(job).to_contain_text("video · 30 frames")
+            expect(job.locator(".job-status")).to_have_attribute(
+                "data-status", "done", timeout=90_000
+            )
+            expect(job.locator(".job-status")).to_contain_text("1 person")
+            expect(job.locator(".video-job video")).to_be_visible()
+            rows = job.locator(".video-job tbody tr")
+            expect(rows).to_have_count(1)
+            expect(rows.first.locator("td").nth(1)).to_have_text("F")
+            page.wait_for_function(
+                "() => document.querySelector('.video-job video').readyState >= 1"
+            )
+            width = page.evaluate("() => document.querySelector('.video-job video').videoWidth")
+            assert width == 480
             assert errors == []
         finally:
             context.close()

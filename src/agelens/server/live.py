@@ -128,8 +128,11 @@ async def live(websocket: WebSocket) -> None:
     settings = service.settings
     analyzer = service.pool.analyzer(settings.detector, settings.estimator)
     # About three estimates a second whatever the client's rate, so a person's first answer
-    # (after three estimates) comes within a second or so.
-    tracker = VideoTracker(analyzer, fps, TrackOptions(estimate_every=max(1, round(fps / 3))))
+    # (after three estimates) comes within a second or so. A camera has no scene cuts, and at
+    # a few frames a second (fewer when the server is busy) a person moving between frames
+    # would look like one.
+    options = TrackOptions(estimate_every=max(1, round(fps / 3)), scene_cut=None)
+    tracker = VideoTracker(analyzer, fps, options)
     await websocket.send_json({"type": "ready"})
     newest: list[bytes] = []  # at most one: the newest frame not yet tracked
     dropped = 0
@@ -195,5 +198,5 @@ async def live(websocket: WebSocket) -> None:
             pass
         finally:
             tasks.cancel_scope.cancel()
-    with contextlib.suppress(RuntimeError):
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close()

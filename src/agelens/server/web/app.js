@@ -846,7 +846,7 @@ async function submitJob(event) {
     .filter(Boolean);
   const zip = $("job-zip").files[0];
   if (!urls.length && !zip) {
-    jobMessage("Give image URLs or choose a zip of photos.");
+    jobMessage("Give image URLs or choose a zip of photos or a video.");
     return;
   }
   let request;
@@ -883,7 +883,7 @@ async function submitJob(event) {
     jobMessage(`The job was not started: ${message}.`);
     return;
   }
-  jobMessage(`Job started: ${plural(body.images_total, "image")}.`);
+  jobMessage(`Job started: ${plural(body.images_total, jobUnit(body))}.`);
   $("job-form").reset();
   const item = jobItem(body);
   $("jobs").prepend(item);
@@ -894,7 +894,8 @@ function jobItem(job) {
   const item = document.createElement("li");
   item.dataset.jobId = job.id;
   const title = document.createElement("strong");
-  title.textContent = `Job ${job.id.slice(0, 8)} · ${job.source === "zip" ? "zip" : "URLs"} · ${plural(job.images_total, "image")}`;
+  const kinds = { zip: "zip", urls: "URLs", video: "video" };
+  title.textContent = `Job ${job.id.slice(0, 8)} · ${kinds[job.source] || job.source} · ${plural(job.images_total, jobUnit(job))}`;
   const progress = document.createElement("progress");
   progress.max = 1;
   progress.setAttribute("aria-label", `Progress of job ${job.id.slice(0, 8)}`);
@@ -902,11 +903,18 @@ function jobItem(job) {
   status.className = "job-status";
   const links = document.createElement("span");
   links.className = "job-links";
-  for (const [label, href, file] of [
+  const outputs = [
     ["Results (JSON lines)", job.links.results_jsonl, `job-${job.id}.jsonl`],
     ["Results (Parquet)", job.links.results_parquet, `job-${job.id}.parquet`],
     ["Report", job.links.report, `job-${job.id}.html`],
-  ]) {
+  ];
+  if (job.source === "video") {
+    outputs[0][0] = "Tracks (JSON lines)";
+    outputs[1][0] = "Tracks (Parquet)";
+    outputs.push(["People (JSON lines)", job.links.people_jsonl, `job-${job.id}-people.jsonl`]);
+    outputs.push(["Annotated video", job.links.video, `job-${job.id}.mp4`]);
+  }
+  for (const [label, href, file] of outputs) {
     const link = document.createElement("a");
     link.textContent = label;
     link.href = href;
@@ -928,12 +936,72 @@ function showJob(item, job) {
   ];
   progress.value = job.progress;
   status.dataset.status = job.status;
-  const parts = [`${job.status}: ${job.images_done} of ${plural(job.images_total, "image")}`];
-  parts.push(plural(job.faces, "face"));
+  const parts = [`${job.status}: ${job.images_done} of ${plural(job.images_total, jobUnit(job))}`];
+  parts.push(plural(job.faces, job.source === "video" ? "person" : "face"));
   if (job.errors) parts.push(plural(job.errors, "error"));
   if (job.message) parts.push(job.message);
   status.textContent = parts.join(" · ");
   links.hidden = job.status !== "done";
+  if (job.source === "video" && job.status === "done" && !item.dataset.shown) {
+    item.dataset.shown = "true";
+    showVideoJob(item, job);
+  }
+}
+
+function jobUnit(job) {
+  return job.source === "video" ? "frame" : "image";
+}
+
+/** A finished video job: its annotated clip and its people, fetched with the API key. */
+async function showVideoJob(item, job) {
+  const box = document.createElement("div");
+  box.className = "video-job";
+  try {
+    const [people, clip] = await Promise.all([
+      fetch(job.links.people_jsonl, { headers: keyHeaders() }).then((r) => r.text()),
+      fetch(job.links.video, { headers: keyHeaders() }).then((r) => (r.ok ? r.blob() : null)),
+    ]);
+    if (clip) {
+      const video = document.createElement("video");
+      video.controls = true;
+      video.src = URL.createObjectURL(clip);
+      video.setAttribute("aria-label", `Annotated video of job ${job.id.slice(0, 8)}`);
+      box.append(video);
+    }
+    const rows = people
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line));
+    const table = document.createElement("table");
+    table.className = "people";
+    table.innerHTML =
+      "<thead><tr><th scope='col'>#</th><th scope='col'>Gender</th><th scope='col'>Age</th>" +
+      "<th scope='col'>Interval</th><th scope='col'>In view (s)</th></tr></thead>";
+    const body = document.createElement("tbody");
+    for (const person of rows) {
+      const row = document.createElement("tr");
+      const cells = [
+        `#${person.track_id}`,
+        person.gender || "–",
+        person.age_years === null ? "–" : String(roundAge(person.age_years)),
+        person.age_years === null
+          ? "–"
+          : `${roundAge(person.age_low_years)}–${roundAge(person.age_high_years)}`,
+        `${person.first_seen_s.toFixed(1)}–${person.last_seen_s.toFixed(1)}`,
+      ];
+      for (const text of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      body.append(row);
+    }
+    table.append(body);
+    box.append(table);
+  } catch (error) {
+    box.textContent = `The results could not be shown (${error.message}).`;
+  }
+  item.append(box);
 }
 
 async function pollJob(item, id) {
