@@ -20,7 +20,13 @@ from typing import Annotated, Any
 
 import typer
 
-from agelens.errors import AgelensError, ModelFetchError, ModelNotFetchedError, UnknownModelError
+from agelens.errors import (
+    AgelensError,
+    ModelFetchError,
+    ModelNotFetchedError,
+    UnknownModelError,
+    require_extra,
+)
 from agelens.models.backends import resolve_models
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -697,6 +703,136 @@ class _BatchProgress:
         return (self.done - 1) / elapsed
 
 
+# ----------------------------------------------------------------------------- video
+
+
+@app.command("video")
+def video_command(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Video file (MP4, MOV, MKV, WebM, AVI), folder or glob of frames, webcam "
+            "index (0, 1, ...) or rtsp:// / http(s):// stream.",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Track rows (one per face per analysed frame): .parquet, .csv, .jsonl."),
+    ] = None,
+    draw: Annotated[
+        Path | None,
+        typer.Option(help="Annotated video (.mp4, .mkv, .mov, .webm, .avi), audio kept."),
+    ] = None,
+    summary: Annotated[
+        Path | None, typer.Option(help="People rows (one per person): .parquet, .csv, .jsonl.")
+    ] = None,
+    crops: Annotated[
+        Path | None, typer.Option(help="Save each person's best face here (TRACK.jpg).")
+    ] = None,
+    detect_every: Annotated[
+        int, typer.Option(help="Detect faces on every k-th frame (boxes held between).")
+    ] = 1,
+    estimate_every: Annotated[
+        int, typer.Option(help="Estimate a person's age and gender at most every n frames.")
+    ] = 10,
+    preset: PresetOption = None,
+    detector: DetectorOption = None,
+    estimator: EstimatorOption = None,
+    threads: Annotated[int | None, typer.Option(help="Threads per model.")] = None,
+    min_face: Annotated[float, typer.Option(help="Smallest face side to track, pixels.")] = 16.0,
+    min_estimate_face: Annotated[
+        float, typer.Option(help="Smallest face side worth an estimate, pixels.")
+    ] = 40.0,
+    max_faces: Annotated[int | None, typer.Option(help="Most faces tracked per frame.")] = None,
+    fps: Annotated[float, typer.Option(help="Frame rate of a folder or glob of frames.")] = 25.0,
+    allow_network: Annotated[
+        list[str] | None,
+        typer.Option(help="A private network (CIDR) streams may come from; repeatable."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or people list.")
+    ] = False,
+) -> None:
+    """Track every person in a video and give each one steady age and gender.
+
+    Exit codes: 0 done (a webcam or stream stopped with Ctrl-C included); 1 the video broke off
+    part way (everything before the damage is written) or could not be opened; 2 usage error
+    (bad option, output format, missing extra); 3 a model is missing; 130 a file interrupted
+    with Ctrl-C (the frames before are written).
+    """
+    from rich.progress import Progress
+
+    from agelens.errors import BatchOutputError, MissingExtraError, VideoSourceError
+    from agelens.video.draw import VideoOutputError
+    from agelens.video.run import run_video
+    from agelens.video.tracking import TrackOptions, create_video_analyzer
+
+    if out is None and draw is None and summary is None and crops is None:
+        raise _fail("nothing to write: give --out, --summary, --draw and/or --crops", EXIT_USAGE)
+    try:
+        require_extra("av", "video")
+        require_extra("supervision", "video")
+        options = TrackOptions(
+            detect_every=detect_every,
+            estimate_every=estimate_every,
+            min_face_px=min_face,
+            min_estimate_face_px=min_estimate_face,
+            max_faces=max_faces,
+        )
+        from agelens.batch import output_format
+
+        for table in (out, summary):
+            if table is not None:
+                output_format(table)
+    except (ValueError, MissingExtraError, BatchOutputError) as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    try:
+        analyzer = create_video_analyzer(preset, detector, estimator, threads=threads)
+    except UnknownModelError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    except (ModelNotFetchedError, ModelFetchError) as error:
+        raise _fail(str(error), EXIT_MODEL) from error
+    with Progress(transient=True, disable=quiet or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("tracking", total=None)
+        try:
+            run = run_video(
+                source,
+                analyzer,
+                options=options,
+                out=out,
+                draw=draw,
+                summary=summary,
+                crops=crops,
+                frames_fps=fps,
+                allow_networks=allow_network or (),
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except VideoSourceError as error:
+            raise _fail(str(error), EXIT_SOME_FAILED) from error
+        except VideoOutputError as error:
+            raise _fail(str(error), EXIT_USAGE) from error
+    if not quiet:
+        for person in run.people:
+            answer = (
+                f"{person.gender} {person.age_years:.0f} "
+                f"({person.age_interval[0]:.0f}-{person.age_interval[1]:.0f})"
+                if person.age_years is not None and person.age_interval is not None
+                else "not estimated"
+            )
+            typer.echo(
+                f"#{person.track_id} {answer}, seen {person.first_seen_s:.1f}-"
+                f"{person.last_seen_s:.1f} s in {person.frames_seen} frames"
+            )
+        typer.echo(
+            f"{run.frames} frames, {len(run.people)} people, {run.frames_per_second:.1f} frames/s"
+        )
+    if run.error is not None:
+        raise _fail(
+            f"{run.error} (the {run.frames} frames before it are written)", EXIT_SOME_FAILED
+        )
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -728,6 +864,11 @@ def report_command(
             require_extra("matplotlib", "report")
         except MissingExtraError as error:
             raise _fail(str(error), EXIT_USAGE) from error
+    from agelens.report.video_html import is_track_file
+
+    if is_track_file(results):
+        _report_tracks(results, html, png, as_json)
+        return
     try:
         table = read_results(results)
     except ResultsFileError as error:
@@ -739,6 +880,28 @@ def report_command(
         typer.echo(
             f"{summary['images']} images, {summary['faces']} faces, "
             f"{summary['images_failed']} errors"
+            + (f"; wrote {html}" if html is not None else "")
+            + (f"; PNGs in {png}" if png is not None else "")
+        )
+
+
+def _report_tracks(results: Path, html: Path | None, png: Path | None, as_json: bool) -> None:
+    """`agelens report` on a track file of `agelens video`: people, not faces."""
+    from agelens.errors import ResultsFileError
+    from agelens.report.batch_html import summary_json
+    from agelens.report.video_html import read_tracks, write_tracks_report
+
+    try:
+        tracks = read_tracks(results)
+    except ResultsFileError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    summary = write_tracks_report(tracks, html_path=html, png_dir=png, source=str(results))
+    if as_json:
+        typer.echo(summary_json(summary))
+    else:
+        typer.echo(
+            f"{summary['people']} people ({summary['people_estimated']} estimated) in "
+            f"{summary['frames_with_faces']} frames"
             + (f"; wrote {html}" if html is not None else "")
             + (f"; PNGs in {png}" if png is not None else "")
         )

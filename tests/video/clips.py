@@ -48,7 +48,7 @@ class Appearance:
 @dataclass
 class Clip:
     """A built clip and its truth: `tiles[frame][person name]` is the tile box (x1, y1, x2,
-    y2) of every person visible (on screen and not covered) in that frame."""
+    y2) of every person visible (on screen, if only in part, and not covered) in that frame."""
 
     path: Path
     fps: int
@@ -143,7 +143,7 @@ def compose(
             box = (x, y, x + side, y + side)
             if index in appearance.hidden:
                 canvas.paste((128, 128, 128), tuple(round(v) for v in box))
-            elif x >= 0 and y >= 0 and x + side <= width and y + side <= height:
+            elif x < width and y < height and x + side > 0 and y + side > 0:
                 visible[appearance.person.name] = box
         light = rng.uniform(0.92, 1.08)
         noisy = np.asarray(canvas, dtype=np.float32) * light + rng.normal(0, 5, (height, width, 3))

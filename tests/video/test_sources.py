@@ -111,3 +111,31 @@ def test_stream_urls_to_internal_hosts_are_refused(url: str) -> None:
 
 def test_an_allowed_network_may_be_streamed_from() -> None:
     check_stream_url("rtsp://10.0.0.5/live", allow_networks=["10.0.0.0/8"])
+
+
+def test_an_http_stream_from_an_allowed_network_is_read(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    encode(tmp_path / "clip.mkv", frames, 10)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=tmp_path))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mkv"
+        with pytest.raises(VideoSourceError, match="non-public"):
+            open_source(url)
+        with open_source(url, allow_networks=["127.0.0.0/8"]) as video:
+            assert video.info.live
+            assert len(list(video)) == 20
+    finally:
+        server.shutdown()
+        server.server_close()

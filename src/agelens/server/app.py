@@ -50,6 +50,7 @@ from agelens.server.examples import is_example_name, open_examples
 from agelens.server.examples import media_type as example_media_type
 from agelens.server.jobs import JobManager
 from agelens.server.jobs_api import router as jobs_router
+from agelens.server.live import router as live_router
 from agelens.server.metrics import CONTENT_TYPE_LATEST, Metrics
 from agelens.server.schemas import (
     AnalyzeJson,
@@ -617,6 +618,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         return {"status": "ok"}
 
     app.include_router(jobs_router)
+    app.include_router(live_router)
     _install_web(app, service)
     install_api_docs(app)
     return app

@@ -360,6 +360,41 @@ class JobManager:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
+    async def submit_video(
+        self,
+        owner: str | None,
+        data: bytes,
+        filename: str,
+        options: AnalysisOptions,
+        video_options: dict[str, Any],
+    ) -> JobRecord:
+        """Queue a video job: the upload is stored until the job ends and checked to be a
+        video now (InvalidRequestError otherwise); its results are track rows, people rows and an
+        annotated MP4 (`agelens video`'s), kept until the job expires."""
+        self._check_enabled()
+        await self._open()
+        job_id = _new_id()
+        folder = self.uploads / job_id
+        name = "video" + (Path(filename).suffix.lower()[:8] or ".mp4")
+        try:
+            frames = await anyio.to_thread.run_sync(_store_video, data, folder / name)
+            return await self._create(
+                owner,
+                "video",
+                [NewItem(filename or name, name)],
+                options,
+                job_id=job_id,
+                frames_total=frames,
+                video_options=video_options,
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def results_folder(self, job_id: str) -> Path:
+        """Where a video job's result files are kept until the job expires."""
+        return self.settings.data_dir / "job-results" / job_id
+
     def _check_count(self, count: int) -> None:
         if count == 0:
             raise InvalidRequestError("the job holds no image")
@@ -376,6 +411,8 @@ class JobManager:
         options: AnalysisOptions,
         *,
         job_id: str,
+        frames_total: int | None = None,
+        video_options: dict[str, Any] | None = None,
     ) -> JobRecord:
         self._check_count(len(items))
         store = await self._open()
@@ -389,9 +426,9 @@ class JobManager:
             id=job_id,
             owner=owner,
             status="queued",
-            source="zip" if source == "zip" else "urls",
-            options=asdict(options),
-            images_total=len(items),
+            source="zip" if source == "zip" else "video" if source == "video" else "urls",
+            options=asdict(options) | ({"video": video_options} if video_options else {}),
+            images_total=len(items) if frames_total is None else frames_total,
             images_done=0,
             faces=0,
             images_without_faces=0,
@@ -443,6 +480,10 @@ class JobManager:
         assert self.store is not None
         await anyio.to_thread.run_sync(self.store.delete_job, job_id)
         await anyio.to_thread.run_sync(self._remove_uploads, job_id)
+        await anyio.to_thread.run_sync(self._remove_results, job_id)
+
+    def _remove_results(self, job_id: str) -> None:
+        shutil.rmtree(self.results_folder(job_id), ignore_errors=True)
 
     def _remove_uploads(self, job_id: str) -> None:
         shutil.rmtree(self.uploads / job_id, ignore_errors=True)
@@ -490,6 +531,8 @@ class JobManager:
         expired = await anyio.to_thread.run_sync(store.expire, now)
         if expired:
             logger.info("results of %d job(s) expired", len(expired))
+            for job_id in expired:
+                await anyio.to_thread.run_sync(self._remove_results, job_id)
         await anyio.to_thread.run_sync(
             store.purge_expired, now - max(self.settings.jobs_result_ttl_s, 24 * 3600.0)
         )
@@ -499,8 +542,13 @@ class JobManager:
         status: JobStatus = "done"
         message: str | None = None
         try:
-            options = AnalysisOptions(**job.options)
-            while True:
+            if job.source == "video":
+                ours, message = await self._run_video_job(store, job)
+                if not ours:
+                    await self._let_go(store, job)
+                    return
+            options = AnalysisOptions(**job.options) if job.source != "video" else None
+            while options is not None:
                 if not await anyio.to_thread.run_sync(store.heartbeat, job.id, time.time()):
                     await self._let_go(store, job)
                     return
@@ -525,6 +573,68 @@ class JobManager:
         )
         await anyio.to_thread.run_sync(self._remove_uploads, job.id)
         logger.info("job %s %s", job.id, status)
+
+    async def _run_video_job(self, store: JobStore, job: JobRecord) -> tuple[bool, str | None]:
+        """Track a video job's upload into its results folder (tracks.parquet, people.parquet,
+        annotated.mp4), reporting frames done as it goes. (False, None) when the job stopped
+        being ours (deleted or requeued); else (True, message): a damaged video keeps the
+        frames before the damage and the job ends `done` with the error as its message."""
+        from agelens.video.run import run_video
+        from agelens.video.tracking import TrackOptions
+
+        options = dict(job.options)
+        video_options = options.pop("video", {}) or {}
+        analysis = AnalysisOptions(**options)
+        analyzer = self.pool.analyzer(analysis.detector, analysis.estimator)
+        items = await anyio.to_thread.run_sync(store.pending_items, job.id, 1)
+        if not items or items[0].source is None:
+            return True, None
+        upload = self.uploads / job.id / items[0].source
+        results = self.results_folder(job.id)
+        ours = True
+        last_report = 0.0
+
+        def progress(done: int, expected: int | None) -> None:
+            nonlocal ours, last_report
+            now = time.monotonic()
+            if now - last_report < 1.0:
+                return
+            last_report = now
+            total = max(expected or 0, done)
+            ours = store.heartbeat(job.id, time.time()) and store.set_progress(
+                job.id, done, total, 0
+            )
+
+        def track() -> Any:
+            results.mkdir(parents=True, exist_ok=True)
+            return run_video(
+                upload,
+                analyzer,
+                options=TrackOptions(
+                    detect_every=int(video_options.get("detect_every", 1)),
+                    estimate_every=int(video_options.get("estimate_every", 10)),
+                    min_face_px=max(analysis.min_face, 16.0),
+                    max_faces=analysis.max_faces,
+                ),
+                out=results / "tracks.parquet",
+                summary=results / "people.parquet",
+                draw=results / "annotated.mp4",
+                progress=progress,
+                stop=lambda: not ours,
+            )
+
+        run = await anyio.to_thread.run_sync(track, limiter=self._infer_limiter)
+        if not ours:
+            return False, None
+        # The item's rows first (an error row for a damaged video), then the final counts:
+        # committing counts the item as one done image, which the frame counts replace.
+        rows = [] if run.error is None else [error_row(items[0].label, None, run.error)]
+        await anyio.to_thread.run_sync(store.commit_items, job.id, [(items[0].index, rows)])
+        ours = await anyio.to_thread.run_sync(
+            store.set_progress, job.id, run.frames, run.frames, len(run.people)
+        )
+        message = None if run.error is None else f"{type(run.error).__name__}: {run.error}"
+        return ours, message
 
     async def _let_go(self, store: JobStore, job: JobRecord) -> None:
         """Stop working on a job that is no longer ours: deleted (then its uploads go), or
@@ -596,6 +706,23 @@ class JobManager:
             raise ZipMemberError(
                 f"the uploaded file is gone from the server ({error.strerror})"
             ) from error
+
+
+def _store_video(data: bytes, target: Path) -> int:
+    """Write an uploaded video to `target` and return its expected frame count; raises
+    InvalidRequestError (and removes it) when it is not a video FFmpeg can open."""
+    from agelens.errors import MissingExtraError, VideoSourceError
+    from agelens.video.sources import open_source
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    try:
+        with open_source(target) as video:
+            info = video.info
+    except (VideoSourceError, MissingExtraError) as error:
+        target.unlink(missing_ok=True)
+        raise InvalidRequestError(f"the upload is not a video agelens can read: {error}") from error
+    return round(info.duration_s * info.fps) if info.duration_s else 0
 
 
 def _new_id() -> str:

@@ -10,12 +10,25 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse
 
 from agelens.rows import COLUMN_NAMES, rows_to_table
-from agelens.server.errors import InvalidRequestError, UnsupportedMediaTypeError, validated
+from agelens.server.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    UnsupportedMediaTypeError,
+    validated,
+)
 from agelens.server.jobs import JobManager
 from agelens.server.jobstore import JobRecord
-from agelens.server.schemas import ErrorOut, JobJson, JobLinks, JobOptions, JobOut
+from agelens.server.schemas import (
+    ErrorOut,
+    JobJson,
+    JobLinks,
+    JobOptions,
+    JobOut,
+    VideoJobOptions,
+)
 from agelens.server.security import authenticate, parse_multipart
 
 ZIP_MEDIA_TYPES = frozenset(
@@ -69,7 +82,7 @@ def job_out(job: JobRecord) -> JobOut:
         id=job.id,
         status=job.status,
         source=job.source,
-        progress=job.images_done / job.images_total if job.images_total else 1.0,
+        progress=min(1.0, job.images_done / job.images_total) if job.images_total else 1.0,
         images_total=job.images_total,
         images_done=job.images_done,
         images_without_faces=job.images_without_faces,
@@ -87,6 +100,15 @@ def job_out(job: JobRecord) -> JobOut:
             results_jsonl=f"{base}/results?format=jsonl",
             results_parquet=f"{base}/results?format=parquet",
             report=f"{base}/report",
+            **(
+                {
+                    "people_jsonl": f"{base}/people?format=jsonl",
+                    "people_parquet": f"{base}/people?format=parquet",
+                    "video": f"{base}/video",
+                }
+                if job.source == "video"
+                else {}
+            ),
         ),
     )
 
@@ -136,18 +158,46 @@ async def create_job(
         fields, files = parse_multipart(body, request.headers["content-type"], max_parts=16)
         uploads = [f for f in files if f.field_name == "file"] or files
         if len(uploads) != 1:
-            raise InvalidRequestError("send one zip file in the form field `file`")
-        options = _options(manager, {**query, **fields})
-        job = await manager.submit_zip(owner, uploads[0].data, options)
+            raise InvalidRequestError("send one zip file or video in the form field `file`")
+        upload = uploads[0]
+        if _is_video(upload.content_type, upload.filename):
+            job = await _submit_video(
+                manager, owner, upload.data, upload.filename, {**query, **fields}
+            )
+        else:
+            options = _options(manager, {**query, **fields})
+            job = await manager.submit_zip(owner, upload.data, options)
+    elif media_type.startswith("video/"):
+        name = str(query.pop("filename", "video.mp4"))
+        job = await _submit_video(manager, owner, body, name, query)
     elif media_type in ZIP_MEDIA_TYPES:
         job = await manager.submit_zip(owner, body, _options(manager, query))
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported content type {media_type or '(none)'}; send application/json with "
-            "`urls`, or a zip (multipart/form-data field `file`, or application/zip)"
+            "`urls`, a zip (multipart/form-data field `file`, or application/zip), or a video "
+            "(multipart/form-data field `file`, or video/*)"
         )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_out(job)
+
+
+def _is_video(content_type: str, filename: str) -> bool:
+    from agelens.video.sources import VIDEO_SUFFIXES
+
+    suffix = ("." + filename.rsplit(".", 1)[-1].lower()) if "." in filename else ""
+    return content_type.lower().startswith("video/") or suffix in VIDEO_SUFFIXES
+
+
+async def _submit_video(
+    manager: JobManager, owner: str | None, data: bytes, filename: str, values: dict[str, Any]
+) -> JobRecord:
+    given = validated(VideoJobOptions, values)
+    options = manager.analysis_options(
+        given.detector, given.estimator, given.min_face, given.max_faces
+    )
+    video = {"detect_every": given.detect_every, "estimate_every": given.estimate_every}
+    return await manager.submit_video(owner, data, filename, options, video)
 
 
 def _options(manager: JobManager, values: dict[str, Any]) -> Any:
@@ -186,6 +236,8 @@ async def job_results(
     or Parquet. 410 once the results have expired."""
     job, rows = await manager.result_rows(owner, job_id)
     headers: dict[str, str] = {"X-Job-Status": job.status}
+    if job.source == "video":
+        return await _video_table(manager, job, "tracks", format, headers)
     if format == "parquet":
         data = await anyio.to_thread.run_sync(_parquet_bytes, rows)
         headers["Content-Disposition"] = f'attachment; filename="job-{job.id}.parquet"'
@@ -195,6 +247,69 @@ async def job_results(
     )
     headers["Content-Disposition"] = f'attachment; filename="job-{job.id}.jsonl"'
     return Response(text, media_type="application/x-ndjson", headers=headers)
+
+
+async def _video_table(
+    manager: JobManager,
+    job: JobRecord,
+    table: Literal["tracks", "people"],
+    format: Literal["jsonl", "parquet"],
+    headers: dict[str, str],
+) -> Response:
+    """A video job's track or people table as JSON lines or Parquet (empty until done)."""
+    path = manager.results_folder(job.id) / f"{table}.parquet"
+
+    def read() -> bytes:
+        import pyarrow.parquet as pq
+
+        from agelens.video.output import PEOPLE_COLUMNS, TRACK_COLUMNS, schema
+
+        columns = TRACK_COLUMNS if table == "tracks" else PEOPLE_COLUMNS
+        loaded = (
+            pq.read_table(path)
+            if job.status == "done" and path.is_file()
+            else schema(columns).empty_table()
+        )
+        if format == "parquet":
+            buffer = io.BytesIO()
+            pq.write_table(loaded, buffer)
+            return buffer.getvalue()
+        return "".join(
+            json.dumps(row, ensure_ascii=False) + "\n" for row in loaded.to_pylist()
+        ).encode()
+
+    data = await anyio.to_thread.run_sync(read)
+    headers["Content-Disposition"] = f'attachment; filename="job-{job.id}-{table}.{format}"'
+    media_type = "application/vnd.apache.parquet" if format == "parquet" else "application/x-ndjson"
+    return Response(data, media_type=media_type, headers=headers)
+
+
+@router.get("/{job_id}/people", response_class=Response)
+async def job_people(
+    job_id: str,
+    manager: Manager,
+    owner: Owner,
+    format: Annotated[Literal["jsonl", "parquet"], Query()] = "jsonl",
+) -> Response:
+    """A video job's people: one row per tracked person (`agelens video --summary`'s
+    columns), once the job is done. 404 for jobs that are not video jobs."""
+    job, _ = await manager.result_rows(owner, job_id)
+    if job.source != "video":
+        raise NotFoundError(f"job {job_id} is not a video job: it has no people")
+    return await _video_table(manager, job, "people", format, {"X-Job-Status": job.status})
+
+
+@router.get("/{job_id}/video", response_class=Response)
+async def job_video(job_id: str, manager: Manager, owner: Owner) -> Response:
+    """A video job's annotated video (MP4, boxes and "#3 F 27 (24-30)" labels, audio kept),
+    once the job is done."""
+    job, _ = await manager.result_rows(owner, job_id)
+    path = manager.results_folder(job.id) / "annotated.mp4"
+    if job.source != "video":
+        raise NotFoundError(f"job {job_id} is not a video job: it has no video")
+    if job.status != "done" or not path.is_file():
+        raise NotFoundError(f"job {job_id} has no annotated video (status: {job.status})")
+    return FileResponse(path, media_type="video/mp4", filename=f"job-{job.id}.mp4")
 
 
 def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
@@ -213,6 +328,9 @@ async def job_report(job_id: str, manager: Manager, owner: Owner) -> Response:
     def render() -> str:
         from agelens.report.batch_html import render_batch_html
 
+        if job.source == "video":
+            return _video_report(manager, job)
+
         status = (
             ""
             if job.status == "done"
@@ -224,6 +342,19 @@ async def job_report(job_id: str, manager: Manager, owner: Owner) -> Response:
 
     page = await anyio.to_thread.run_sync(render)
     return Response(page, media_type="text/html; charset=utf-8", headers=REPORT_HEADERS)
+
+
+def _video_report(manager: JobManager, job: JobRecord) -> str:
+    """The track report (`agelens report` on a track file) of a video job."""
+    import pyarrow.parquet as pq
+
+    from agelens.report.video_html import draw_track_charts, render_tracks_html, summarise_tracks
+    from agelens.video.output import TRACK_COLUMNS, schema
+
+    path = manager.results_folder(job.id) / "tracks.parquet"
+    tracks = pq.read_table(path) if path.is_file() else schema(TRACK_COLUMNS).empty_table()
+    summary = summarise_tracks(tracks)
+    return render_tracks_html(summary, draw_track_charts(summary), source=f"job {job.id}")
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response)

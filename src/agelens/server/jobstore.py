@@ -50,7 +50,7 @@ class JobRecord:
     id: str
     owner: str | None  # the API key's identity when keys are configured, else None
     status: JobStatus
-    source: Literal["urls", "zip"]
+    source: Literal["urls", "zip", "video"]
     options: dict[str, Any]
     images_total: int
     images_done: int
@@ -115,6 +115,10 @@ class JobStore(Protocol):
 
     def pending_items(self, job_id: str, limit: int) -> list[ItemRecord]:
         """Up to `limit` images of the job not analysed yet, in order."""
+
+    def set_progress(self, job_id: str, done: int, total: int, faces: int) -> bool:
+        """A video job's counts (frames done and expected, people found); False when the job
+        is no longer running."""
 
     def commit_items(
         self, job_id: str, rows_by_item: Sequence[tuple[int, list[dict[str, Any]]]]
@@ -435,6 +439,18 @@ class _SqlJobStore:
                 ),
             )
         return True
+
+    def set_progress(self, job_id: str, done: int, total: int, faces: int) -> bool:
+        """A video job's counts (frames done and expected, people found); False when the job
+        is no longer running."""
+        with self._transaction() as db:
+            return bool(
+                db.execute(
+                    "UPDATE jobs SET images_done = ?, images_total = ?, faces = ? "
+                    "WHERE id = ? AND status = 'running'",
+                    (done, total, faces, job_id),
+                ).rowcount
+            )
 
     def finish_job(
         self, job_id: str, status: JobStatus, now: float, expires_at: float, message: str | None

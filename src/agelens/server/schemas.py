@@ -194,6 +194,15 @@ class JobOptions(BaseModel):
     max_faces: int | None = Field(default=None, ge=1, description="keep the best N faces")
 
 
+class VideoJobOptions(JobOptions):
+    """Options of a video job: those of every job, plus how often to detect and estimate."""
+
+    detect_every: int = Field(default=1, ge=1, le=30, description="detect on every k-th frame")
+    estimate_every: int = Field(
+        default=10, ge=1, le=300, description="estimate a person at most every n frames"
+    )
+
+
 class JobJson(JobOptions):
     """`POST /v1/jobs` with a JSON body: the images' URLs (http(s), on the public internet)."""
 
@@ -207,15 +216,20 @@ class JobLinks(BaseModel):
     results_jsonl: str
     results_parquet: str
     report: str
+    people_jsonl: str | None = Field(default=None, description="video jobs: one row a person")
+    people_parquet: str | None = None
+    video: str | None = Field(default=None, description="video jobs: the annotated MP4")
 
 
 class JobOut(BaseModel):
-    """A job's state. Counts are of images analysed so far (faces: of faces found)."""
+    """A job's state. Counts are of images analysed so far (faces: of faces found). A video
+    job counts frames instead of images (`images_total`, `images_done`) and people (`faces`),
+    and its results are its track rows (`agelens video`'s)."""
 
     id: str
     status: Literal["queued", "running", "done", "failed", "expired"]
-    source: Literal["urls", "zip"]
-    progress: float = Field(ge=0, le=1, description="share of the images analysed")
+    source: Literal["urls", "zip", "video"]
+    progress: float = Field(ge=0, le=1, description="share of the images (frames) analysed")
     images_total: int
     images_done: int
     images_without_faces: int

@@ -352,4 +352,7 @@ def prefetched(frames: Iterator[VideoFrame], depth: int = 8) -> Iterator[VideoFr
             yield item
     finally:
         stop.set()
-        thread.join(timeout=5)
+        # A live source's read returns within its timeout; only then may the caller close it.
+        thread.join(timeout=STREAM_TIMEOUT_S + 1)
+        if thread.is_alive():
+            logger.warning("the decoding thread did not stop within %.0f s", STREAM_TIMEOUT_S + 1)

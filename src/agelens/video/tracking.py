@@ -67,7 +67,7 @@ class TrackOptions:
     """
 
     detect_every: int = 1
-    estimate_every: int = 5
+    estimate_every: int = 10
     min_face_px: float = 16.0
     min_estimate_face_px: float = 40.0
     min_sharpness: float = 20.0

@@ -616,6 +616,7 @@ async function startCamera() {
 }
 
 function stopCamera() {
+  stopLive();
   if (state.stream) {
     for (const track of state.stream.getTracks()) track.stop();
   }
@@ -644,7 +645,159 @@ function snapshot() {
   );
 }
 
+// ------------------------------------------------------------------ live tracking
+
+const LIVE_FPS = 5; // frames a second sent at most; fewer when the server is slower
+const LIVE_MAX_SIDE = 640; // frames are scaled down to this before they are sent
+const UNKNOWN_COLOR = "#6b7280";
+const live = { socket: null, inFlight: false, timer: 0, frames: 0, lastSent: 0 };
+
+function liveUrl() {
+  const protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${protocol}//${location.host}/v1/live`;
+}
+
+function startLive() {
+  if (live.socket || !state.stream) return;
+  clearError();
+  const socket = new WebSocket(liveUrl());
+  Object.assign(live, { socket, inFlight: false, frames: 0, lastSent: 0 });
+  socket.addEventListener("open", () => {
+    const start = { type: "start", fps: LIVE_FPS };
+    const key = currentKey();
+    if (key) start.api_key = key;
+    socket.send(JSON.stringify(start));
+  });
+  socket.addEventListener("message", (event) => onLiveMessage(socket, JSON.parse(event.data)));
+  socket.addEventListener("close", (event) => {
+    if (live.socket !== socket) return;
+    stopLive();
+    if (event.code === 4401) showKeyForm(true);
+    if (event.code >= 4000) showError("Live tracking stopped.", event.reason || `code ${event.code}`);
+  });
+  $("live-start").hidden = true;
+  $("live-stop").hidden = false;
+  $("live").hidden = false;
+  $("live-status").textContent = "Connecting…";
+  $("live-people").replaceChildren();
+}
+
+function stopLive() {
+  const socket = live.socket;
+  live.socket = null;
+  clearTimeout(live.timer);
+  if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000);
+  const overlay = $("live-overlay");
+  overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
+  $("live-start").hidden = false;
+  $("live-stop").hidden = true;
+  if (live.frames) $("live-status").textContent = `Stopped after ${plural(live.frames, "frame")}.`;
+}
+
+function onLiveMessage(socket, message) {
+  if (live.socket !== socket) return;
+  if (message.type === "ready") {
+    $("live-status").textContent = "Tracking…";
+    sendLiveFrame();
+    return;
+  }
+  live.inFlight = false;
+  if (message.type === "frame") {
+    live.frames += 1;
+    drawLive(message);
+    showLivePeople(message.people);
+    $("live-status").textContent =
+      `${plural(live.frames, "frame")} tracked, ${message.dropped} dropped while the server was busy.`;
+    document.body.dataset.liveFrames = String(live.frames); // tests wait for this
+  } else if (message.type === "error") {
+    $("live-status").textContent = `A frame was refused: ${message.message}`;
+  }
+  const wait = Math.max(0, 1000 / LIVE_FPS - (performance.now() - live.lastSent));
+  live.timer = setTimeout(sendLiveFrame, wait);
+}
+
+/** Send the camera's current picture, unless one is still being tracked: while the server is
+ * busy, camera frames are skipped, never queued. */
+function sendLiveFrame() {
+  const socket = live.socket;
+  const video = $("camera-video");
+  if (!socket || socket.readyState !== WebSocket.OPEN || live.inFlight) return;
+  if (!video.videoWidth) {
+    live.timer = setTimeout(sendLiveFrame, 100);
+    return;
+  }
+  const scale = Math.min(1, LIVE_MAX_SIDE / Math.max(video.videoWidth, video.videoHeight));
+  const grab = document.createElement("canvas");
+  grab.width = Math.round(video.videoWidth * scale);
+  grab.height = Math.round(video.videoHeight * scale);
+  grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
+  live.inFlight = true;
+  live.lastSent = performance.now();
+  grab.toBlob(
+    (blob) => {
+      if (blob && live.socket === socket && socket.readyState === WebSocket.OPEN) {
+        socket.send(blob);
+      } else {
+        live.inFlight = false;
+      }
+    },
+    "image/jpeg",
+    0.8,
+  );
+}
+
+/** Boxes and labels over the video, mapped from the sent frame to the shown picture (the
+ * video element letterboxes it). */
+function drawLive(message) {
+  const video = $("camera-video");
+  const overlay = $("live-overlay");
+  const width = video.clientWidth;
+  const height = video.clientHeight;
+  const ratio = window.devicePixelRatio || 1;
+  overlay.width = Math.round(width * ratio);
+  overlay.height = Math.round(height * ratio);
+  const context = overlay.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, width, height);
+  const [frameWidth, frameHeight] = message.image_wh;
+  const shown = Math.min(width / frameWidth, height / frameHeight);
+  const left = (width - frameWidth * shown) / 2;
+  const top = (height - frameHeight * shown) / 2;
+  context.font = "600 14px system-ui, sans-serif";
+  context.textBaseline = "top";
+  for (const face of message.faces) {
+    const [x1, y1, x2, y2] = face.box_xyxy.map((v) => v * shown);
+    const color = COLORS[face.gender] || UNKNOWN_COLOR;
+    context.strokeStyle = color;
+    context.lineWidth = 2;
+    context.strokeRect(left + x1, top + y1, x2 - x1, y2 - y1);
+    const label = face.label.replace(/(\d+)-(\d+)/, "$1–$2");
+    const textWidth = context.measureText(label).width + 8;
+    const labelTop = Math.max(0, top + y1 - 20);
+    context.fillStyle = color;
+    context.fillRect(left + x1, labelTop, textWidth, 20);
+    context.fillStyle = "#fff";
+    context.fillText(label, left + x1 + 4, labelTop + 3);
+  }
+}
+
+function showLivePeople(people) {
+  const items = people.map((person) => {
+    const item = document.createElement("li");
+    const answer =
+      person.age_years === null
+        ? "no answer yet"
+        : `${person.gender} ${roundAge(person.age_years)} (${roundAge(person.age_interval[0])}–${roundAge(person.age_interval[1])})`;
+    const seen = Math.max(0, person.last_seen_s - person.first_seen_s);
+    item.textContent = `#${person.track_id} ${answer}, in view ${seen.toFixed(0)} s`;
+    return item;
+  });
+  $("live-people").replaceChildren(...items);
+}
+
 function setUpCamera() {
+  $("live-start").addEventListener("click", startLive);
+  $("live-stop").addEventListener("click", stopLive);
   $("camera-start").addEventListener("click", startCamera);
   $("camera-stop").addEventListener("click", stopCamera);
   $("camera-snap").addEventListener("click", snapshot);
@@ -745,7 +898,7 @@ async function submitJob(event) {
     .map(encodeSpaces);
   const zip = $("job-zip").files[0];
   if (!urls.length && !zip) {
-    jobMessage("Give image URLs or choose a zip of photos.");
+    jobMessage("Give image URLs or choose a zip of photos or a video.");
     return;
   }
   let request;
@@ -782,7 +935,7 @@ async function submitJob(event) {
     jobMessage(`The job was not started: ${message}.`);
     return;
   }
-  jobMessage(`Job started: ${plural(body.images_total, "image")}.`);
+  jobMessage(`Job started: ${plural(body.images_total, jobUnit(body))}.`);
   $("job-form").reset();
   const item = jobItem(body);
   $("jobs").prepend(item);
@@ -798,7 +951,8 @@ function jobItem(job) {
   const item = document.createElement("li");
   item.dataset.jobId = job.id;
   const title = document.createElement("strong");
-  title.textContent = `Job · ${job.source === "zip" ? "zip" : "URLs"} · ${plural(job.images_total, "image")}`;
+  const kinds = { zip: "zip", urls: "URLs", video: "video" };
+  title.textContent = `Job · ${kinds[job.source] || job.source} · ${plural(job.images_total, jobUnit(job))}`;
   // The full id: the one GET /v1/jobs/{id} takes (a shortened one answers 404).
   const id = document.createElement("code");
   id.className = "job-id";
@@ -811,11 +965,18 @@ function jobItem(job) {
   status.className = "job-status";
   const links = document.createElement("span");
   links.className = "job-links";
-  for (const [label, href, file] of [
+  const outputs = [
     ["Results (JSON lines)", job.links.results_jsonl, `job-${job.id}.jsonl`],
     ["Results (Parquet)", job.links.results_parquet, `job-${job.id}.parquet`],
     ["Report", job.links.report, `job-${job.id}.html`],
-  ]) {
+  ];
+  if (job.source === "video") {
+    outputs[0][0] = "Tracks (JSON lines)";
+    outputs[1][0] = "Tracks (Parquet)";
+    outputs.push(["People (JSON lines)", job.links.people_jsonl, `job-${job.id}-people.jsonl`]);
+    outputs.push(["Annotated video", job.links.video, `job-${job.id}.mp4`]);
+  }
+  for (const [label, href, file] of outputs) {
     const link = document.createElement("a");
     link.textContent = label;
     link.href = href;
@@ -837,12 +998,72 @@ function showJob(item, job) {
   ];
   progress.value = job.progress;
   status.dataset.status = job.status;
-  const parts = [`${job.status}: ${job.images_done} of ${plural(job.images_total, "image")}`];
-  parts.push(plural(job.faces, "face"));
+  const parts = [`${job.status}: ${job.images_done} of ${plural(job.images_total, jobUnit(job))}`];
+  parts.push(plural(job.faces, job.source === "video" ? "person" : "face"));
   if (job.errors) parts.push(plural(job.errors, "error"));
   if (job.message) parts.push(job.message);
   status.textContent = parts.join(" · ");
   links.hidden = job.status !== "done";
+  if (job.source === "video" && job.status === "done" && !item.dataset.shown) {
+    item.dataset.shown = "true";
+    showVideoJob(item, job);
+  }
+}
+
+function jobUnit(job) {
+  return job.source === "video" ? "frame" : "image";
+}
+
+/** A finished video job: its annotated clip and its people, fetched with the API key. */
+async function showVideoJob(item, job) {
+  const box = document.createElement("div");
+  box.className = "video-job";
+  try {
+    const [people, clip] = await Promise.all([
+      fetch(job.links.people_jsonl, { headers: keyHeaders() }).then((r) => r.text()),
+      fetch(job.links.video, { headers: keyHeaders() }).then((r) => (r.ok ? r.blob() : null)),
+    ]);
+    if (clip) {
+      const video = document.createElement("video");
+      video.controls = true;
+      video.src = URL.createObjectURL(clip);
+      video.setAttribute("aria-label", `Annotated video of job ${job.id.slice(0, 8)}`);
+      box.append(video);
+    }
+    const rows = people
+      .split("\n")
+      .filter(Boolean)
+      .map((line) => JSON.parse(line));
+    const table = document.createElement("table");
+    table.className = "people";
+    table.innerHTML =
+      "<thead><tr><th scope='col'>#</th><th scope='col'>Gender</th><th scope='col'>Age</th>" +
+      "<th scope='col'>Interval</th><th scope='col'>In view (s)</th></tr></thead>";
+    const body = document.createElement("tbody");
+    for (const person of rows) {
+      const row = document.createElement("tr");
+      const cells = [
+        `#${person.track_id}`,
+        person.gender || "–",
+        person.age_years === null ? "–" : String(roundAge(person.age_years)),
+        person.age_years === null
+          ? "–"
+          : `${roundAge(person.age_low_years)}–${roundAge(person.age_high_years)}`,
+        `${person.first_seen_s.toFixed(1)}–${person.last_seen_s.toFixed(1)}`,
+      ];
+      for (const text of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      body.append(row);
+    }
+    table.append(body);
+    box.append(table);
+  } catch (error) {
+    box.textContent = `The results could not be shown (${error.message}).`;
+  }
+  item.append(box);
 }
 
 async function pollJob(item, id) {
