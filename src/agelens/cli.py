@@ -50,8 +50,8 @@ PresetOption = Annotated[
 DetectorOption = Annotated[
     str | None,
     typer.Option(
-        help="Detector (overrides --preset): blazeface-full, blazeface-fast, blazeface-portrait "
-        "(portraits and face crops) or blazeface-short."
+        help="Detector (overrides --preset): blazeface-auto (the default), blazeface-full, "
+        "blazeface-fast, blazeface-portrait (portraits and face crops) or blazeface-short."
     ),
 ]
 #: `train` and `finetune`: the detector that finds the training faces.

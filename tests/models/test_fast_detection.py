@@ -163,3 +163,70 @@ def test_short_range_mapping_must_be_fitted_for_the_input_size() -> None:
     full = BlazeFaceDetector(get_spec("blazeface-full"), threads=1, tiled=False)
     with pytest.raises(ValueError, match="no box mapping"):
         RangeSwitchingDetector(unfitted, full)
+
+
+def test_auto_detector_short_range_on_small_images_full_range_where_it_finds_nothing(
+    astronaut: NDArray[np.uint8],
+) -> None:
+    auto = create_detector("blazeface-auto", threads=1)
+    fast = create_detector("blazeface-fast", threads=1)
+    assert isinstance(auto, RangeSwitchingDetector)
+    assert auto.name == "blazeface-auto"
+    assert auto.full_fallback
+    assert not auto.short.tiled
+    assert auto.full.tiled  # large photos are searched tile by tile, as blazeface-full does
+
+    # A 512-px portrait: the short-range model, boxes mapped as blazeface-fast maps them.
+    assert auto.detect_many([astronaut]) == fast.detect_many([astronaut])
+
+    # A 480-px image with a face too small for the short-range model (the whole portrait
+    # shrunk to 160 px): the full-range model looks again and finds it.
+    small_face = np.full((480, 480, 3), 90, np.uint8)
+    small_face[100:260, 150:310] = cv2.resize(astronaut, (160, 160), interpolation=cv2.INTER_AREA)
+    assert auto.short.detect_many([small_face]) == [()]
+    (found,) = auto.detect_many([small_face])[0]
+    assert found == auto.full.detect_many([small_face])[0][0]
+    assert 150 <= found.box_xyxy[0] < found.box_xyxy[2] <= 310
+
+    # A 1200-px photo goes to the tiled full-range model, untouched; order is kept.
+    canvas = np.full((900, 1200, 3), 90, np.uint8)
+    canvas[200:712, 300:812] = astronaut
+    blank = np.zeros((64, 64, 3), np.uint8)
+    together = auto.detect_many([canvas, blank, small_face])
+    assert together == [auto.full.detect_many([canvas])[0], (), (found,)]
+
+
+@pytest.mark.parametrize("name", ["blazeface-full", "blazeface-auto", "blazeface-fast"])
+def test_detectors_find_the_same_faces_in_a_jpeg_decoded_reduced(
+    name: str, astronaut: NDArray[np.uint8]
+) -> None:
+    from agelens.imaging import encode_jpeg, load_image, load_image_reduced
+
+    detector = create_detector(name, threads=1)
+    assert isinstance(detector, RangeSwitchingDetector | BlazeFaceDetector)
+    # 2000x1600: tiles of 800 px, where the small portrait's face (about 100 px) is found
+    canvas = np.full((1600, 2000, 3), 90, np.uint8)
+    canvas[100:612, 1300:1812] = astronaut
+    portrait = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    canvas[400:1424, 100:1124] = portrait
+    data = encode_jpeg(canvas, quality=95)
+    reduction = detector.max_reduction((2000, 1600))
+    assert reduction >= 2
+    reduced = load_image_reduced(data, lambda _: reduction)
+    assert reduced.scale > 1
+    at_full_size = detector.detect_many([load_image(data)])[0]
+    found = detector.detect_reduced([reduced])[0]
+    # blazeface-fast looks at the whole image only: the small portrait is beyond it
+    assert len(found) == len(at_full_size) == (1 if name == "blazeface-fast" else 2)
+    for face, reference in zip(
+        sorted(found, key=lambda f: f.box_xyxy[0]),
+        sorted(at_full_size, key=lambda f: f.box_xyxy[0]),
+        strict=True,
+    ):
+        side = reference.box_xyxy[2] - reference.box_xyxy[0]
+        assert face.box_xyxy == pytest.approx(reference.box_xyxy, abs=0.05 * side)
+        for point, expected in zip(face.keypoints, reference.keypoints, strict=True):
+            assert point == pytest.approx(expected, abs=0.05 * side)
+    # min_face is in full-image pixels
+    smaller = min(f.box_xyxy[2] - f.box_xyxy[0] for f in found)
+    assert len(detector.detect_reduced([reduced], min_face=smaller + 1)[0]) == len(found) - 1
