@@ -290,15 +290,19 @@ def analyze(
         for index, name in enumerate(chunk):
             try:
                 data: Any = sys.stdin.buffer.read() if name == "-" else name
-                decoded[index] = load_image(data, max_pixels=analyzer.max_pixels)
+                # Drawing needs the whole image; otherwise a large JPEG is decoded reduced.
+                decoded[index] = (
+                    load_image(data, max_pixels=analyzer.max_pixels)
+                    if draw is not None
+                    else analyzer.decode(data, label=name)
+                )
             except AgelensError as error:
                 errors[index] = error
+        analyze = analyzer.analyze_arrays if draw is not None else analyzer.analyze_decoded
         results = dict(
             zip(
                 decoded,
-                analyzer.analyze_arrays(
-                    list(decoded.values()), min_face=min_face, max_faces=max_faces
-                ),
+                analyze(list(decoded.values()), min_face=min_face, max_faces=max_faces),
                 strict=True,
             )
         )

@@ -86,6 +86,17 @@ def pinning_initializer(workers: int) -> Callable[[], None] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image decoded by `Analyzer.decode`: `image` (possibly reduced, see `ReducedImage`)
+    and, when it is reduced, its encoded bytes, to decode it again for small faces."""
+
+    image: ReducedImage
+    encoded: bytes | bytearray | memoryview | None
+    label: str
+    decode_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class AnalyzerOptions:
     """Per-call options. `min_face` is the smallest box side in pixels to keep."""
 
@@ -184,47 +195,67 @@ class Analyzer:
     ) -> list[ImageResult]:
         """Analyse several images with one network run per model; raises on the first bad one.
 
+        Each source is decoded with `decode`: a JPEG path or JPEG bytes at a reduced size where
+        the detector allows it. Boxes, keypoints and `image_wh` are the full image's.
+        """
+        return self.analyze_decoded(
+            [self.decode(source) for source in sources], min_face=min_face, max_faces=max_faces
+        )
+
+    def decode(self, source: ImageSource, *, label: str | None = None) -> DecodedImage:
+        """Decode one image the way this Analyzer's detector wants it.
+
         With a detector that can search reduced images (the BlazeFace detectors), a JPEG path
         or JPEG bytes is decoded at the smallest DCT scale the detector allows for its size
-        (`ReducingDetector.max_reduction`), and decoded again, less reduced, only when a face
-        found is too small in it to cut a sharp chip (`SHARP_FACE_SIDE`). Boxes, keypoints
-        and `image_wh` are those of the full image either way.
+        (`ReducingDetector.max_reduction`, and no smaller than keeps a face spanning half the
+        short side `SHARP_FACE_SIDE` pixels wide); `analyze_decoded` decodes it again, less
+        reduced, only when a face it finds is too small in it to cut a sharp chip from. Other
+        sources are decoded whole, as `load_image` decodes them. Raises what `load_image`
+        raises.
         """
-        frames: list[ReducedImage] = []
-        encoded: list[bytes | bytearray | memoryview | None] = []
-        labels, decode_ms = [], []
-        for source in sources:
-            start = time.perf_counter()
-            label = describe_source(source)
-            frame, data = self._decode(source, label)
-            frames.append(frame)
-            encoded.append(data)
-            decode_ms.append((time.perf_counter() - start) * 1000)
-            labels.append(label)
-        results, redecode_ms = self._analyze_frames(frames, encoded, min_face, max_faces)
+        start = time.perf_counter()
+        label = label or describe_source(source)
+        detector = self.detector
+        if not isinstance(detector, ReducingDetector) or not isinstance(source, _ENCODED_SOURCES):
+            pixels = load_image(source, max_pixels=self.max_pixels, label=label)
+            image, data = ReducedImage.whole(pixels), None
+        else:
+            data = read_image_file(source) if isinstance(source, str | os.PathLike) else source
+            image = load_image_reduced(
+                data, partial(_max_scale, detector), max_pixels=self.max_pixels, label=label
+            )
+        return DecodedImage(
+            image=image,
+            encoded=data if image.scale > 1 else None,
+            label=label,
+            decode_ms=(time.perf_counter() - start) * 1000,
+        )
+
+    def analyze_decoded(
+        self,
+        images: Sequence[DecodedImage],
+        *,
+        min_face: float = 0.0,
+        max_faces: int | None = None,
+    ) -> list[ImageResult]:
+        """The pipeline on images from `decode`; `timings_ms["decode"]` includes decoding a
+        reduced JPEG again for small faces."""
+        results, redecode_ms = self._analyze_frames(
+            [decoded.image for decoded in images],
+            [decoded.encoded for decoded in images],
+            min_face,
+            max_faces,
+        )
         return [
             ImageResult(
                 faces=r.faces,
                 image_wh=r.image_wh,
-                timings_ms={"decode": ms + extra_ms, **r.timings_ms},
+                timings_ms={"decode": decoded.decode_ms + extra_ms, **r.timings_ms},
                 models=r.models,
-                source=label,
+                source=decoded.label,
             )
-            for r, ms, extra_ms, label in zip(results, decode_ms, redecode_ms, labels, strict=True)
+            for r, decoded, extra_ms in zip(results, images, redecode_ms, strict=True)
         ]
-
-    def _decode(
-        self, source: ImageSource, label: str
-    ) -> tuple[ReducedImage, bytes | bytearray | memoryview | None]:
-        """The image as the detector wants it, and its encoded bytes when it was reduced."""
-        detector = self.detector
-        if not isinstance(detector, ReducingDetector) or not isinstance(source, _ENCODED_SOURCES):
-            return ReducedImage.whole(load_image(source, max_pixels=self.max_pixels)), None
-        data = read_image_file(source) if isinstance(source, str | os.PathLike) else source
-        frame = load_image_reduced(
-            data, partial(_max_scale, detector), max_pixels=self.max_pixels, label=label
-        )
-        return frame, data if frame.scale > 1 else None
 
     def analyze_arrays(
         self, images: Sequence[RGBImage], *, min_face: float = 0.0, max_faces: int | None = None
