@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -165,35 +167,44 @@ def test_short_range_mapping_must_be_fitted_for_the_input_size() -> None:
         RangeSwitchingDetector(unfitted, full)
 
 
-def test_auto_detector_short_range_on_small_images_full_range_where_it_finds_nothing(
+def test_auto_detector_is_full_range_with_short_range_where_it_finds_nothing(
     astronaut: NDArray[np.uint8],
 ) -> None:
     auto = create_detector("blazeface-auto", threads=1)
-    fast = create_detector("blazeface-fast", threads=1)
+    full = create_detector("blazeface-full", threads=1)
     assert isinstance(auto, RangeSwitchingDetector)
     assert auto.name == "blazeface-auto"
-    assert auto.full_fallback
+    assert auto.full_first
     assert not auto.short.tiled
     assert auto.full.tiled  # large photos are searched tile by tile, as blazeface-full does
 
-    # A 512-px portrait: the short-range model, boxes mapped as blazeface-fast maps them.
-    assert auto.detect_many([astronaut]) == fast.detect_many([astronaut])
-
-    # A 480-px image with a face too small for the short-range model (the whole portrait
-    # shrunk to 160 px): the full-range model looks again and finds it.
-    small_face = np.full((480, 480, 3), 90, np.uint8)
-    small_face[100:260, 150:310] = cv2.resize(astronaut, (160, 160), interpolation=cv2.INTER_AREA)
-    assert auto.short.detect_many([small_face]) == [()]
-    (found,) = auto.detect_many([small_face])[0]
-    assert found == auto.full.detect_many([small_face])[0][0]
-    assert 150 <= found.box_xyxy[0] < found.box_xyxy[2] <= 310
-
-    # A 1200-px photo goes to the tiled full-range model, untouched; order is kept.
+    # Where the full-range model finds a face, small image or large, it is what
+    # blazeface-full finds, box for box; blank images stay empty; order is kept.
     canvas = np.full((900, 1200, 3), 90, np.uint8)
     canvas[200:712, 300:812] = astronaut
     blank = np.zeros((64, 64, 3), np.uint8)
-    together = auto.detect_many([canvas, blank, small_face])
-    assert together == [auto.full.detect_many([canvas])[0], (), (found,)]
+    images = [canvas, blank, astronaut]
+    assert auto.detect_many(images) == full.detect_many(images)
+    assert auto.max_reduction((512, 512)) == 2  # the full-range model's 192-px input
+    assert auto.max_reduction((1200, 900)) == full.max_reduction((1200, 900))  # type: ignore[attr-defined]
+
+
+def test_auto_detector_finds_with_short_range_what_full_range_misses(utkface_dir: Path) -> None:
+    """A padded UTKFace `test` face the full-range model misses (one of its 31 there)."""
+    from agelens.evaluate import pad_image
+    from agelens.imaging import load_image
+
+    auto = create_detector("blazeface-auto", threads=1)
+    fast = create_detector("blazeface-fast", threads=1)
+    assert isinstance(auto, RangeSwitchingDetector)
+    image = pad_image(load_image(utkface_dir / "images/21_1_0_20170116215627769.jpg.chip.jpg"), 0.5)
+    assert auto.full.detect_many([image]) == [()]
+    (found,) = auto.detect_many([image])[0]
+    # the short-range box, mapped onto the full-range convention as blazeface-fast maps it
+    assert found == fast.detect_many([image])[0][0]
+    height, width = image.shape[:2]
+    assert 0.25 * width < (found.box_xyxy[0] + found.box_xyxy[2]) / 2 < 0.75 * width
+    assert 0.25 * height < (found.box_xyxy[1] + found.box_xyxy[3]) / 2 < 0.75 * height
 
 
 @pytest.mark.parametrize("name", ["blazeface-full", "blazeface-auto", "blazeface-fast"])

@@ -42,7 +42,7 @@ def _blazeface_auto(threads: int | None) -> Detector:
         BlazeFaceDetector(get_spec("blazeface-short"), threads=threads, tiled=False),
         BlazeFaceDetector(get_spec("blazeface-full"), threads=threads),
         name="blazeface-auto",
-        full_fallback=True,
+        full_first=True,
     )
 
 
@@ -119,8 +119,8 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "faceres-deep": ("faceres-deep",),
 }
 
-#: Short-range BlazeFace on images up to 512 px (full-range where it finds nothing), the tiled
-#: full-range model on larger ones: docs/detectors.md.
+#: The tiled full-range BlazeFace, and on images up to 512 px the short-range model where it
+#: finds nothing: docs/detectors.md.
 DEFAULT_DETECTOR = "blazeface-auto"
 DEFAULT_ESTIMATOR = "ensemble"
 
