@@ -549,3 +549,25 @@ def test_batch_progress_shows_no_rate_until_it_rests_on_a_second(
         rates.append(progress._progress.tasks[0].fields["rate"])
     assert rates[:9] == ["-"] * 9  # 9 images within a millisecond: no rate yet
     assert rates[9] == "4.5"  # 9 images after the first, over 2 s
+
+
+def test_analyze_reports_a_large_jpeg_in_full_image_pixels_with_or_without_drawing(
+    samples_dir: Path, tmp_path: Path
+) -> None:
+    """Without --draw a large JPEG is decoded reduced for the detector; the JSON is the
+    full image's either way, and finds the same faces in the same places."""
+    photo = samples_dir / "sample6.jpg"
+    plain = runner.invoke(app, ["analyze", str(photo), "--json"])
+    drawn = runner.invoke(app, ["analyze", str(photo), "--json", "--draw", str(tmp_path / "o.jpg")])
+    assert plain.exit_code == drawn.exit_code == 0, plain.output + drawn.output
+    (reduced,) = _json_lines(plain.stdout)
+    (whole,) = _json_lines(drawn.stdout)
+    assert reduced["image_wh"] == whole["image_wh"] == [1920, 1537]
+    assert reduced["source"] == str(photo)
+    faces = sorted(reduced["faces"], key=lambda f: f["box_xyxy"][0])  # type: ignore[arg-type,index]
+    references = sorted(whole["faces"], key=lambda f: f["box_xyxy"][0])  # type: ignore[arg-type,index]
+    assert len(faces) == len(references) == 4
+    for face, reference in zip(faces, references, strict=True):
+        side = reference["box_xyxy"][2] - reference["box_xyxy"][0]
+        assert face["box_xyxy"] == pytest.approx(reference["box_xyxy"], abs=0.08 * side)
+        assert face["gender"] == reference["gender"]

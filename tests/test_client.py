@@ -34,6 +34,8 @@ from agelens.client import (
     UnknownModelError,
     UrlForbiddenError,
 )
+from agelens.imaging import load_image
+from agelens.models.backends import DEFAULT_DETECTOR
 from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
 from agelens.server.settings import Settings
@@ -130,7 +132,7 @@ def _assert_astronaut(result: ImageResult) -> Face:
     assert face.age_interval[0] <= face.age_years <= face.age_interval[1]
     assert len(face.keypoints) == 6
     assert isinstance(face.box_xyxy, tuple)
-    assert result.models["detector"] == "blazeface-full"
+    assert result.models["detector"] == DEFAULT_DETECTOR
     return face
 
 
@@ -208,7 +210,10 @@ def test_the_shared_samples_match_the_library(
 ) -> None:
     paths = sorted(p for p in samples_dir.iterdir() if p.suffix.lower() in {".jpg", ".png"})
     assert paths
-    local = model_pool.analyzer("blazeface-full", "ensemble").analyze_many(paths)
+    # The service decodes whole images (`load_image`), so the library is run the same way.
+    local = model_pool.analyzer(DEFAULT_DETECTOR, "ensemble").analyze_arrays(
+        [load_image(path) for path in paths]
+    )
     items = client.analyze_batch(paths)
     assert len(items) == len(paths)
     for path, item, expected in zip(paths, items, local, strict=True):
@@ -250,7 +255,7 @@ def test_models_health_and_ready(client: Client) -> None:
     assert client.health() == {"status": "ok"}
     assert client.ready() is True
     models = client.models()
-    assert models["default_detector"] == "blazeface-full"
+    assert models["default_detector"] == DEFAULT_DETECTOR
     assert "ensemble" in models["estimators"]
 
 

@@ -31,6 +31,7 @@ from agelens.imaging import (
     describe_source,
     encode_jpeg,
     load_image,
+    load_image_reduced,
 )
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "samples"
@@ -817,3 +818,113 @@ def test_libtiff_messages_go_to_logging_not_stderr(
             load_image(bytes(damaged))
     assert "ZIPDecode" not in capfd.readouterr().err
     assert any("libtiff: ZIPDecode" in record.getMessage() for record in caplog.records)
+
+
+def _marked_jpeg(orientation: int, width: int = 203, height: int = 157) -> bytes:
+    """A black JPEG with a white 16-px square at stored (120, 40), EXIF `orientation`."""
+    stored = np.zeros((height, width, 3), np.uint8)
+    stored[40:56, 120:136] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def _bright_centre(pixels: npt.NDArray[np.uint8]) -> tuple[float, float]:
+    """The brightness-weighted centre of the bright pixels, in pixel-edge coordinates."""
+    red = pixels[:, :, 0].astype(np.float64)
+    ys, xs = np.nonzero(red > 64)
+    weights = red[ys, xs]
+    return (
+        float(((xs + 0.5) * weights).sum() / weights.sum()),
+        float(((ys + 0.5) * weights).sum() / weights.sum()),
+    )
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_reduced_jpeg_maps_onto_the_full_upright_image(orientation: int, scale: int) -> None:
+    data = _marked_jpeg(orientation)
+    full = load_image(data)
+    reduced = load_image_reduced(data, lambda _: scale)
+    assert reduced.scale == scale
+    assert reduced.full_wh == (full.shape[1], full.shape[0])
+    assert reduced.pixels.dtype == np.uint8
+    assert reduced.pixels.flags.c_contiguous
+    # libjpeg rounds the reduced size up
+    assert reduced.pixels.shape[:2] == tuple(-(-side // scale) for side in full.shape[:2])
+    mapped = reduced.to_full(*_bright_centre(reduced.pixels))
+    assert mapped == pytest.approx(_bright_centre(full), abs=0.25 * scale)
+    assert reduced.from_full(*reduced.to_full(3.0, 7.0)) == pytest.approx((3.0, 7.0))
+
+
+def test_reduced_decode_takes_the_largest_dct_scale_allowed_and_sees_the_full_size() -> None:
+    data = _marked_jpeg(6, width=400, height=300)
+    seen: list[tuple[int, int]] = []
+
+    def allow_three(image_wh: tuple[int, int]) -> int:
+        seen.append(image_wh)
+        return 3
+
+    reduced = load_image_reduced(data, allow_three)
+    assert seen == [(300, 400)]  # upright: orientation 6 swaps the sides
+    assert reduced.scale == 2
+    assert load_image_reduced(data, lambda _: 0).scale == 1
+    unreduced = load_image_reduced(data, lambda _: 1)
+    assert unreduced.scale == 1
+    np.testing.assert_array_equal(unreduced.pixels, load_image(data))
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP", "BMP"])
+def test_reduced_decode_leaves_other_formats_whole(image_format: str) -> None:
+    data = encode(Image.fromarray(smooth_rgb(96, 128)), image_format)
+    reduced = load_image_reduced(data, lambda _: 8)
+    assert (reduced.scale, reduced.offset_xy, reduced.full_wh) == (1, (0, 0), (128, 96))
+    np.testing.assert_array_equal(reduced.pixels, load_image(data))
+
+
+def test_reduced_decode_of_arrays_and_pil_images_is_whole() -> None:
+    array = smooth_rgb(96, 128)
+    assert load_image_reduced(array, lambda _: 8).pixels is array
+    from_pil = load_image_reduced(Image.fromarray(array), lambda _: 8)
+    assert from_pil.scale == 1
+    np.testing.assert_array_equal(from_pil.pixels, array)
+
+
+def test_reduced_decode_of_a_path_equals_its_bytes(tmp_path: Path) -> None:
+    data = _marked_jpeg(3, width=320, height=240)
+    path = tmp_path / "marked.jpg"
+    path.write_bytes(data)
+    from_path = load_image_reduced(path, lambda _: 4)
+    from_bytes = load_image_reduced(memoryview(data), lambda _: 4)
+    assert (from_path.scale, from_path.offset_xy) == (from_bytes.scale, from_bytes.offset_xy)
+    np.testing.assert_array_equal(from_path.pixels, from_bytes.pixels)
+
+
+def test_reduced_decode_checks_limits_on_the_full_size(tmp_path: Path) -> None:
+    data = _marked_jpeg(1, width=400, height=300)
+    with pytest.raises(ImageTooLargeError, match="400x300"):
+        load_image_reduced(data, lambda _: 8, max_pixels=400 * 300 - 1)
+    with pytest.raises(ImageTooLargeError, match="bytes"):
+        load_image_reduced(data, lambda _: 8, max_bytes=len(data) - 1)
+    path = tmp_path / "marked.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageTooLargeError, match="bytes"):
+        load_image_reduced(path, lambda _: 8, max_bytes=len(data) - 1)
+    with pytest.raises(ValueError, match="positive"):
+        load_image_reduced(data, lambda _: 8, max_pixels=0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not an image at all", b"\xff\xd8\xff\xe0" + b"\x00" * 64],
+    ids=["empty", "text", "jpeg-header-only"],
+)
+def test_reduced_decode_of_bad_data_is_a_typed_error(data: bytes) -> None:
+    with pytest.raises(ImageDecodeError):
+        load_image_reduced(data, lambda _: 8)
+
+
+def test_reduced_decode_of_a_truncated_jpeg_is_a_typed_error() -> None:
+    data = encode(Image.fromarray(smooth_rgb(480, 640)), "JPEG", quality=90)
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        load_image_reduced(data[: len(data) // 2], lambda _: 4)

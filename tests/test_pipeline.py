@@ -249,3 +249,77 @@ def test_worker_threads_are_pinned_one_core_each() -> None:
     assert sorted(seen, key=min) == [set(share) for share in shares]
     assert len(os.sched_getaffinity(0)) >= 2  # the calling thread is not pinned
     assert pinning_initializer(len(os.sched_getaffinity(0)) + 1) is None
+
+
+class _ScaleSpy:
+    """Wraps `load_image_reduced` in the pipeline, recording the scale of each decode."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from agelens import pipeline
+
+        self.scales: list[int] = []
+        self._real = pipeline.load_image_reduced
+        monkeypatch.setattr(pipeline, "load_image_reduced", self)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        image = self._real(*args, **kwargs)  # type: ignore[arg-type]
+        self.scales.append(image.scale)
+        return image
+
+
+def _assert_same_faces(got: ImageResult, expected: ImageResult, max_age_gap: float) -> None:
+    assert got.image_wh == expected.image_wh
+    assert len(got.faces) == len(expected.faces)
+    by_left = sorted(got.faces, key=lambda f: f.box_xyxy[0])
+    for face, reference in zip(
+        by_left, sorted(expected.faces, key=lambda f: f.box_xyxy[0]), strict=True
+    ):
+        side = reference.box_xyxy[2] - reference.box_xyxy[0]
+        assert face.box_xyxy == pytest.approx(reference.box_xyxy, abs=0.08 * side)
+        assert face.age_years == pytest.approx(reference.age_years, abs=max_age_gap)
+        assert face.gender == reference.gender
+
+
+def test_large_jpeg_is_detected_reduced_and_reported_in_full_image_pixels(
+    analyzer: Analyzer, samples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = _ScaleSpy(monkeypatch)
+    path = samples_dir / "sample4.jpg"
+    from_file = analyzer.analyze(path)
+    assert spy.scales[0] > 1  # decoded reduced for the detector
+    assert from_file.image_wh == (1920, 1448)
+    assert from_file.timings_ms["decode"] > 0
+    # The same faces as from the whole decoded array; ages move with the boxes (a pixel or
+    # two), by at most a few years on these faces.
+    _assert_same_faces(from_file, analyzer.analyze_arrays([load_image(path)])[0], 4.0)
+
+
+def test_small_faces_in_a_reduced_jpeg_are_cut_from_a_sharper_decode(
+    analyzer: Analyzer, astronaut: NDArray[np.uint8], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 4000x3000 photo stored sideways (EXIF orientation 6) with a 1000-px portrait: found
+    at 1/4 or 1/8, its face (about 300 px) cut from the full-size decode, boxes upright."""
+    upright = np.full((3000, 4000, 3), 90, np.uint8)
+    upright[1200:2200, 2500:3500] = _portrait(astronaut, 1000)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, quality=92)
+    spy = _ScaleSpy(monkeypatch)
+    result = analyzer.analyze(buffer.getvalue())
+    assert spy.scales[0] >= 4
+    assert spy.scales[1:] == [1]
+    _assert_same_faces(result, analyzer.analyze(load_image(buffer.getvalue())), 1.0)
+
+
+def test_small_jpegs_and_arrays_are_decoded_whole(
+    analyzer: Analyzer, samples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = _ScaleSpy(monkeypatch)
+    path = samples_dir / "man_beard.jpg"  # 320 px
+    from_file = analyzer.analyze(path)
+    assert spy.scales == [1]
+    from_array = analyzer.analyze(load_image(path))
+    assert spy.scales == [1]
+    assert from_file.faces == from_array.faces

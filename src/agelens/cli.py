@@ -69,8 +69,8 @@ PresetOption = Annotated[
 DetectorOption = Annotated[
     str | None,
     typer.Option(
-        help="Detector (overrides --preset): blazeface-full, blazeface-fast, blazeface-portrait "
-        "(portraits and face crops) or blazeface-short."
+        help="Detector (overrides --preset): blazeface-auto (the default), blazeface-full, "
+        "blazeface-fast, blazeface-portrait (portraits and face crops) or blazeface-short."
     ),
 ]
 #: `train` and `finetune`: the detector that finds the training faces.
@@ -435,16 +435,20 @@ def analyze(
             began = time.perf_counter()
             try:
                 data: Any = sys.stdin.buffer.read() if name == "-" else name
-                decoded[index] = load_image(data, max_pixels=analyzer.max_pixels)
+                # Drawing needs the whole image; otherwise a large JPEG is decoded reduced.
+                decoded[index] = (
+                    load_image(data, max_pixels=analyzer.max_pixels)
+                    if draw is not None
+                    else analyzer.decode(data, label=name)
+                )
             except AgelensError as error:
                 errors[index] = error
             decode_ms[index] = (time.perf_counter() - began) * 1000
+        analyze = analyzer.analyze_arrays if draw is not None else analyzer.analyze_decoded
         results = dict(
             zip(
                 decoded,
-                analyzer.analyze_arrays(
-                    list(decoded.values()), min_face=min_face, max_faces=max_faces
-                ),
+                analyze(list(decoded.values()), min_face=min_face, max_faces=max_faces),
                 strict=True,
             )
         )

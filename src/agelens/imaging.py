@@ -18,8 +18,10 @@ import logging
 import os
 import re
 import stat
+import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -125,6 +127,74 @@ def load_image(
             "bytes, a PIL.Image or a numpy array"
         )
     return _decode_encoded_image(data, label=label, max_pixels=max_pixels)
+
+
+#: The factors libjpeg can shrink a JPEG by while decoding it (DCT scaling, Pillow's `draft`).
+JPEG_DRAFT_SCALES = (8, 4, 2, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ReducedImage:
+    """An upright RGB image decoded at 1/`scale` of its full size (`full_wh`, upright).
+
+    A point `(x, y)` of `pixels` is `(x * scale - offset_xy[0], y * scale - offset_xy[1])` in
+    the full image. The offset is non-zero only when EXIF orientation flipped an axis whose
+    full length is not a multiple of `scale` (libjpeg rounds the reduced size up).
+    """
+
+    pixels: npt.NDArray[np.uint8]
+    scale: int
+    offset_xy: tuple[int, int]
+    full_wh: tuple[int, int]
+
+    @classmethod
+    def whole(cls, pixels: npt.NDArray[np.uint8]) -> ReducedImage:
+        """An image at its full size (`scale` 1)."""
+        height, width = pixels.shape[:2]
+        return cls(pixels, 1, (0, 0), (int(width), int(height)))
+
+    def to_full(self, x: float, y: float) -> tuple[float, float]:
+        """The full-image coordinates of the point `(x, y)` of `pixels`."""
+        return x * self.scale - self.offset_xy[0], y * self.scale - self.offset_xy[1]
+
+    def from_full(self, x: float, y: float) -> tuple[float, float]:
+        """The coordinates in `pixels` of the full-image point `(x, y)`."""
+        return (x + self.offset_xy[0]) / self.scale, (y + self.offset_xy[1]) / self.scale
+
+
+def load_image_reduced(
+    source: ImageSource,
+    max_scale: Callable[[tuple[int, int]], int],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    label: str | None = None,
+) -> ReducedImage:
+    """Decode `source` like `load_image`, a JPEG at the smallest DCT scale allowed.
+
+    `max_scale(full_wh)` gets the upright full size and returns the largest factor the image
+    may be shrunk by; the JPEG is decoded at the largest of 8, 4, 2 that does not exceed it,
+    which costs a fraction of a full decode (libjpeg skips most of the inverse DCT). Other
+    formats, PIL images and arrays come back at full size (`scale` 1). Limits, EXIF
+    orientation and errors are those of `load_image`; `max_pixels` applies to the full size.
+    """
+    if max_pixels <= 0 or max_bytes <= 0:
+        raise ValueError(
+            f"max_pixels and max_bytes must be positive, got {max_pixels}, {max_bytes}"
+        )
+    label = label or describe_source(source)
+    if isinstance(source, str | os.PathLike):
+        data: bytes | bytearray = _read_regular_file(os.fsdecode(source), max_bytes=max_bytes)
+    elif isinstance(source, bytes | bytearray | memoryview):
+        data = source.tobytes() if isinstance(source, memoryview) else source
+    else:
+        return ReducedImage.whole(load_image(source, max_pixels=max_pixels, label=label))
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(
+            f"{label}: image data is {len(data)} bytes, over the limit of {max_bytes} bytes; "
+            "send a smaller file or raise max_bytes"
+        )
+    return _decode_encoded_image(data, label=label, max_pixels=max_pixels, max_scale=max_scale)
 
 
 def read_image_file(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -268,9 +338,29 @@ def _describe_file_type(mode: int) -> str:
     return "not a regular file"
 
 
+@typing.overload
 def _decode_encoded_image(
-    data: bytes | bytearray, *, label: str, max_pixels: int
-) -> npt.NDArray[np.uint8]:
+    data: bytes | bytearray, *, label: str, max_pixels: int, max_scale: None = None
+) -> npt.NDArray[np.uint8]: ...
+
+
+@typing.overload
+def _decode_encoded_image(
+    data: bytes | bytearray,
+    *,
+    label: str,
+    max_pixels: int,
+    max_scale: Callable[[tuple[int, int]], int],
+) -> ReducedImage: ...
+
+
+def _decode_encoded_image(
+    data: bytes | bytearray,
+    *,
+    label: str,
+    max_pixels: int,
+    max_scale: Callable[[tuple[int, int]], int] | None = None,
+) -> npt.NDArray[np.uint8] | ReducedImage:
     if not data:
         raise ImageDecodeError(f"{label}: image data is empty (0 bytes)")
     _route_libtiff_messages()
@@ -292,7 +382,23 @@ def _decode_encoded_image(
         except Exception as error:  # Pillow's plugins raise many types on hostile headers.
             raise _decode_failure(label, error) from error
         with image:
-            return _pil_image_to_rgb(image, label=label, max_pixels=max_pixels)
+            if max_scale is None:
+                return _pil_image_to_rgb(image, label=label, max_pixels=max_pixels)
+            width, height = image.size
+            _check_pixel_count(width, height, label=label, max_pixels=max_pixels)
+            orientation = _exif_orientation(image, label=label)
+            swapped = orientation in (5, 6, 7, 8)
+            upright_wh = (height, width) if swapped else (width, height)
+            scale = _draft(image, max_scale(upright_wh))
+            pixels = _pil_image_to_rgb(image, label=label, max_pixels=max_pixels)
+            reduced_w, reduced_h = image.size
+            # The axes of the stored image that orientation flips, and by how many full-image
+            # pixels the rounded-up reduced size overshoots along each.
+            over_x, over_y = reduced_w * scale - width, reduced_h * scale - height
+            flips_x, flips_y = _FLIPPED_STORED_AXES.get(orientation, (False, False))
+            offset_x, offset_y = (over_x if flips_x else 0), (over_y if flips_y else 0)
+            upright_offset = (offset_y, offset_x) if swapped else (offset_x, offset_y)
+            return ReducedImage(pixels, scale, upright_offset, upright_wh)
 
 
 # libtiff's default handlers print every warning and error straight to stderr (file descriptor
@@ -456,17 +562,47 @@ def _decode_failure(label: str, error: Exception) -> ImageDecodeError:
     return ImageDecodeError(f"{label}: image data is corrupt ({detail})")
 
 
-def _apply_exif_orientation(image: Image.Image, *, label: str) -> Image.Image:
-    """Rotate or flip `image` as its EXIF orientation says; return it unchanged when there is
-    none."""
+#: For each EXIF orientation, whether the stored image's x and y axes end up reversed.
+_FLIPPED_STORED_AXES = {
+    2: (True, False),
+    3: (True, True),
+    4: (False, True),
+    5: (False, False),
+    6: (False, True),
+    7: (True, True),
+    8: (True, False),
+}
+
+
+def _draft(image: Image.Image, max_scale: int) -> int:
+    """Ask a not yet loaded JPEG to decode at 1/scale (the largest DCT scale up to
+    `max_scale`); return the scale it will decode at (1 for other formats)."""
+    scale = next(s for s in JPEG_DRAFT_SCALES if s <= max(max_scale, 1))
+    if scale == 1 or image.format not in ("JPEG", "MPO"):
+        return 1
+    width, height = image.size
+    drafted = image.draft(image.mode, (max(1, width // scale), max(1, height // scale)))
+    if drafted is None:  # a JPEG Pillow cannot scale (several tiles): decoded at full size
+        return 1
+    return round(width / drafted[1][2])
+
+
+def _exif_orientation(image: Image.Image, *, label: str) -> int:
+    """The image's EXIF orientation (1, upright, when it has none or it cannot be read)."""
     try:
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     except MemoryError:
         raise
     except Exception as error:  # Unreadable EXIF must not cost an image whose pixels decoded.
         logger.warning("%s: ignoring unreadable EXIF data (%s)", label, error)
-        return image
-    transpose = _TRANSPOSE_FOR_ORIENTATION.get(orientation)
+        return 1
+    return orientation if isinstance(orientation, int) else 1
+
+
+def _apply_exif_orientation(image: Image.Image, *, label: str) -> Image.Image:
+    """Rotate or flip `image` as its EXIF orientation says; return it unchanged when there is
+    none."""
+    transpose = _TRANSPOSE_FOR_ORIENTATION.get(_exif_orientation(image, label=label))
     return image if transpose is None else image.transpose(transpose)
 
 

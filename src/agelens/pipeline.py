@@ -9,21 +9,44 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
-import numpy as np
-
-from agelens.imaging import DEFAULT_MAX_PIXELS, ImageSource, describe_source, load_image
+from agelens.imaging import (
+    DEFAULT_MAX_PIXELS,
+    ImageSource,
+    ReducedImage,
+    describe_source,
+    load_image,
+    load_image_reduced,
+    read_image_file,
+)
 from agelens.models.backends import (
     DEFAULT_DETECTOR,
     DEFAULT_ESTIMATOR,
     create_detector,
     create_estimator,
 )
-from agelens.models.base import Detector, Estimator, RGBImage, chip_count, concat_chips
+from agelens.models.base import (
+    Detector,
+    Estimator,
+    ReducingDetector,
+    RGBImage,
+    chip_count,
+    concat_chips,
+)
 from agelens.types import AgeGenderEstimate, Detection, Face, ImageResult
 
 logger = logging.getLogger(__name__)
+
+#: The smallest face box side, in pixels of the image faces are cut from, at which every chip
+#: an agelens estimator cuts is a reduction of those pixels, never an enlargement: the largest
+#: is faceres' 224-px chip from 1.25 times the box (face-api: 112 px from the box, Cydral: 64
+#: px from 1.4 times it). A JPEG decoded at a reduced size for the detector is decoded again,
+#: less reduced, when a face found in it is smaller than this.
+SHARP_FACE_SIDE = 180
+
+_ENCODED_SOURCES = (str, os.PathLike, bytes, bytearray, memoryview)
 
 
 def worker_cores(allowed: Sequence[int], workers: int) -> list[frozenset[int]] | None:
@@ -60,6 +83,17 @@ def pinning_initializer(workers: int) -> Callable[[], None] | None:
             logger.debug("could not pin a worker thread to cores %s: %s", sorted(cores), error)
 
     return pin
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image decoded by `Analyzer.decode`: `image` (possibly reduced, see `ReducedImage`)
+    and, when it is reduced, its encoded bytes, to decode it again for small faces."""
+
+    image: ReducedImage
+    encoded: bytes | bytearray | memoryview | None
+    label: str
+    decode_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,23 +193,68 @@ class Analyzer:
         min_face: float = 0.0,
         max_faces: int | None = None,
     ) -> list[ImageResult]:
-        """Analyse several images with one network run per model; raises on the first bad one."""
-        images, labels, decode_ms = [], [], []
-        for source in sources:
-            start = time.perf_counter()
-            images.append(load_image(source, max_pixels=self.max_pixels))
-            decode_ms.append((time.perf_counter() - start) * 1000)
-            labels.append(describe_source(source))
-        results = self.analyze_arrays(images, min_face=min_face, max_faces=max_faces)
+        """Analyse several images with one network run per model; raises on the first bad one.
+
+        Each source is decoded with `decode`: a JPEG path or JPEG bytes at a reduced size where
+        the detector allows it. Boxes, keypoints and `image_wh` are the full image's.
+        """
+        return self.analyze_decoded(
+            [self.decode(source) for source in sources], min_face=min_face, max_faces=max_faces
+        )
+
+    def decode(self, source: ImageSource, *, label: str | None = None) -> DecodedImage:
+        """Decode one image the way this Analyzer's detector wants it.
+
+        With a detector that can search reduced images (the BlazeFace detectors), a JPEG path
+        or JPEG bytes is decoded at the smallest DCT scale the detector allows for its size
+        (`ReducingDetector.max_reduction`, and no smaller than keeps a face spanning half the
+        short side `SHARP_FACE_SIDE` pixels wide); `analyze_decoded` decodes it again, less
+        reduced, only when a face it finds is too small in it to cut a sharp chip from. Other
+        sources are decoded whole, as `load_image` decodes them. Raises what `load_image`
+        raises.
+        """
+        start = time.perf_counter()
+        label = label or describe_source(source)
+        detector = self.detector
+        if not isinstance(detector, ReducingDetector) or not isinstance(source, _ENCODED_SOURCES):
+            pixels = load_image(source, max_pixels=self.max_pixels, label=label)
+            image, data = ReducedImage.whole(pixels), None
+        else:
+            data = read_image_file(source) if isinstance(source, str | os.PathLike) else source
+            image = load_image_reduced(
+                data, partial(_max_scale, detector), max_pixels=self.max_pixels, label=label
+            )
+        return DecodedImage(
+            image=image,
+            encoded=data if image.scale > 1 else None,
+            label=label,
+            decode_ms=(time.perf_counter() - start) * 1000,
+        )
+
+    def analyze_decoded(
+        self,
+        images: Sequence[DecodedImage],
+        *,
+        min_face: float = 0.0,
+        max_faces: int | None = None,
+    ) -> list[ImageResult]:
+        """The pipeline on images from `decode`; `timings_ms["decode"]` includes decoding a
+        reduced JPEG again for small faces."""
+        results, redecode_ms = self._analyze_frames(
+            [decoded.image for decoded in images],
+            [decoded.encoded for decoded in images],
+            min_face,
+            max_faces,
+        )
         return [
             ImageResult(
                 faces=r.faces,
                 image_wh=r.image_wh,
-                timings_ms={"decode": ms, **r.timings_ms},
+                timings_ms={"decode": decoded.decode_ms + extra_ms, **r.timings_ms},
                 models=r.models,
-                source=label,
+                source=decoded.label,
             )
-            for r, ms, label in zip(results, decode_ms, labels, strict=True)
+            for r, decoded, extra_ms in zip(results, images, redecode_ms, strict=True)
         ]
 
     def analyze_arrays(
@@ -188,37 +267,86 @@ class Analyzer:
         (ONNX Runtime and OpenCV release the GIL), each group still batched: on a few cores
         this keeps every core busy, which intra-op threads do poorly for such small networks.
         """
-        if not images:
-            return []
-        if self.workers > 1 and len(images) > 1:
-            groups = min(self.workers, len(images))
-            bounds = [round(i * len(images) / groups) for i in range(groups + 1)]
+        frames = [ReducedImage.whole(image) for image in images]
+        results, _ = self._analyze_frames(frames, [None] * len(frames), min_face, max_faces)
+        return results
+
+    def _analyze_frames(
+        self,
+        frames: Sequence[ReducedImage],
+        encoded: Sequence[bytes | bytearray | memoryview | None],
+        min_face: float,
+        max_faces: int | None,
+    ) -> tuple[list[ImageResult], list[float]]:
+        """Results, and milliseconds spent decoding again, of each image (see `analyze_many`):
+        in `workers` groups side by side when there are several."""
+        if not frames:
+            return [], []
+        if self.workers > 1 and len(frames) > 1:
+            groups = min(self.workers, len(frames))
+            bounds = [round(i * len(frames) / groups) for i in range(groups + 1)]
             futures = [
                 self._worker_pool().submit(
-                    self._analyze_group, images[lo:hi], min_face=min_face, max_faces=max_faces
+                    self._analyze_group, frames[lo:hi], encoded[lo:hi], min_face, max_faces
                 )
                 for lo, hi in itertools.pairwise(bounds)
             ]
-            return [result for future in futures for result in future.result()]
-        return self._analyze_group(images, min_face=min_face, max_faces=max_faces)
+            parts = [future.result() for future in futures]
+            return (
+                [result for results, _ in parts for result in results],
+                [ms for _, redecode_ms in parts for ms in redecode_ms],
+            )
+        return self._analyze_group(frames, encoded, min_face, max_faces)
+
+    def _detect(
+        self, frames: Sequence[ReducedImage], min_face: float, max_faces: int | None
+    ) -> list[tuple[Detection, ...]]:
+        if isinstance(self.detector, ReducingDetector) and any(f.scale > 1 for f in frames):
+            return self.detector.detect_reduced(frames, min_face=min_face, max_faces=max_faces)
+        return self.detector.detect_many(
+            [frame.pixels for frame in frames], min_face=min_face, max_faces=max_faces
+        )
+
+    def _crop_source(
+        self,
+        frame: ReducedImage,
+        data: bytes | bytearray | memoryview | None,
+        found: Sequence[Detection],
+    ) -> ReducedImage:
+        """The image to cut `found`'s chips from: `frame`, or the same JPEG decoded again less
+        reduced when its smallest face is under `SHARP_FACE_SIDE` pixels in `frame`."""
+        if not found or frame.scale == 1 or data is None:
+            return frame
+        smallest = min(min(x2 - x1, y2 - y1) for x1, y1, x2, y2 in (d.box_xyxy for d in found))
+        allowed = max(1, int(smallest // SHARP_FACE_SIDE))
+        if allowed >= frame.scale:
+            return frame
+        return load_image_reduced(data, lambda _: allowed, max_pixels=self.max_pixels)
 
     def _analyze_group(
-        self, images: Sequence[RGBImage], *, min_face: float, max_faces: int | None
-    ) -> list[ImageResult]:
-        count = len(images)
+        self,
+        frames: Sequence[ReducedImage],
+        encoded: Sequence[bytes | bytearray | memoryview | None],
+        min_face: float,
+        max_faces: int | None,
+    ) -> tuple[list[ImageResult], list[float]]:
+        count = len(frames)
         start = time.perf_counter()
-        detections = self.detector.detect_many(images, min_face=min_face, max_faces=max_faces)
+        detections = self._detect(frames, min_face, max_faces)
         detect_ms = (time.perf_counter() - start) * 1000
+        redecode_ms: list[float] = []
+        chips = []
+        align_ms = 0.0
+        for frame, data, found in zip(frames, encoded, detections, strict=True):
+            start = time.perf_counter()
+            source = self._crop_source(frame, data, found)
+            redecode_ms.append((time.perf_counter() - start) * 1000 if source is not frame else 0)
+            start = time.perf_counter()
+            chips.append(self.estimator.align(source.pixels, _in_pixels_of(found, source)))
+            align_ms += (time.perf_counter() - start) * 1000
         start = time.perf_counter()
-        chips = concat_chips(
-            [
-                self.estimator.align(image, found)
-                for image, found in zip(images, detections, strict=True)
-            ]
-        )
-        align_ms = (time.perf_counter() - start) * 1000
-        start = time.perf_counter()
-        estimates = self.estimator.estimate(chips) if chip_count(chips) else []
+        batch = concat_chips(chips)
+        estimates = self.estimator.estimate(batch) if chip_count(batch) else []
         estimate_ms = (time.perf_counter() - start) * 1000
         timings = {
             "detect": detect_ms / count,
@@ -226,19 +354,42 @@ class Analyzer:
             "estimate": estimate_ms / count,
         }
         results, cursor = [], 0
-        for image, found in zip(images, detections, strict=True):
+        for frame, found in zip(frames, detections, strict=True):
             faces = tuple(
                 _face(d, e)
                 for d, e in zip(found, estimates[cursor : cursor + len(found)], strict=True)
             )
             cursor += len(found)
-            height, width = np.asarray(image).shape[:2]
             results.append(
                 ImageResult(
                     faces=faces,
-                    image_wh=(int(width), int(height)),
+                    image_wh=frame.full_wh,
                     timings_ms=dict(timings),
                     models=dict(self.models),
                 )
             )
-        return results
+        return results, redecode_ms
+
+
+def _max_scale(detector: ReducingDetector, image_wh: tuple[int, int]) -> int:
+    """How far to shrink an image of full size `image_wh` while decoding it: as far as the
+    detector allows, but not so far that a face spanning half the short side (a portrait)
+    would be under `SHARP_FACE_SIDE` and need decoding again; small images stay whole."""
+    return min(detector.max_reduction(image_wh), min(image_wh) // (2 * SHARP_FACE_SIDE))
+
+
+def _in_pixels_of(detections: Sequence[Detection], image: ReducedImage) -> Sequence[Detection]:
+    """Detections in full-image pixels moved into the pixels of `image`."""
+    if image.scale == 1 and image.offset_xy == (0, 0):
+        return detections
+    moved = []
+    for detection in detections:
+        x1, y1, x2, y2 = detection.box_xyxy
+        moved.append(
+            replace(
+                detection,
+                box_xyxy=(*image.from_full(x1, y1), *image.from_full(x2, y2)),
+                keypoints=tuple(image.from_full(x, y) for x, y in detection.keypoints),
+            )
+        )
+    return moved

@@ -78,10 +78,10 @@ def test_unknown_backend_names_list_the_choices(factory: object) -> None:
 @pytest.mark.parametrize(
     ("preset", "detector", "estimator", "expected"),
     [
-        (None, None, None, ("blazeface-full", "ensemble")),
+        (None, None, None, ("blazeface-auto", "ensemble")),
         ("fastest", None, None, ("blazeface-portrait", "faceapi80-utkface")),
         ("fast", None, None, ("blazeface-fast", "faceapi")),
-        ("balanced", None, None, ("blazeface-full", "ensemble")),
+        ("balanced", None, None, ("blazeface-auto", "ensemble")),
         ("accurate", None, None, ("blazeface-full", "heads-utkface")),
         ("accurate", "blazeface-fast", None, ("blazeface-fast", "heads-utkface")),
         ("fast", None, "cydral", ("blazeface-fast", "cydral")),
@@ -99,6 +99,7 @@ def test_every_preset_names_registered_models_and_its_terms() -> None:
         assert preset.estimator in estimator_names(), name
         assert preset.weights_terms
     assert "permissive" in PRESETS["fast"].weights_terms
+    assert "permissive" in PRESETS["balanced"].weights_terms
     assert "non-commercial" in PRESETS["accurate"].weights_terms
     assert "non-commercial" in PRESETS["fastest"].weights_terms
     with pytest.raises(UnknownModelError, match="unknown preset"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -165,7 +167,9 @@ def test_short_range_mapping_must_be_fitted_for_the_input_size() -> None:
         RangeSwitchingDetector(unfitted, full)
 
 
-@pytest.mark.parametrize("name", ["blazeface-full", "blazeface-fast", "blazeface-portrait"])
+@pytest.mark.parametrize(
+    "name", ["blazeface-full", "blazeface-auto", "blazeface-fast", "blazeface-portrait"]
+)
 def test_with_thresholds_shares_the_networks_and_leaves_the_original_alone(
     name: str, astronaut: NDArray[np.uint8]
 ) -> None:
@@ -179,6 +183,7 @@ def test_with_thresholds_shares_the_networks_and_leaves_the_original_alone(
     assert detector.detect_many([astronaut]) == [default]
     same = detector.with_thresholds()  # type: ignore[attr-defined]
     assert same.detect_many([astronaut]) == [default]
+    assert getattr(same, "full_first", None) == getattr(detector, "full_first", None)
     sessions = [
         d._session
         for d in (lenient, getattr(lenient, "short", None), getattr(lenient, "full", None))
@@ -191,3 +196,79 @@ def test_with_thresholds_shares_the_networks_and_leaves_the_original_alone(
     ]
     assert sessions
     assert all(a is b for a, b in zip(sessions, originals, strict=True))
+
+
+def test_auto_detector_is_full_range_with_short_range_where_it_finds_nothing(
+    astronaut: NDArray[np.uint8],
+) -> None:
+    auto = create_detector("blazeface-auto", threads=1)
+    full = create_detector("blazeface-full", threads=1)
+    assert isinstance(auto, RangeSwitchingDetector)
+    assert auto.name == "blazeface-auto"
+    assert auto.full_first
+    assert not auto.short.tiled
+    assert auto.full.tiled  # large photos are searched tile by tile, as blazeface-full does
+
+    # Where the full-range model finds a face, small image or large, it is what
+    # blazeface-full finds, box for box; blank images stay empty; order is kept.
+    canvas = np.full((900, 1200, 3), 90, np.uint8)
+    canvas[200:712, 300:812] = astronaut
+    blank = np.zeros((64, 64, 3), np.uint8)
+    images = [canvas, blank, astronaut]
+    assert auto.detect_many(images) == full.detect_many(images)
+    assert auto.max_reduction((512, 512)) == 2  # the full-range model's 192-px input
+    assert auto.max_reduction((1200, 900)) == full.max_reduction((1200, 900))  # type: ignore[attr-defined]
+
+
+def test_auto_detector_finds_with_short_range_what_full_range_misses(utkface_dir: Path) -> None:
+    """A padded UTKFace `test` face the full-range model misses (one of its 31 there)."""
+    from agelens.evaluate import pad_image
+    from agelens.imaging import load_image
+
+    auto = create_detector("blazeface-auto", threads=1)
+    fast = create_detector("blazeface-fast", threads=1)
+    assert isinstance(auto, RangeSwitchingDetector)
+    image = pad_image(load_image(utkface_dir / "images/21_1_0_20170116215627769.jpg.chip.jpg"), 0.5)
+    assert auto.full.detect_many([image]) == [()]
+    (found,) = auto.detect_many([image])[0]
+    # the short-range box, mapped onto the full-range convention as blazeface-fast maps it
+    assert found == fast.detect_many([image])[0][0]
+    height, width = image.shape[:2]
+    assert 0.25 * width < (found.box_xyxy[0] + found.box_xyxy[2]) / 2 < 0.75 * width
+    assert 0.25 * height < (found.box_xyxy[1] + found.box_xyxy[3]) / 2 < 0.75 * height
+
+
+@pytest.mark.parametrize("name", ["blazeface-full", "blazeface-auto", "blazeface-fast"])
+def test_detectors_find_the_same_faces_in_a_jpeg_decoded_reduced(
+    name: str, astronaut: NDArray[np.uint8]
+) -> None:
+    from agelens.imaging import encode_jpeg, load_image, load_image_reduced
+
+    detector = create_detector(name, threads=1)
+    assert isinstance(detector, RangeSwitchingDetector | BlazeFaceDetector)
+    # 2000x1600: tiles of 800 px, where the small portrait's face (about 100 px) is found
+    canvas = np.full((1600, 2000, 3), 90, np.uint8)
+    canvas[100:612, 1300:1812] = astronaut
+    portrait = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_LINEAR)
+    canvas[400:1424, 100:1124] = portrait
+    data = encode_jpeg(canvas, quality=95)
+    reduction = detector.max_reduction((2000, 1600))
+    assert reduction >= 2
+    reduced = load_image_reduced(data, lambda _: reduction)
+    assert reduced.scale > 1
+    at_full_size = detector.detect_many([load_image(data)])[0]
+    found = detector.detect_reduced([reduced])[0]
+    # blazeface-fast looks at the whole image only: the small portrait is beyond it
+    assert len(found) == len(at_full_size) == (1 if name == "blazeface-fast" else 2)
+    for face, reference in zip(
+        sorted(found, key=lambda f: f.box_xyxy[0]),
+        sorted(at_full_size, key=lambda f: f.box_xyxy[0]),
+        strict=True,
+    ):
+        side = reference.box_xyxy[2] - reference.box_xyxy[0]
+        assert face.box_xyxy == pytest.approx(reference.box_xyxy, abs=0.05 * side)
+        for point, expected in zip(face.keypoints, reference.keypoints, strict=True):
+            assert point == pytest.approx(expected, abs=0.05 * side)
+    # min_face is in full-image pixels
+    smaller = min(f.box_xyxy[2] - f.box_xyxy[0] for f in found)
+    assert len(detector.detect_reduced([reduced], min_face=smaller + 1)[0]) == len(found) - 1

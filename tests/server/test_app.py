@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from agelens.models.backends import DEFAULT_DETECTOR
 from tests.server.conftest import ClientFactory, jpeg_bytes
 
 
@@ -52,7 +53,7 @@ def test_multipart_upload_finds_the_astronaut(client: TestClient, astronaut_jpeg
     assert 0.5 <= face["gender_probability"] <= 1
     assert len(face["keypoints"]) == 6
     assert {"decode", "detect", "align", "estimate"} <= set(body["timings_ms"])
-    assert body["models"]["detector"] == "blazeface-full"
+    assert body["models"]["detector"] == DEFAULT_DETECTOR
     assert "image_jpeg_base64" not in body
 
 
@@ -344,7 +345,7 @@ def test_health_ready_models_metrics_and_docs(client: TestClient, astronaut_jpeg
     ready = client.get("/ready").json()
     assert ready["status"] == "ready"
     models = client.get("/v1/models").json()
-    assert models["default_detector"] == "blazeface-full"
+    assert models["default_detector"] == DEFAULT_DETECTOR
     assert models["default_estimator"] == "ensemble"
     assert {"blazeface-full", "blazeface-short"} <= set(models["detectors"])
     assert {m["name"] for m in models["models"]} >= {"blazeface-full", "cydral", "faceapi"}

@@ -35,6 +35,17 @@ def _blazeface_fast(threads: int | None) -> Detector:
     )
 
 
+def _blazeface_auto(threads: int | None) -> Detector:
+    from agelens.models.blazeface import BlazeFaceDetector, RangeSwitchingDetector
+
+    return RangeSwitchingDetector(
+        BlazeFaceDetector(get_spec("blazeface-short"), threads=threads, tiled=False),
+        BlazeFaceDetector(get_spec("blazeface-full"), threads=threads),
+        name="blazeface-auto",
+        full_first=True,
+    )
+
+
 #: input of the short-range model in `blazeface-portrait` (see RangeSwitchingDetector)
 PORTRAIT_INPUT = 96
 
@@ -83,6 +94,7 @@ DETECTORS: dict[str, DetectorFactory] = {
     "blazeface-short": _blazeface("blazeface-short"),
     "blazeface-fast": _blazeface_fast,
     "blazeface-portrait": _blazeface_portrait,
+    "blazeface-auto": _blazeface_auto,
 }
 
 ESTIMATORS: dict[str, EstimatorFactory] = {
@@ -99,6 +111,7 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "blazeface-short": ("blazeface-short",),
     "blazeface-fast": ("blazeface-short", "blazeface-full"),
     "blazeface-portrait": ("blazeface-short", "blazeface-full"),
+    "blazeface-auto": ("blazeface-short", "blazeface-full"),
     "ensemble": ("cydral", "faceapi"),
     "cydral": ("cydral",),
     "faceapi": ("faceapi",),
@@ -106,7 +119,9 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "faceres-deep": ("faceres-deep",),
 }
 
-DEFAULT_DETECTOR = "blazeface-full"
+#: The tiled full-range BlazeFace, and on images up to 512 px the short-range model where it
+#: finds nothing: docs/detectors.md.
+DEFAULT_DETECTOR = "blazeface-auto"
 DEFAULT_ESTIMATOR = "ensemble"
 
 
@@ -138,8 +153,9 @@ PRESETS: dict[str, Preset] = {
         "permissive networks: BlazeFace (Apache-2.0), Cydral (CC0), face-api (MIT); "
         "8 combination weights fitted by agelens on UTKFace dev",
     ),
+    # Kept on the detector its heads were measured with until they are measured again.
     "accurate": Preset(
-        DEFAULT_DETECTOR,
+        "blazeface-full",
         "heads-utkface",
         "non-commercial research only: heads trained by agelens on UTKFace, over faceres "
         "(HSE, Apache-2.0), face-api (MIT) and Cydral (CC0) embeddings",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agelens.types import AgeGenderEstimate, Detection
+
+if TYPE_CHECKING:
+    from agelens.imaging import ReducedImage
 
 RGBImage = NDArray[np.uint8]
 #: Network inputs for a set of faces, keyed by input name; every array's first axis is the face.
@@ -34,6 +37,27 @@ class TunableDetector(Detector, Protocol):
         self, *, score_threshold: float | None = None, iou_threshold: float | None = None
     ) -> Detector:
         """The same detector, sharing its loaded networks, with other thresholds."""
+        ...
+
+
+@runtime_checkable
+class ReducingDetector(Detector, Protocol):
+    """A detector that can search JPEGs decoded at a reduced size (Pillow's draft mode)."""
+
+    def max_reduction(self, image_wh: tuple[int, int]) -> int:
+        """The largest factor an image of full size `image_wh` may be shrunk by before
+        `detect_reduced` without changing what it finds."""
+        ...
+
+    def detect_reduced(
+        self,
+        images: Sequence[ReducedImage],
+        *,
+        min_face: float = 0.0,
+        max_faces: int | None = None,
+    ) -> list[tuple[Detection, ...]]:
+        """`detect_many` on images decoded at reduced size; boxes, keypoints and `min_face`
+        in full-image pixels."""
         ...
 
 
