@@ -401,3 +401,27 @@ def test_distilled_finetune_records_its_teacher(astronaut_folder: Path, tmp_path
     assert "distilled from `faceapi`" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
     assert list((tmp_path / "cache").glob("teacher-*/chunk-*.npz"))
     assert not list((tmp_path / "cache").glob("checkpoint-*"))  # removed once installed
+
+
+def test_mirror_averages_a_face_and_its_mirror_image(
+    finetuned: Path, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    folder = tmp_path / "mirrored"
+    shutil.copytree(finetuned, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["mirror"] = True
+    (folder / "card.json").write_text(json.dumps(card))
+    plain = FinetunedFaceApiEstimator(finetuned, threads=1)
+    mirrored = FinetunedFaceApiEstimator(folder, threads=1)
+    (faces,) = create_detector("blazeface-full", 1).detect_many([astronaut])
+    chips = plain.align(astronaut, faces[:1])
+    flipped = {"faceapi": np.ascontiguousarray(chips["faceapi"][:, :, :, ::-1])}
+    (face,) = plain.estimate(chips)
+    (mirror,) = plain.estimate(flipped)
+    (both,) = mirrored.estimate(chips)
+    assert both.age_years == pytest.approx((face.age_years + mirror.age_years) / 2, abs=1e-3)
+    assert both.gender_probability_male == pytest.approx(
+        (face.gender_probability_male + mirror.gender_probability_male) / 2, abs=1e-5
+    )
+    assert "mirror image" in mirrored.version()
+    assert "mirror image" not in plain.version()

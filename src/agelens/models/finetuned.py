@@ -75,7 +75,9 @@ class FinetunedCydralEstimator:
 
 
 class FinetunedFaceApiEstimator:
-    """face-api's crop at the card's input size, the folder's fine-tuned network."""
+    """face-api's crop at the card's input size, the folder's fine-tuned network; with the
+    card's `"mirror": true`, each face and its mirror image, their age distributions and
+    P(male) averaged (twice the network's time)."""
 
     def __init__(self, folder: Path, *, threads: int | None = None) -> None:
         from agelens.models.registry import get_spec
@@ -92,11 +94,13 @@ class FinetunedFaceApiEstimator:
         self._ages = np.arange(int(card["age_classes"]), dtype=np.float64)
         self._knots_x = np.asarray(card["interval"]["knots_x"], dtype=np.float64)
         self._knots_y = np.asarray(card["interval"]["knots_y"], dtype=np.float64)
+        self.mirror = bool(card.get("mirror", False))
 
     def version(self) -> str:
         """Model name and what it was made from."""
+        mirrored = ", with its mirror image" if self.mirror else ""
         return (
-            f"{self.name} (agelens fine-tuned {self.spec.name} at {self._size} px, "
+            f"{self.name} (agelens fine-tuned {self.spec.name} at {self._size} px{mirrored}, "
             f"{self.spec.source.pinned})"
         )
 
@@ -112,7 +116,15 @@ class FinetunedFaceApiEstimator:
         """Expected age (0..100), the 80% interval from validation residuals, P(male)."""
         if not chips:
             return []
-        probabilities, male = self._session.run(None, {"input": chips["faceapi"]})
+        faces = chips["faceapi"]
+        if self.mirror:
+            count = len(faces)
+            both = np.concatenate([faces, faces[:, :, :, ::-1]])
+            probabilities, male = self._session.run(None, {"input": both})
+            probabilities = (probabilities[:count] + probabilities[count:]) / 2
+            male = (male[:count] + male[count:]) / 2
+        else:
+            probabilities, male = self._session.run(None, {"input": faces})
         ages = probabilities.astype(np.float64) @ self._ages
         widths = np.interp(ages, self._knots_x, self._knots_y)
         return estimates(ages, widths, male.astype(np.float64))
