@@ -1036,9 +1036,16 @@ async function showVideoJob(item, job) {
       .map((line) => JSON.parse(line));
     const table = document.createElement("table");
     table.className = "people";
-    table.innerHTML =
-      "<thead><tr><th scope='col'>#</th><th scope='col'>Gender</th><th scope='col'>Age</th>" +
-      "<th scope='col'>Interval</th><th scope='col'>In view (s)</th></tr></thead>";
+    const head = document.createElement("thead");
+    const headRow = document.createElement("tr");
+    for (const name of ["#", "Gender", "Age", "Interval", "In view (s)"]) {
+      const cell = document.createElement("th");
+      cell.scope = "col";
+      cell.textContent = name;
+      headRow.append(cell);
+    }
+    head.append(headRow);
+    table.append(head);
     const body = document.createElement("tbody");
     for (const person of rows) {
       const row = document.createElement("tr");
