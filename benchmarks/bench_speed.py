@@ -103,12 +103,16 @@ class AgelensSystem:
     """agelens's Analyzer, one `analyze_arrays` call per chunk (its batched path)."""
 
     def __init__(self, config: str, threads: int, workers: int = 1) -> None:
-        detector, estimator = config.split(":")
+        detector, estimator, *decoding = config.split(":")
+        # ":whole": with --decode, decode every image whole (`load_image`), as agelens did
+        # before it decoded large JPEGs reduced; the before/after of that change in one run.
+        self.whole = decoding == ["whole"]
         # threads = cores used: with workers > 1, one intra-op thread per worker.
         intra = threads if workers == 1 else max(1, threads // workers)
         suffix = f"@{threads}t" if workers == 1 else f"@{workers}w x {intra}t"
         self.config = config
-        self.label = f"agelens {detector}+{estimator} {suffix}"
+        whole = " whole-decode" if self.whole else ""
+        self.label = f"agelens {detector}+{estimator}{whole} {suffix}"
         self.threads = threads
         self.workers = workers
         self.cv2_threads = 1 if workers > 1 else threads
@@ -117,7 +121,10 @@ class AgelensSystem:
         )
 
     def run(self, images: Sequence[Item]) -> CallResult:
-        if any(isinstance(image, bytes) for image in images):
+        if self.whole:
+            decoded = [load_image(image) if isinstance(image, bytes) else image for image in images]
+            results = self.analyzer.analyze_arrays(decoded)  # decoding: in the call's time only
+        elif any(isinstance(image, bytes) for image in images):
             results = self.analyzer.analyze_many(images)
         else:
             results = self.analyzer.analyze_arrays([np.asarray(image) for image in images])
@@ -491,7 +498,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--configs",
         nargs="+",
         default=list(DEFAULT_CONFIGS),
-        metavar="DETECTOR:ESTIMATOR",
+        metavar="DETECTOR:ESTIMATOR[:whole]",
         help="agelens configurations, each at every --threads setting",
     )
     parser.add_argument(
@@ -502,8 +509,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args(argv)
-    if any(config.count(":") != 1 for config in args.configs):
-        parser.error("--configs items are DETECTOR:ESTIMATOR, e.g. blazeface-fast:faceapi")
+    if any(
+        len(c.split(":")) not in (2, 3) or c.split(":")[2:] not in ([], ["whole"])
+        for c in args.configs
+    ):
+        parser.error("--configs items are DETECTOR:ESTIMATOR[:whole], e.g. blazeface-fast:faceapi")
     if min(args.repeats, args.batch, min(args.threads)) < 1 or args.images < 0:
         parser.error("--repeats, --batch and --threads must be >= 1; --images >= 0")
     return args
