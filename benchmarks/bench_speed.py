@@ -95,7 +95,7 @@ class System(Protocol):
 DEFAULT_CONFIGS = (
     "blazeface-auto:ensemble",
     "blazeface-fast:faceapi",
-    "blazeface-portrait:faceapi80-utkface",
+    "blazeface-portrait:faceapi96-distilled",
 )
 
 
