@@ -217,8 +217,10 @@ def test_a_full_server_answers_503_at_once_and_finishes_what_it_admitted(
         assert {(status, retry, code) for status, retry, code, _ in refused} == {
             (503, "1", "overloaded")
         }
-        # Generous for a shared 2-core machine; benchmarks/bench_service.py measures p95.
-        assert max(elapsed for *_, elapsed in refused) < 2.0
+        # The held uploads never finish until released below, so any 503 at all came at
+        # once rather than after them; the bound is for a loaded shared 2-core machine, and
+        # benchmarks/bench_service.py measures the p95.
+        assert max(elapsed for *_, elapsed in refused) < 15.0
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200  # GETs never refused
 
         finished = [_finish_upload(connection, astronaut_jpeg) for connection in held]
