@@ -567,11 +567,14 @@ class JobManager:
         except Exception as error:
             status, message = "failed", "an unexpected error stopped the job; it has been logged"
             logger.exception("job %s failed", job.id, exc_info=error)
+        # Uploads go before the job is marked finished, so no one sees a finished job whose
+        # images are still on disk; every item's rows are committed by then, so a crash in
+        # between only requeues a job with nothing left to do.
+        await anyio.to_thread.run_sync(self._remove_uploads, job.id)
         now = time.time()
         await anyio.to_thread.run_sync(
             store.finish_job, job.id, status, now, now + self.settings.jobs_result_ttl_s, message
         )
-        await anyio.to_thread.run_sync(self._remove_uploads, job.id)
         logger.info("job %s %s", job.id, status)
 
     async def _run_video_job(self, store: JobStore, job: JobRecord) -> tuple[bool, str | None]:
