@@ -13,7 +13,9 @@ from agelens.models.backends import create_estimator
 from agelens.models.fetch import sha256_file
 from agelens.train.cards import evaluation_entry, record_evaluation
 
-SHIPPED = Path(__file__).resolve().parents[2] / "src" / "agelens" / "trained" / "faceapi96-distilled"
+SHIPPED = (
+    Path(__file__).resolve().parents[2] / "src" / "agelens" / "trained" / "faceapi96-distilled"
+)
 
 
 def _metrics(mae: float) -> dict[str, Any]:
