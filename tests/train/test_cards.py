@@ -37,6 +37,9 @@ def _metrics(mae: float) -> dict[str, Any]:
 def test_figures_go_into_both_cards_and_the_model_still_loads(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(SHIPPED, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card.pop("evaluation", None)  # start from a card without figures
+    (folder / "card.json").write_text(json.dumps(card))
     record_evaluation(folder, "utkface-test", _metrics(4.5), date="2026-12-07", version="0.9")
     card = record_evaluation(folder, "aaf", _metrics(5.5), date="2026-12-07", version="0.9")
     # Measured again: replaced, not repeated.
