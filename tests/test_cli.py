@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -240,8 +241,10 @@ def test_analyze_help_names_every_detector() -> None:
 
     result = runner.invoke(app, ["analyze", "--help"], env={"COLUMNS": "400"})
     assert result.exit_code == 0
+    # click wraps help at 80 columns and may break a name after its hyphen
+    text = re.sub(r"-\n\s+", "-", result.stdout)
     for name in DETECTORS:
-        assert name in result.stdout, name
+        assert name in text, name
 
 
 def test_analyze_thousands_of_file_arguments_under_a_small_stack(

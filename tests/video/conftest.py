@@ -18,11 +18,13 @@ pytest.importorskip("av", reason="the video extra is not installed: pip install 
 @pytest.fixture(scope="session")
 def clip_people(utkface_dir: Path, analyzer: Analyzer) -> list[Person]:
     """Eight UTKFace test-split adults with known age and gender, each a face the default
-    detector finds on a plain background (the clips test tracking, not detection)."""
+    detector finds on a plain background at the clips' frame size and face size (the clips
+    test tracking, not detection: a 640x360 frame, a 150-px face, so the detector takes the
+    same path it takes on the clips' frames)."""
 
     def found(face: NDArray[np.uint8]) -> bool:
-        canvas = np.full((300, 300, 3), 128, np.uint8)
-        canvas[50:250, 50:250] = np.asarray(Image.fromarray(face).resize((200, 200)))
+        canvas = np.full((360, 640, 3), 128, np.uint8)
+        canvas[105:255, 245:395] = np.asarray(Image.fromarray(face).resize((150, 150)))
         return len(analyzer.detector.detect_many([canvas])[0]) == 1
 
     return utkface_people(utkface_dir, 8, usable=found)
