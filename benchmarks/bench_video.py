@@ -48,8 +48,10 @@ def build_clip(folder: Path, frames: int, utkface: Path, analyzer: Analyzer) -> 
     from tests.video.clips import Appearance, background, compose, encode, utkface_people
 
     def found(face: np.ndarray) -> bool:
-        canvas = np.full((300, 300, 3), 128, np.uint8)
-        canvas[50:250, 50:250] = np.asarray(Image.fromarray(face).resize((200, 200)))
+        # at the clip's frame size and face size, so the detector takes the path it takes
+        # on the frames (on a small canvas blazeface-auto asks the short-range model too)
+        canvas = np.full((720, 1280, 3), 128, np.uint8)
+        canvas[250:470, 530:750] = np.asarray(Image.fromarray(face).resize((220, 220)))
         return len(analyzer.detector.detect_many([canvas])[0]) == 1
 
     people = utkface_people(utkface, 5, usable=found)
