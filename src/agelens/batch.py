@@ -362,7 +362,7 @@ class SourceLoader:
                     raise MissingExtraError(
                         f"fetching URLs from a manifest needs httpx; {error}"
                     ) from error
-                from agelens.server.urlfetch import UrlFetcher
+                from agelens.urlfetch import UrlFetcher
 
                 self._fetcher = UrlFetcher(
                     max_bytes=self.options.max_bytes,

@@ -25,7 +25,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from agelens.server.errors import UrlFetchError, UrlForbiddenError
+from agelens.errors import UrlFetchError, UrlForbiddenError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
