@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from agelens.batch import (
+from agelens.batch.core import (
     BatchOptions,
     ImageRows,
     SourceLoader,
