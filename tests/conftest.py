@@ -7,8 +7,11 @@ proves nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from numpy.typing import NDArray
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+HandlerRoute = Callable[[BaseHTTPRequestHandler], None]
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +115,68 @@ def agelens_serve(args: list[str], env: dict[str, str]) -> Iterator[str]:
             process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+@dataclass
+class WebServer:
+    """A real HTTP server on 127.0.0.1: GET paths in `routes` are answered by their handler,
+    others get 404; every path asked for is recorded in `requested`."""
+
+    base: str
+    routes: dict[str, HandlerRoute]
+    requested: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def web_server() -> Iterator[WebServer]:
+    """A local web server whose paths the test defines (URL fetching, jobs from URLs)."""
+    routes: dict[str, HandlerRoute] = {}
+    requested: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requested.append(self.path)
+            route = routes.get(self.path)
+            if route is None:
+                self.send_error(404)
+                return
+            route(self)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield WebServer(f"http://127.0.0.1:{server.server_address[1]}", routes, requested)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def image_route(data: bytes, content_type: str = "image/jpeg") -> HandlerRoute:
+    """A WebServer route answering 200 with `data` as `content_type`."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return route
+
+
+def redirect_route(location: str) -> HandlerRoute:
+    """A WebServer route answering 302 to `location`."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return route

@@ -212,27 +212,29 @@ _COMBINED_DESCRIPTIONS = {
 def _combined_rows(registry_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows for the detector and estimator names that are not registry models themselves
     but combine them (blazeface-fast, blazeface-portrait, ensemble)."""
-    from agelens.models.backends import DETECTORS, ESTIMATORS, REQUIRED_MODELS
+    from agelens.models.backends import DETECTORS, ESTIMATORS, Backend
+    from agelens.models.base import Detector, Estimator
 
     by_name = {row["name"]: row for row in registry_rows}
     rows: list[dict[str, Any]] = []
-    for name in [*DETECTORS, *ESTIMATORS]:
-        if name in by_name or name not in REQUIRED_MODELS:
+    backends: dict[str, Backend[Detector] | Backend[Estimator]] = {**DETECTORS, **ESTIMATORS}
+    for name, backend in backends.items():
+        if name in by_name:
             continue
-        parts = [by_name[part] for part in REQUIRED_MODELS[name]]
+        parts = [by_name[part] for part in backend.required_models]
         task = "detector" if name in DETECTORS else "age_gender"
         rows.append(
             {
                 "name": name,
                 "task": task,
-                "source": f"agelens: {' + '.join(REQUIRED_MODELS[name])}",
+                "source": f"agelens: {' + '.join(backend.required_models)}",
                 "license": " + ".join(dict.fromkeys(part["license"] for part in parts)),
                 "size_bytes": sum(part["size_bytes"] or 0 for part in parts),
                 "files": {},
                 "fetched": all(part["fetched"] for part in parts),
                 "path": None,
                 "description": _COMBINED_DESCRIPTIONS.get(name, ""),
-                "combines": list(REQUIRED_MODELS[name]),
+                "combines": list(backend.required_models),
             }
         )
     return rows

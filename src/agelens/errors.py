@@ -68,6 +68,18 @@ def require_extra(module: str, extra: str) -> None:
         ) from error
 
 
+class UrlForbiddenError(AgelensError):
+    """The URL's scheme or resolved address is not allowed (private, loopback, metadata, ...)."""
+
+    code = "url_forbidden"
+
+
+class UrlFetchError(AgelensError):
+    """Fetching the URL failed: unreachable, timeout, HTTP error, too large, not an image."""
+
+    code = "url_fetch_error"
+
+
 class BatchInputError(AgelensError):
     """A batch input (folder, glob, manifest or file given on the command line) does not exist,
     matches nothing, or a manifest cannot be read."""

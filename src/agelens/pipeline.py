@@ -96,14 +96,6 @@ class DecodedImage:
     decode_ms: float
 
 
-@dataclass(frozen=True, slots=True)
-class AnalyzerOptions:
-    """Per-call options. `min_face` is the smallest box side in pixels to keep."""
-
-    min_face: float = 0.0
-    max_faces: int | None = None
-
-
 def _face(detection: Detection, estimate: AgeGenderEstimate) -> Face:
     p_male = min(max(estimate.gender_probability_male, 0.0), 1.0)
     low, high = estimate.age_interval

@@ -7,7 +7,7 @@ y downwards; keypoints are `(x, y)` pixels in the same frame.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Gender = Literal["F", "M"]
@@ -120,8 +120,3 @@ class ImageResult:
             models={str(k): str(v) for k, v in data.get("models", {}).items()},
             source=data.get("source"),
         )
-
-
-def detection_to_dict(detection: Detection) -> dict[str, Any]:
-    """A plain dict of a Detection (for debugging output and tests)."""
-    return asdict(detection)

@@ -114,12 +114,14 @@ def test_every_archive_hash_belongs_to_a_registered_source() -> None:
     assert set(ARCHIVE_SHA256) == {spec.source.pinned for spec in MODELS.values()}
 
 
-@pytest.mark.parametrize(
-    "backend", sorted({*backends.DETECTORS, *backends.ESTIMATORS, *backends.REQUIRED_MODELS})
-)
+@pytest.mark.parametrize("backend", sorted({*backends.DETECTORS, *backends.ESTIMATORS}))
 def test_required_models_cover_every_backend_with_registered_models(backend: str) -> None:
-    assert backend in backends.DETECTORS or backend in backends.ESTIMATORS
-    required = backends.REQUIRED_MODELS[backend]
+    assert not (backend in backends.DETECTORS and backend in backends.ESTIMATORS)
+    required = (
+        backends.DETECTORS[backend].required_models
+        if backend in backends.DETECTORS
+        else backends.ESTIMATORS[backend].required_models
+    )
     assert required, f"{backend} needs at least one model"
     for name in required:
         assert name in MODELS, f"{backend} requires unregistered model {name!r}"

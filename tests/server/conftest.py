@@ -9,12 +9,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,49 +24,11 @@ from PIL import Image
 from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
 from agelens.server.settings import Settings
+from tests.conftest import HandlerRoute, WebServer
+
+__all__ = ["HandlerRoute", "WebServer"]  # their home (and web_server's) is tests/conftest.py
 
 ClientFactory = Callable[..., TestClient]
-HandlerRoute = Callable[[BaseHTTPRequestHandler], None]
-
-
-@dataclass
-class WebServer:
-    """A real HTTP server on 127.0.0.1: GET paths in `routes` are answered by their handler,
-    others get 404; every path asked for is recorded in `requested`."""
-
-    base: str
-    routes: dict[str, HandlerRoute]
-    requested: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def web_server() -> Iterator[WebServer]:
-    """A local web server whose paths the test defines (URL fetching, jobs from URLs)."""
-    routes: dict[str, HandlerRoute] = {}
-    requested: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            requested.append(self.path)
-            route = routes.get(self.path)
-            if route is None:
-                self.send_error(404)
-                return
-            route(self)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield WebServer(f"http://127.0.0.1:{server.server_address[1]}", routes, requested)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from agelens.models.backends import DEFAULT_DETECTOR
+from tests.conftest import WebServer, image_route, redirect_route
 from tests.server.conftest import ClientFactory, jpeg_bytes
 
 
@@ -541,3 +542,26 @@ def test_error_shape_is_the_same_everywhere(client: TestClient) -> None:
     for response in responses:
         if response.status_code >= 400:
             assert set(json.loads(response.text)) == {"error"}
+
+
+def test_image_url_through_the_api(
+    make_client: ClientFactory,
+    client: TestClient,
+    web_server: WebServer,
+    astronaut_jpeg: bytes,
+) -> None:
+    base, routes = web_server.base, web_server.routes
+    routes["/astronaut.jpg"] = image_route(astronaut_jpeg)
+    routes["/to-metadata"] = redirect_route("http://169.254.169.254/latest/meta-data/iam/")
+    refused = client.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "url_forbidden"
+    allowed = make_client(url_allow_networks=["127.0.0.1/32"])
+    body = allowed.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"}).json()
+    assert body["source"] == f"{base}/astronaut.jpg"
+    assert len(body["faces"]) == 1
+    redirected = allowed.post("/v1/analyze", json={"image_url": f"{base}/to-metadata"})
+    assert redirected.status_code == 400
+    assert redirected.json()["error"]["code"] == "url_forbidden"
+    off = make_client(url_fetch_enabled=False)
+    assert off.post("/v1/analyze", json={"image_url": f"{base}/astronaut.jpg"}).status_code == 400

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from agelens.errors import UnknownModelError
 from agelens.models.base import Detector, Estimator
@@ -15,6 +16,7 @@ from agelens.models.registry import get_spec
 
 DetectorFactory = Callable[[int | None], Detector]
 EstimatorFactory = Callable[[int | None], Estimator]
+_Built = TypeVar("_Built", Detector, Estimator)
 
 
 def _blazeface(name: str) -> DetectorFactory:
@@ -89,35 +91,33 @@ def _ensemble(threads: int | None) -> Estimator:
     return EnsembleEstimator.default(threads=threads)
 
 
-DETECTORS: dict[str, DetectorFactory] = {
-    "blazeface-full": _blazeface("blazeface-full"),
-    "blazeface-short": _blazeface("blazeface-short"),
-    "blazeface-fast": _blazeface_fast,
-    "blazeface-portrait": _blazeface_portrait,
-    "blazeface-auto": _blazeface_auto,
+@dataclass(frozen=True, slots=True)
+class Backend(Generic[_Built]):
+    """A detector or estimator chosen by name: `factory(threads)` builds it, and it needs the
+    registry models `required_models` fetched."""
+
+    factory: Callable[[int | None], _Built]
+    required_models: tuple[str, ...]
+
+
+_SHORT_AND_FULL = ("blazeface-short", "blazeface-full")
+
+DETECTORS: dict[str, Backend[Detector]] = {
+    "blazeface-full": Backend(_blazeface("blazeface-full"), ("blazeface-full",)),
+    "blazeface-short": Backend(_blazeface("blazeface-short"), ("blazeface-short",)),
+    "blazeface-fast": Backend(_blazeface_fast, _SHORT_AND_FULL),
+    "blazeface-portrait": Backend(_blazeface_portrait, _SHORT_AND_FULL),
+    "blazeface-auto": Backend(_blazeface_auto, _SHORT_AND_FULL),
 }
 
-ESTIMATORS: dict[str, EstimatorFactory] = {
-    "ensemble": _ensemble,
-    "cydral": _cydral,
-    "faceapi": _faceapi,
-    "faceres": _faceres("faceres"),
-    "faceres-deep": _faceres("faceres-deep"),
+ESTIMATORS: dict[str, Backend[Estimator]] = {
+    "ensemble": Backend(_ensemble, ("cydral", "faceapi")),
+    "cydral": Backend(_cydral, ("cydral",)),
+    "faceapi": Backend(_faceapi, ("faceapi",)),
+    "faceres": Backend(_faceres("faceres"), ("faceres",)),
+    "faceres-deep": Backend(_faceres("faceres-deep"), ("faceres-deep",)),
 }
 
-#: which registry models each backend needs fetched
-REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
-    "blazeface-full": ("blazeface-full",),
-    "blazeface-short": ("blazeface-short",),
-    "blazeface-fast": ("blazeface-short", "blazeface-full"),
-    "blazeface-portrait": ("blazeface-short", "blazeface-full"),
-    "blazeface-auto": ("blazeface-short", "blazeface-full"),
-    "ensemble": ("cydral", "faceapi"),
-    "cydral": ("cydral",),
-    "faceapi": ("faceapi",),
-    "faceres": ("faceres",),
-    "faceres-deep": ("faceres-deep",),
-}
 
 #: The tiled full-range BlazeFace, and on images up to 512 px the short-range model where it
 #: finds nothing: docs/detectors.md.
@@ -178,7 +178,7 @@ def create_detector(name: str, threads: int | None = None) -> Detector:
     """A detector by name; UnknownModelError lists the choices."""
     if name not in DETECTORS:
         raise UnknownModelError(f"unknown detector {name!r}; choose from {sorted(DETECTORS)}")
-    return DETECTORS[name](threads)
+    return DETECTORS[name].factory(threads)
 
 
 def estimator_names() -> list[str]:
@@ -193,7 +193,7 @@ def create_estimator(name: str, threads: int | None = None) -> Estimator:
     """An estimator by name, or a trained model by name or folder path; UnknownModelError
     lists the choices."""
     if name in ESTIMATORS:
-        return ESTIMATORS[name](threads)
+        return ESTIMATORS[name].factory(threads)
     from agelens.models.heads import HeadsEstimator, card_kind, find_trained
 
     folder = find_trained(name)

@@ -58,8 +58,3 @@ class ModelSpec:
     scale: float = 1.0
     #: free-form, backend-specific facts (anchor layout, crop factor, chip padding, ...)
     params: Mapping[str, object] = field(default_factory=dict)
-
-    @property
-    def size_bytes_hint(self) -> int:
-        """Number of kept files (sizes are known only once fetched)."""
-        return len(self.kept_files)

@@ -84,8 +84,8 @@ from agelens.server.security import (
     send_error,
 )
 from agelens.server.settings import Settings
-from agelens.server.urlfetch import UrlFetcher
 from agelens.types import ImageResult
+from agelens.urlfetch import UrlFetcher
 
 logger = logging.getLogger(__name__)
 

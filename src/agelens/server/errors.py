@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from agelens.errors import AgelensError
+from agelens.errors import AgelensError, UrlFetchError, UrlForbiddenError
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -77,20 +77,6 @@ class NotReadyError(ApiError):
     code = "not_ready"
 
 
-class UrlForbiddenError(ApiError):
-    """The URL's scheme or resolved address is not allowed (private, loopback, metadata, ...)."""
-
-    status = 400
-    code = "url_forbidden"
-
-
-class UrlFetchError(ApiError):
-    """Fetching the URL failed: unreachable, timeout, HTTP error, too large, not an image."""
-
-    status = 422
-    code = "url_fetch_error"
-
-
 class NotFoundError(ApiError):
     """No such resource (or not one the caller's API key may see)."""
 
@@ -134,6 +120,8 @@ ENGINE_STATUS = {
     "model_not_fetched": 503,
     "model_fetch_error": 503,
     "missing_extra": 500,
+    UrlForbiddenError.code: 400,
+    UrlFetchError.code: 422,
 }
 
 

@@ -3,8 +3,8 @@
 A job is a list of image URLs or an uploaded zip. It is stored (see jobstore.py) and answered
 at once with its id; one worker task, started in the app's lifespan, takes queued jobs oldest
 first and works through their images a chunk at a time: fetch (URLs, with every SSRF check of
-urlfetch.py) or read (zip members extracted at submission), decode, analyse with the service's
-own loaded models, then commit the chunk's result rows (agelens.rows) in one transaction.
+agelens/urlfetch.py) or read (zip members extracted at submission), decode, analyse with the
+service's own loaded models, then commit the chunk's result rows (agelens.rows) in one transaction.
 
 - An image that cannot be fetched, read or decoded becomes an error row; the job goes on.
 - A stopped service resumes its jobs where they stood, and no image gets its rows twice.
@@ -62,7 +62,7 @@ from agelens.server.jobstore import (
 )
 from agelens.server.security import RateLimiter
 from agelens.server.settings import Settings
-from agelens.server.urlfetch import UrlFetcher
+from agelens.urlfetch import UrlFetcher
 
 logger = logging.getLogger(__name__)
 

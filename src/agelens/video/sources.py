@@ -6,7 +6,7 @@ read with agelens' own image loader. A source that cannot be opened raises Video
 one that breaks off part way (corrupt, truncated) raises VideoDecodeError *after* yielding the
 frames before the damage.
 
-Stream URLs go through the address rules of the image fetcher (`server/urlfetch.py`): every
+Stream URLs go through the address rules of the image fetcher (`agelens/urlfetch.py`): every
 address the host resolves to must be public, or inside a network the caller allows. FFmpeg
 makes the connection itself, so (unlike the image fetcher) the checked address is not pinned;
 the rule keeps a user-given URL from naming an internal host, not a DNS server that lies.
@@ -138,7 +138,7 @@ def check_stream_url(url: str, allow_networks: Sequence[str] = ()) -> None:
     `allow_networks` (the image fetcher's rule: no loopback, private, link-local or metadata
     addresses). http(s) URLs may not carry credentials, as for images; rtsp may (cameras)."""
     require_extra("httpx", "server")  # the address rules live with the image fetcher
-    from agelens.server.urlfetch import is_public_address
+    from agelens.urlfetch import is_public_address
 
     parts = urlsplit(url)
     scheme = parts.scheme.lower()

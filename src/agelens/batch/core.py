@@ -1,70 +1,19 @@
-"""Resumable batch analysis of photo collections: the engine behind `agelens batch`.
-
-Inputs are folders (searched recursively for image files), glob patterns, manifests (`.csv` or
-`.txt` listing paths or http(s) URLs) and single files or URLs. They are streamed, never listed
-in memory as a whole: `iter_sources` yields one path at a time.
-
-Each image becomes rows as `agelens.rows` defines them (one per face, one `no_face` row, or one
-`error` row). A bad image never stops the run.
-
-How the output is made, and why it survives a crash
-----------------------------------------------------
-Results are not written into OUT directly. They are committed, a few hundred images at a time,
-as Parquet part files in the folder `OUT.parts/` (`part-000000.parquet`, ...). A part is written
-under a temporary name, flushed to disk with fsync and then renamed, so a part file either exists
-whole or not at all, whenever the process dies (SIGKILL included). A part only ever holds whole
-images: all the rows of an image are committed together. `OUT.parts/settings.json` records the
-models and options the rows were made with.
-
-When every input is done, the parts are merged, in order, into a temporary file beside OUT (in
-the format its suffix names: `.parquet`, `.csv` or `.jsonl`), which is then renamed to OUT, and
-only then is `OUT.parts/` removed. The merge keeps, for each path, the rows of the last part that
-holds it; so an image is in the output exactly once even if it was committed twice (a crash
-between a rename and the bookkeeping after it) or re-analysed because its content changed.
-
-`--resume` (`resume=True`) reads the `path` and `content_sha256` columns of the committed parts
-and skips every image whose path is there with the same content hash (it is read and hashed
-again, which is cheap; it is not decoded). An image whose bytes changed is analysed again and
-its new rows replace the old ones. URLs are skipped by URL alone (hashing them would mean
-fetching them). Resuming a finished run (OUT exists, no parts folder) first turns OUT back into
-a part, so a folder that gained photos is brought up to date by analysing only the new ones.
-Without `resume` or `overwrite`, an existing OUT or `OUT.parts/` is an error. Resuming with other
-models or options than the parts were made with is refused.
-
-Overlap and memory
-------------------
-The local engine reads and decodes images in `workers` threads (Pillow, OpenCV, hashlib and
-ONNX Runtime release the GIL) a bounded window ahead of inference, which runs batched through
-`Analyzer.analyze_arrays` (itself split into `workers` groups run side by side). At most about
-`2 * batch_size + workers` decoded images and one uncommitted chunk of rows are held at a time,
-whatever the size of the collection. The Ray engine (`agelens.cluster`) feeds the same
-functions from Ray Data actors and commits through the same part store.
-
-Library API
------------
-- `run_batch(inputs, out, options=..., resume=..., engine=...) -> BatchSummary`: the whole
-  command, with a `progress` callback per image.
-- `iter_image_rows(sources, analyzer, options)`: rows per image (`ImageRows`) for an iterable of
-  paths or URLs, in input order, without any file output (for the jobs API and notebooks).
-- `iter_sources(inputs)`, `read_output(path)`, `output_format(path)`.
-"""
+"""What both engines of `agelens batch` share: options, sources, loading and analysis of one
+image, crops, and the crash-safe part store that output is committed through (see the
+package's docstring for how it survives a crash and how `--resume` works)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import csv
-import dataclasses
 import glob
 import json
 import logging
 import os
 import shutil
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -362,7 +311,7 @@ class SourceLoader:
                     raise MissingExtraError(
                         f"fetching URLs from a manifest needs httpx; {error}"
                     ) from error
-                from agelens.server.urlfetch import UrlFetcher
+                from agelens.urlfetch import UrlFetcher
 
                 self._fetcher = UrlFetcher(
                     max_bytes=self.options.max_bytes,
@@ -464,43 +413,6 @@ def save_crops(
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         temporary.write_bytes(encode_jpeg(image[y1:y2, x1:x2]))
         os.replace(temporary, target)
-
-
-def iter_image_rows(
-    sources: Iterable[str],
-    analyzer: Analyzer,
-    options: BatchOptions,
-    *,
-    done: dict[str, str | None] | None = None,
-) -> Iterator[ImageRows]:
-    """Rows for each source, in input order, decoding ahead of inference in `options.workers`
-    threads. Sources in `done` with an unchanged content hash come back `skipped`.
-
-    Memory is bounded by the read-ahead window, whatever the number of sources. Closing the
-    iterator early stops the decode threads.
-    """
-    loader = SourceLoader(options, done)
-    ahead = 2 * options.batch_size + options.workers
-    pool = ThreadPoolExecutor(options.workers, thread_name_prefix="agelens-decode")
-    window: deque[Future[LoadedImage]] = deque()
-    batch: list[LoadedImage] = []
-    try:
-        for source in sources:
-            window.append(pool.submit(loader.load, source))
-            while len(window) >= ahead:
-                batch.append(window.popleft().result())
-                if len(batch) >= options.batch_size:
-                    yield from analyze_loaded(analyzer, batch, options)
-                    batch = []
-        while window:
-            batch.append(window.popleft().result())
-            if len(batch) >= options.batch_size:
-                yield from analyze_loaded(analyzer, batch, options)
-                batch = []
-        if batch:
-            yield from analyze_loaded(analyzer, batch, options)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- output
@@ -739,119 +651,3 @@ class PartStore:
         """Delete the parts folder (after a merge, or for --overwrite)."""
         if self.folder.exists():
             shutil.rmtree(self.folder)
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def run_batch(
-    inputs: Sequence[str | os.PathLike[str]],
-    out: str | os.PathLike[str],
-    *,
-    options: BatchOptions | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    engine: Engine = "local",
-    address: str | None = None,
-    analyzer: Analyzer | None = None,
-    progress: Callable[[ImageRows], None] | None = None,
-) -> BatchSummary:
-    """Analyse every image the inputs name into OUT (format by suffix), resumably.
-
-    `analyzer` (local engine only) replaces the one built from `options`. `progress` is called
-    once per source, in the main thread, skipped ones included. Raises BatchInputError (an input
-    does not exist), BatchOutputError (OUT exists without resume/overwrite, unknown suffix,
-    settings differ from the run being resumed), ModelNotFetchedError / UnknownModelError, and
-    MissingExtraError for `engine="ray"` without ray. KeyboardInterrupt commits the images
-    finished so far before it propagates; resume then continues from there.
-    """
-    options = options or BatchOptions()
-    started = time.perf_counter()
-    out_path = Path(os.path.expanduser(os.fspath(out)))
-    fmt = output_format(out_path)
-    if resume and overwrite:
-        raise BatchOutputError("--resume and --overwrite exclude each other; pass one")
-    check_inputs(inputs)
-    store = PartStore(out_path)
-    if not resume and not overwrite and (out_path.exists() or store.folder.exists()):
-        existing = out_path if out_path.exists() else store.folder
-        raise BatchOutputError(
-            f"{existing} exists; pass --resume to continue (or update) that run, or "
-            "--overwrite to start again"
-        )
-    if engine == "ray":
-        require_extra("ray", "ray")
-    elif engine != "local":
-        raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
-    if analyzer is None:
-        # On the Ray engine this loads the models once on the driver too: missing models fail
-        # here, before a cluster is started, and the settings get the estimator's version.
-        analyzer = create_analyzer(options, workers=options.workers if engine == "local" else 1)
-    settings = {
-        "detector": analyzer.models["detector"],
-        "estimator": analyzer.models["estimator"],
-        "min_face": options.min_face,
-        "max_faces": options.max_faces,
-        "max_pixels": options.max_pixels,
-    }
-    if overwrite:
-        store.remove()
-        with contextlib.suppress(FileNotFoundError):
-            out_path.unlink()
-    if resume and out_path.exists() and not store.folder.exists():
-        store.seed_from_output(fmt, settings)
-    store.open(settings)
-    done = store.index() if resume else {}
-    sources = iter_sources(inputs)
-    if engine == "ray":
-        from agelens.cluster import iter_image_rows_ray
-
-        items = iter_image_rows_ray(sources, options, done=done, address=address)
-    else:
-        items = iter_image_rows(sources, analyzer, options, done=done)
-    counts = _commit_all(items, store, options, progress)
-    store.merge(fmt)
-    store.remove()
-    return dataclasses.replace(counts, output=out_path, seconds=time.perf_counter() - started)
-
-
-def _commit_all(
-    items: Iterator[ImageRows],
-    store: PartStore,
-    options: BatchOptions,
-    progress: Callable[[ImageRows], None] | None,
-) -> BatchSummary:
-    images = faces = no_face = errors = skipped = 0
-    pending: list[dict[str, Any]] = []
-    pending_images = 0
-    last_commit = time.monotonic()
-    try:
-        for item in items:
-            if item.skipped:
-                skipped += 1
-            else:
-                images += 1
-                faces += item.face_count
-                no_face += item.status == "no_face"
-                errors += item.status == "error"
-                pending.extend(item.rows)
-                pending_images += 1
-            if pending_images >= options.chunk_images or (
-                pending and time.monotonic() - last_commit >= options.chunk_seconds
-            ):
-                store.commit(pending)
-                pending, pending_images, last_commit = [], 0, time.monotonic()
-            if progress is not None:
-                progress(item)
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
-        if pending:  # whole images only, so they are safe to keep even when the run failed
-            store.commit(pending)
-    return BatchSummary(Path(), images, faces, no_face, errors, skipped, 0.0)
-
-
-def count_sources(inputs: Sequence[str | os.PathLike[str]]) -> int:
-    """How many sources the inputs name (one pass over folders and manifests, for progress)."""
-    return sum(1 for _ in iter_sources(inputs))
