@@ -51,6 +51,7 @@ from agelens.server.examples import media_type as example_media_type
 from agelens.server.jobs import JobManager
 from agelens.server.jobs_api import router as jobs_router
 from agelens.server.live import router as live_router
+from agelens.server.memory import BYTES_PER_PIXEL, DecodedMemory, header_pixels
 from agelens.server.metrics import CONTENT_TYPE_LATEST, Metrics
 from agelens.server.schemas import (
     AnalyzeJson,
@@ -128,6 +129,7 @@ class Service:
         self.key_digests = settings.key_digests()
         # Decoding a large photo takes ~3 bytes a pixel: bound how many decode at once.
         self.decode_limiter = anyio.CapacityLimiter(max(2, settings.inference_workers * 2))
+        self.decoded_memory = DecodedMemory(settings.max_decoded_bytes)
         self.startup_error: str | None = None
         self.examples = open_examples(settings.examples_dir)
 
@@ -144,12 +146,25 @@ class Service:
 
         def work() -> tuple[RGBImage, float]:
             start = time.perf_counter()
-            image = load_image(
-                data,
-                max_pixels=self.settings.max_pixels,
-                max_bytes=self.settings.max_body_bytes,
-                label=label,
+            pixels = header_pixels(data)
+            # Within the pixel limit (load_image refuses the rest before reserving anything).
+            nbytes = (
+                BYTES_PER_PIXEL * pixels if pixels and pixels <= self.settings.max_pixels else 0
             )
+            if nbytes:
+                self.decoded_memory.reserve(nbytes, label)
+            try:
+                image = load_image(
+                    data,
+                    max_pixels=self.settings.max_pixels,
+                    max_bytes=self.settings.max_body_bytes,
+                    label=label,
+                )
+            except BaseException:
+                self.decoded_memory.release(nbytes)
+                raise
+            if nbytes:
+                self.decoded_memory.hold_while_alive(image, nbytes)
             return image, (time.perf_counter() - start) * 1000
 
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)

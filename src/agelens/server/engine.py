@@ -229,22 +229,29 @@ class MicroBatcher:
             while len(jobs) < self.max_images and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             self._observe_depth()
-            groups: dict[AnalysisOptions, list[_Job]] = {}
-            for job in jobs:
-                if not job.future.done():  # the client may have gone away
-                    groups.setdefault(job.options, []).append(job)
-            for options, group in groups.items():
-                if self.metrics is not None:
-                    self.metrics.batch_images.observe(len(group))
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._run_batch, options, [job.image for job in group]
-                    )
-                except Exception as error:  # delivered to every request of the group
-                    for job in group:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    continue
-                for job, result in zip(group, results, strict=True):
+            await self._run_jobs(jobs, loop)
+            # Drop this run's images now rather than when the next run arrives: decoded
+            # images count against the service's memory budget for as long as they live.
+            jobs.clear()
+
+    async def _run_jobs(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
+        """Run the jobs of one collection, grouped by options, and answer their futures."""
+        groups: dict[AnalysisOptions, list[_Job]] = {}
+        for job in jobs:
+            if not job.future.done():  # the client may have gone away
+                groups.setdefault(job.options, []).append(job)
+        for options, group in groups.items():
+            if self.metrics is not None:
+                self.metrics.batch_images.observe(len(group))
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, options, [job.image for job in group]
+                )
+            except Exception as error:  # delivered to every request of the group
+                for job in group:
                     if not job.future.done():
-                        job.future.set_result(result)
+                        job.future.set_exception(error)
+                continue
+            for job, result in zip(group, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)

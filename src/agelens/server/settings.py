@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=1000, ge=1, description="Open connections; beyond, requests get a plain 503."
     )
+    max_decoded_bytes: int = Field(
+        default=1_500_000_000,
+        ge=1,
+        description="Memory all decoded images together may hold (width x height x 4 bytes "
+        "each, read from the header before decoding); an image that does not fit now gets 503 "
+        "`overloaded` + Retry-After, one larger than this gets 413 `image_too_large`.",
+    )
     max_requests_in_flight: int = Field(
         default=16,
         ge=1,
