@@ -42,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias, overload
 
+from agelens.error_codes import HTTP_STATUS
 from agelens.errors import require_extra
 
 require_extra("httpx", "client")
@@ -221,25 +222,26 @@ class JobTimeoutError(ClientError):
     default_code = "job_timeout"
 
 
-_ERRORS_BY_CODE: dict[str, tuple[type[ClientError], int]] = {
-    "invalid_request": (InvalidRequestError, 400),
-    "bad_request": (InvalidRequestError, 400),
-    "unknown_model": (UnknownModelError, 400),
-    "unauthorized": (UnauthorizedError, 401),
-    "not_found": (NotFoundError, 404),
-    "request_too_large": (RequestTooLargeError, 413),
-    "unsupported_media_type": (UnsupportedMediaTypeError, 415),
-    "image_decode_error": (ImageDecodeError, 422),
-    "image_too_large": (ImageTooLargeError, 413),
-    "url_forbidden": (UrlForbiddenError, 400),
-    "url_fetch_error": (UrlFetchError, 422),
-    "rate_limited": (RateLimitedError, 429),
-    "overloaded": (OverloadedError, 503),
-    "not_ready": (NotReadyError, 503),
-    "model_not_fetched": (NotReadyError, 503),
-    "model_fetch_error": (NotReadyError, 503),
-    "timeout": (AnalysisTimeoutError, 504),
-    "expired": (JobExpiredError, 410),
+#: the typed error of each service error code; its status is in agelens.error_codes.HTTP_STATUS
+_ERRORS_BY_CODE: dict[str, type[ClientError]] = {
+    "invalid_request": InvalidRequestError,
+    "bad_request": InvalidRequestError,
+    "unknown_model": UnknownModelError,
+    "unauthorized": UnauthorizedError,
+    "not_found": NotFoundError,
+    "request_too_large": RequestTooLargeError,
+    "unsupported_media_type": UnsupportedMediaTypeError,
+    "image_decode_error": ImageDecodeError,
+    "image_too_large": ImageTooLargeError,
+    "url_forbidden": UrlForbiddenError,
+    "url_fetch_error": UrlFetchError,
+    "rate_limited": RateLimitedError,
+    "overloaded": OverloadedError,
+    "not_ready": NotReadyError,
+    "model_not_fetched": NotReadyError,
+    "model_fetch_error": NotReadyError,
+    "timeout": AnalysisTimeoutError,
+    "expired": JobExpiredError,
 }
 
 
@@ -247,12 +249,12 @@ def error_for(
     code: str, message: str, *, status: int | None = None, retry_after: float | None = None
 ) -> ClientError:
     """The typed error for a service error code (ClientError for a code this client does not
-    know); `status` defaults to the code's usual HTTP status."""
-    cls, usual_status = _ERRORS_BY_CODE.get(code, (ClientError, None))
-    return cls(
+    know); `status` defaults to the code's usual HTTP status (agelens.error_codes.HTTP_STATUS,
+    the table the service answers with; None for a code the table does not list)."""
+    return _ERRORS_BY_CODE.get(code, ClientError)(
         message,
         code=code,
-        status=status if status is not None else usual_status,
+        status=status if status is not None else HTTP_STATUS.get(code),
         retry_after=retry_after,
     )
 

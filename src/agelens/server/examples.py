@@ -25,14 +25,12 @@ EXAMPLE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
 class ExamplesUnavailableError(ApiError):
     """The examples' storage (an S3 bucket) could not be read."""
 
-    status = 503
     code = "examples_unavailable"
 
 
 class ExampleNotFoundError(ApiError):
     """No example photo by that name."""
 
-    status = 404
     code = "not_found"
 
 
