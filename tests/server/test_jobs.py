@@ -11,25 +11,28 @@ import stat
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from agelens.models.base import RGBImage
 from agelens.rows import COLUMN_NAMES, rows_to_table, sha256_bytes
 from agelens.server.app import create_app
-from agelens.server.engine import ModelPool
+from agelens.server.engine import AnalysisOptions, ModelPool
 from agelens.server.errors import RequestTooLargeError
 from agelens.server.jobs import extract_zip, folder_bytes
 from agelens.server.jobstore import JobStoreUnavailableError, open_job_store
 from agelens.server.settings import Settings
-from tests.server.conftest import ClientFactory, WebServer
+from agelens.types import ImageResult
+from tests.server.conftest import ClientFactory, WebServer, jpeg_bytes
 
 LOCAL = ["127.0.0.1/32"]
 TERMINAL = {"done", "failed", "expired"}
@@ -204,6 +207,57 @@ def test_url_job_gives_rows_results_and_report(
     assert "10.1.2.3" in page  # the error list
     assert "http-equiv" not in page
     assert "<script" not in page
+
+
+def test_an_image_the_models_fail_on_costs_its_row_not_the_chunk(
+    make_client: ClientFactory,
+    model_pool: ModelPool,
+    image_server: ImageServer,
+    astronaut_jpeg: bytes,
+    blank_jpeg: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    culprit_shape = (240, 321, 3)
+    runs: list[int] = []
+    real_run = model_pool.run
+
+    def run(options: AnalysisOptions, images: Sequence[RGBImage]) -> list[ImageResult]:
+        runs.append(len(images))
+        if any(image.shape == culprit_shape for image in images):
+            raise RuntimeError("the network broke on this image")
+        return real_run(options, images)
+
+    monkeypatch.setattr(model_pool, "run", run)
+    client = make_client(url_allow_networks=LOCAL, jobs_chunk_images=3)
+    urls = [
+        image_server.add("/astronaut.jpg", Route(astronaut_jpeg)),
+        image_server.add("/culprit.jpg", Route(jpeg_bytes(np.full(culprit_shape, 90, np.uint8)))),
+        image_server.add("/blank.jpg", Route(blank_jpeg)),
+        image_server.add("/alone.jpg", Route(jpeg_bytes(np.full(culprit_shape, 30, np.uint8)))),
+    ]
+    created = client.post("/v1/jobs", json={"urls": urls}).json()
+    job = wait_for(client, created["id"])
+
+    assert job["status"] == "done", job
+    assert (job["images_done"], job["faces"], job["images_without_faces"], job["errors"]) == (
+        4,
+        1,
+        1,
+        2,
+    )
+    # the first chunk's shared run, then its three images alone; the second chunk's one
+    # image is already alone, so it is not run twice
+    assert runs == [3, 1, 1, 1, 1]
+    rows = jsonl_rows(client, job["id"])
+    assert [r["path"] for r in rows] == urls
+    assert [r["status"] for r in rows] == ["face", "error", "no_face", "error"]
+    assert rows[0]["gender"] == "F"
+    for row in (rows[1], rows[3]):
+        assert (row["error_type"], row["error_message"]) == (
+            "RuntimeError",
+            "the network broke on this image",
+        )
+        assert row["content_sha256"] is not None
 
 
 def test_utkface_url_job(

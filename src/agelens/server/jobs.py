@@ -6,7 +6,8 @@ first and works through their images a chunk at a time: fetch (URLs, with every 
 agelens/urlfetch.py) or read (zip members extracted at submission), decode, analyse with the
 service's own loaded models, then commit the chunk's result rows (agelens.rows) in one transaction.
 
-- An image that cannot be fetched, read or decoded becomes an error row; the job goes on.
+- An image that cannot be fetched, read, decoded or analysed becomes an error row; the job
+  goes on (when a chunk's shared run fails, its images are run one by one).
 - A stopped service resumes its jobs where they stood, and no image gets its rows twice.
 - A zip's images are deleted from disk as soon as its job ends (done, failed or deleted).
 - Results are kept `jobs_result_ttl_s` after the job ends, then the job reads `expired`.
@@ -62,6 +63,7 @@ from agelens.server.jobstore import (
 )
 from agelens.server.security import RateLimiter
 from agelens.server.settings import Settings
+from agelens.types import ImageResult
 from agelens.urlfetch import UrlFetcher
 
 logger = logging.getLogger(__name__)
@@ -652,7 +654,8 @@ class JobManager:
         self, job: JobRecord, options: AnalysisOptions, items: Sequence[ItemRecord]
     ) -> list[tuple[int, list[dict[str, Any]]]]:
         """Rows per item of one chunk: inputs fetched/read and decoded side by side, then one
-        batched Analyzer run over the images that decoded."""
+        batched Analyzer run over the images that decoded. If that run fails, each image is
+        run alone so that only the culprit gets an error row (as `agelens batch` does)."""
         loaded = await asyncio.gather(*(self._load(job, item) for item in items))
         rows: dict[int, list[dict[str, Any]]] = {}
         decoded: list[tuple[ItemRecord, str | None, RGBImage]] = []
@@ -664,14 +667,44 @@ class JobManager:
                 decoded.append((item, digest, image))
         if decoded:
             results = await anyio.to_thread.run_sync(
-                self.pool.run,
+                self._run_isolated,
                 options,
                 [image for _, _, image in decoded],
                 limiter=self._infer_limiter,
             )
             for (item, digest, _), result in zip(decoded, results, strict=True):
-                rows[item.index] = result_rows(item.label, digest, result)
+                rows[item.index] = (
+                    [error_row(item.label, digest, result)]
+                    if isinstance(result, Exception)
+                    else result_rows(item.label, digest, result)
+                )
         return [(item.index, rows[item.index]) for item in items]
+
+    def _run_isolated(
+        self, options: AnalysisOptions, images: Sequence[RGBImage]
+    ) -> list[ImageResult | Exception]:
+        """One shared run over `images` (blocking); if it raises, each image alone, an image
+        whose own run raises getting its exception in place of its result. MemoryError is
+        left to stop the job: running the images one by one would not make memory appear."""
+        try:
+            return list(self.pool.run(options, images))
+        except MemoryError:
+            raise
+        except Exception as error:
+            if len(images) == 1:  # already alone: running it again would fail the same way
+                logger.exception("analysis failed for one image of a job")
+                return [error]
+            logger.warning("a shared run failed; analysing its %d images one by one", len(images))
+        return [self._run_alone(options, image) for image in images]
+
+    def _run_alone(self, options: AnalysisOptions, image: RGBImage) -> ImageResult | Exception:
+        try:
+            return self.pool.run(options, [image])[0]
+        except MemoryError:
+            raise
+        except Exception as error:
+            logger.exception("analysis failed for one image of a job")
+            return error
 
     async def _load(
         self, job: JobRecord, item: ItemRecord
