@@ -12,19 +12,17 @@ and the largest face nearest the centre kept.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces
+from agelens.train.chunks import cache_folder, compute_chunks, files_digest
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +55,6 @@ class Features:
         """The backbones' features side by side, `(n, sum of dims)`."""
         source = self.mirrored if mirrored else self.embeddings
         return np.concatenate([source[name] for name in names], axis=1)
-
-
-def _files_digest(rows: Sequence[LabelledImage]) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(row.file.encode("utf-8") + b"\n")
-    return digest.hexdigest()
-
-
-def cache_folder(root: Path, config: FeatureConfig) -> Path:
-    """The folder of one configuration's cache under `root`."""
-    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
-    return root / f"features-{key[:16]}"
 
 
 # One detector and set of backbones per worker process, built by _init_worker.
@@ -135,32 +120,20 @@ def build_features(
         backbones=tuple(backbones),
         pad=float(pad),
         detector=detector,
-        files_sha256=_files_digest(rows),
+        files_sha256=files_digest(rows),
     )
-    folder = cache_folder(cache_root, config)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    chunks = [
-        (rows[start : start + CHUNK_ROWS], folder / f"chunk-{start // CHUNK_ROWS:05d}.npz")
-        for start in range(0, len(rows), CHUNK_ROWS)
-    ]
-    todo = [(chunk, target) for chunk, target in chunks if not target.is_file()]
-    done = len(rows) - sum(len(chunk) for chunk, _ in todo)
-    if todo:
-        logger.info("embedding %d of %d rows into %s", len(rows) - done, len(rows), folder)
-        with ProcessPoolExecutor(
-            max_workers=max(1, workers), initializer=_init_worker, initargs=(config,)
-        ) as pool:
-            futures = [
-                (len(chunk), pool.submit(_embed_chunk, config, chunk, target))
-                for chunk, target in todo
-            ]
-            for size, future in futures:
-                future.result()
-                done += size
-                if progress is not None:
-                    progress(done, len(rows))
-    return _load(rows, backbones, [target for _, target in chunks])
+    targets = compute_chunks(
+        cache_folder(cache_root, "features", config),
+        config,
+        rows,
+        _embed_chunk,
+        _init_worker,
+        chunk_rows=CHUNK_ROWS,
+        workers=workers,
+        what="embedding",
+        progress=progress,
+    )
+    return _load(rows, backbones, targets)
 
 
 def _load(

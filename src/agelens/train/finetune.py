@@ -425,6 +425,20 @@ def degrade(chips: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np.ui
     return out
 
 
+def batch_chips(
+    chips: NDArray[np.uint8], picked: Any, config: FinetuneConfig, generator: Any
+) -> Any:
+    """The training chips of batch rows `picked` as a uint8 tensor; with the strong
+    augmentation, `degrade`d first, seeded from `generator` (so a resumed run repeats it)."""
+    import torch
+
+    batch = chips[picked.numpy()]
+    if config.augment == "strong":
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        batch = degrade(batch, np.random.default_rng(seed))
+    return torch.from_numpy(batch)
+
+
 def check_augment(name: str) -> str:
     """`name`, or ValueError when it is not an augmentation agelens knows."""
     if name not in AUGMENTS:
@@ -695,19 +709,12 @@ def train_network(
     train_index, val_index = validation_split(
         len(chips.rows), config.validation_fraction, config.seed
     )
-    train_chips = torch.from_numpy(chips.train_chips[train_index])
+    train_chips = chips.train_chips[train_index]
     train_ages = torch.from_numpy(chips.ages[train_index])
     val_ages = chips.ages[val_index].astype(np.float64)
 
-    train_chips_np = chips.train_chips[train_index]
-
     def batch_loss(picked: Any, generator: Any) -> Any:
-        source = train_chips[picked]
-        if config.augment == "strong":
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            source = torch.from_numpy(
-                degrade(train_chips_np[picked.numpy()], np.random.default_rng(seed))
-            )
+        source = batch_chips(train_chips, picked, config, generator)
         x = _normalise(augment(source, config, generator), mean, spec.scale)
         return age_loss(network(x), train_ages[picked], config)
 

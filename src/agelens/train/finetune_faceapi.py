@@ -55,10 +55,10 @@ from agelens.train.finetune import (
     _normalise,
     _onnx2torch_convert,
     augment,
+    batch_chips,
     cached_chips,
     checkpoint_path,
     chip_cache_config,
-    degrade,
     fit,
     gaussian_targets,
     install_model,
@@ -71,7 +71,6 @@ from agelens.train.finetune import (
     validation_split,
 )
 from agelens.train.teacher import TeacherTargets, teacher_targets
-from agelens.train.teacher import teacher_version as teacher_version_of
 
 logger = logging.getLogger(__name__)
 
@@ -398,8 +397,7 @@ def train_faceapi_network(
     train_index, val_index = validation_split(
         len(chips.rows), config.validation_fraction, config.seed
     )
-    train_chips_np = chips.train_chips[train_index]
-    train_chips = torch.from_numpy(train_chips_np)
+    train_chips = chips.train_chips[train_index]
     train_ages = torch.from_numpy(chips.ages[train_index])
     train_male = torch.from_numpy(chips.male[train_index])
     train_teacher = teacher.select(train_index) if teacher is not None else None
@@ -407,12 +405,7 @@ def train_faceapi_network(
     val_male = chips.male[val_index]
 
     def batch_loss(picked: Any, generator: Any) -> Any:
-        if config.augment == "strong":
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            rng = np.random.default_rng(seed)
-            source = torch.from_numpy(degrade(train_chips_np[picked.numpy()], rng))
-        else:
-            source = train_chips[picked]
+        source = batch_chips(train_chips, picked, config, generator)
         x = augment(source, config, generator, size=size)
         age_logits, gender_logits = network(_normalise(x, mean, spec.scale))
         index = picked.numpy()
@@ -627,7 +620,7 @@ def finetune_faceapi_model(
         )  # fmt: skip
     chip_seconds = time.perf_counter() - started
     network = faceapi_network(model_file(get_spec("faceapi"), "age_gender.onnx"), middle_blocks)
-    teacher_models = None if request.teacher is None else teacher_version_of(request.teacher)
+    teacher_models = None if teacher is None else teacher.models
     fingerprint = run_fingerprint(
         request, config, labelled, size=size, middle_blocks=middle_blocks, teacher=teacher_models
     )

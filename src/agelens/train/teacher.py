@@ -19,19 +19,17 @@ chunk, and targets made with another teacher, detector, pad or data are never re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces
+from agelens.train.chunks import cache_folder, compute_chunks, files_digest
 
 logger = logging.getLogger(__name__)
 
@@ -57,39 +55,28 @@ class TeacherConfig:
 @dataclass(frozen=True, slots=True)
 class TeacherTargets:
     """Per labelled row, in label order: `found` (the teacher saw a face), and where found the
-    teacher's `age`, `sigma` (years) and `male` (P(male)); NaN where not found."""
+    teacher's `age`, `sigma` (years) and `male` (P(male)); NaN where not found. `models` is
+    the teacher's `Estimator.version()` (its models and sources)."""
 
     found: NDArray[np.bool_]
     age: NDArray[np.float32]
     sigma: NDArray[np.float32]
     male: NDArray[np.float32]
+    models: str = ""
 
     def select(self, index: NDArray[np.int64]) -> TeacherTargets:
         """The targets of rows `index`."""
         return TeacherTargets(
-            self.found[index], self.age[index], self.sigma[index], self.male[index]
+            self.found[index], self.age[index], self.sigma[index], self.male[index], self.models
         )
 
 
 def teacher_version(name: str) -> str:
-    """The teacher's model names and sources (`Estimator.version()`), without loading it twice
-    per worker: what the targets' folder is keyed by."""
+    """The teacher's model names and sources (`Estimator.version()`): what the targets' folder
+    is keyed by. Loads the teacher once, in this process."""
     from agelens.models.backends import create_estimator
 
     return create_estimator(name, 1).version()
-
-
-def _files_digest(rows: Sequence[LabelledImage]) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(row.file.encode("utf-8") + b"\n")
-    return digest.hexdigest()
-
-
-def targets_folder(root: Path, config: TeacherConfig) -> Path:
-    """The folder of one configuration's targets under `root`."""
-    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
-    return root / f"teacher-{key[:16]}"
 
 
 _worker: dict[str, object] = {}
@@ -166,44 +153,30 @@ def teacher_targets(
         teacher_version=teacher_version(teacher),
         pad=float(pad),
         detector=detector,
-        files_sha256=_files_digest(rows),
+        files_sha256=files_digest(rows),
     )
-    folder = targets_folder(cache_root, config)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    chunks = [
-        (rows[start : start + CHUNK_ROWS], folder / f"chunk-{start // CHUNK_ROWS:05d}.npz")
-        for start in range(0, len(rows), CHUNK_ROWS)
-    ]
-    todo = [(chunk, target) for chunk, target in chunks if not target.is_file()]
-    done = len(rows) - sum(len(chunk) for chunk, _ in todo)
-    if todo:
-        logger.info(
-            "teacher %s: labelling %d of %d rows into %s", teacher, len(rows) - done, len(rows),
-            folder,
-        )  # fmt: skip
-        with ProcessPoolExecutor(
-            max_workers=max(1, workers), initializer=_init_worker, initargs=(config,)
-        ) as pool:
-            futures = [
-                (len(chunk), pool.submit(_label_chunk, config, chunk, target))
-                for chunk, target in todo
-            ]
-            for size, future in futures:
-                future.result()
-                done += size
-                if progress is not None:
-                    progress(done, len(rows))
-    if not chunks:
+    targets = compute_chunks(
+        cache_folder(cache_root, "teacher", config),
+        config,
+        rows,
+        _label_chunk,
+        _init_worker,
+        chunk_rows=CHUNK_ROWS,
+        workers=workers,
+        what=f"teacher {teacher}: labelling",
+        progress=progress,
+    )
+    if not targets:
         empty = np.zeros(0, np.float32)
-        return TeacherTargets(np.zeros(0, bool), empty, empty, empty)
-    parts = [np.load(target) for _, target in chunks]
+        return TeacherTargets(np.zeros(0, bool), empty, empty, empty, config.teacher_version)
+    parts = [np.load(target) for target in targets]
     try:
         return TeacherTargets(
             found=np.concatenate([p["found"] for p in parts]),
             age=np.concatenate([p["age"] for p in parts]),
             sigma=np.concatenate([p["sigma"] for p in parts]),
             male=np.concatenate([p["male"] for p in parts]),
+            models=config.teacher_version,
         )
     finally:
         for part in parts:
