@@ -9,14 +9,17 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from PIL import Image
@@ -185,3 +188,32 @@ def postgres_url(postgres_server: str) -> str:
     with psycopg.connect(postgres_server, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     return postgres_server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@contextmanager
+def uvicorn_in_thread(app: Any, *, name: str = "uvicorn-test", **config: Any) -> Iterator[int]:
+    """Run `app` under a real uvicorn on a free loopback port in a daemon thread; yield the
+    port; stop the server afterwards and check that it stopped. `config` adds to or overrides
+    uvicorn.Config's arguments (WebSockets off, lifespan on, warnings only)."""
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "log_level": "warning",
+        "ws": "none",
+        "lifespan": "on",
+        **config,
+    }
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the test server did not stop"

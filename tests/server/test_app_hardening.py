@@ -8,7 +8,6 @@ import http.client
 import io
 import json
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -28,7 +26,7 @@ from PIL import Image
 from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
 from agelens.server.settings import Settings
-from tests.server.conftest import ClientFactory
+from tests.server.conftest import ClientFactory, uvicorn_in_thread
 
 
 def _png(width: int, height: int) -> bytes:
@@ -140,28 +138,8 @@ def _serve(settings: Settings, pool: ModelPool) -> Iterator[tuple[str, int]]:
 
 @contextmanager
 def _serve_app(app: FastAPI) -> Iterator[tuple[str, int]]:
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        ws="none",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-admission", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the server stopped while starting"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    with uvicorn_in_thread(app, name="uvicorn-admission") as port:
         yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _start_upload(address: tuple[str, int], body: bytes) -> socket.socket:

@@ -6,45 +6,25 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from agelens.server.app import create_app
 from agelens.server.connections import uvicorn_limits
 from agelens.server.engine import ModelPool
 from agelens.server.settings import Settings
+from tests.server.conftest import uvicorn_in_thread
 
 
 @contextmanager
 def _serve(settings: Settings, pool: ModelPool) -> Iterator[tuple[str, int]]:
-    config = uvicorn.Config(
-        create_app(settings, pool=pool),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        ws="none",
-        lifespan="on",
-        **uvicorn_limits(settings),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-connections", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the server stopped while starting"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield "127.0.0.1", server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    app = create_app(settings, pool=pool)
+    with uvicorn_in_thread(app, name="uvicorn-connections", **uvicorn_limits(settings)) as port:
+        yield "127.0.0.1", port
 
 
 def _closed_within(connection: socket.socket, seconds: float) -> float | None:

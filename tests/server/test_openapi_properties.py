@@ -5,14 +5,11 @@ operation, derandomized (the same examples every run)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
@@ -21,6 +18,7 @@ from agelens.server.app import create_app
 from agelens.server.connections import uvicorn_limits
 from agelens.server.engine import ModelPool
 from agelens.server.settings import Settings
+from tests.server.conftest import uvicorn_in_thread
 
 EXAMPLES_PER_OPERATION = 5
 
@@ -36,28 +34,10 @@ def live_base_url(model_pool: ModelPool, tmp_path_factory: pytest.TempPathFactor
         body_timeout_seconds=5,
         data_dir=Path(tmp_path_factory.mktemp("data")),
     )
-    config = uvicorn.Config(
-        create_app(service_settings, pool=model_pool),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        ws="none",
-        lifespan="on",
-        **uvicorn_limits(service_settings),
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-schemathesis", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the server stopped while starting"
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    app = create_app(service_settings, pool=model_pool)
+    limits = uvicorn_limits(service_settings)
+    with uvicorn_in_thread(app, name="uvicorn-schemathesis", **limits) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

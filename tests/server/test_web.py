@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -31,7 +28,7 @@ from agelens.server.engine import ModelPool
 from agelens.server.examples import EXAMPLE_SUFFIXES
 from agelens.server.settings import Settings
 from tests.conftest import REPO_ROOT, SHARED_DATA
-from tests.server.conftest import jpeg_bytes
+from tests.server.conftest import jpeg_bytes, uvicorn_in_thread
 
 pytestmark = pytest.mark.browser
 
@@ -107,29 +104,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: NDArray[np.uint8
 @contextmanager
 def serve(settings: Settings, pool: ModelPool) -> Iterator[str]:
     """Run the app under uvicorn on a free loopback port in a thread; yield its base URL."""
-    config = uvicorn.Config(
-        create_app(settings, pool=pool),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        ws="none",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    with uvicorn_in_thread(create_app(settings, pool=pool)) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the test server did not stop"
 
 
 @pytest.fixture(scope="module")

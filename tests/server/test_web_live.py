@@ -5,15 +5,12 @@ real uvicorn server over `/v1/live`, with the real models."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from numpy.typing import NDArray
 
 from agelens.server.app import create_app
@@ -30,6 +27,7 @@ pytest.importorskip("supervision", reason="the video extra is not installed")
 
 from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
 
+from tests.server.conftest import uvicorn_in_thread  # noqa: E402
 from tests.video.clips import astronaut_clip  # noqa: E402
 
 TIMEOUT_MS = 30_000
@@ -68,28 +66,9 @@ def fake_camera(clip: Path) -> Path:
 @contextmanager
 def serve(settings: Settings, pool: ModelPool) -> Iterator[str]:
     """The app under uvicorn (with WebSockets) on a free loopback port; yield its base URL."""
-    config = uvicorn.Config(
-        create_app(settings, pool=pool),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        ws="websockets-sansio",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-live", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    app = create_app(settings, pool=pool)
+    with uvicorn_in_thread(app, name="uvicorn-live", ws="websockets-sansio") as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
