@@ -1,10 +1,11 @@
 """The service's layout: each router module holds the routes of its concern, the key and
-service dependencies are defined once (agelens.server.deps), and the OpenAPI document is the
-committed one (so a refactoring cannot change the API unnoticed).
+service dependencies are defined once (agelens.server.deps), and the API's contract read from
+its OpenAPI document (operation ids, tags, parameters, request and response schemas) is the
+committed one, so a refactoring cannot change the API unnoticed.
 
 After a deliberate change to the API, rewrite the snapshot with
-`PYTHONPATH=src python -m tests.server.test_routers` (it writes tests/server/openapi.snapshot.json)
-and commit it with the change.
+`PYTHONPATH=src python -m tests.server.test_routers` (it writes
+tests/server/api_contract.snapshot.json) and commit it with the change.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from agelens.server.routers import analyze, compat, jobs, live, meta, web
 from agelens.server.settings import Settings
 
 SERVER = Path(deps.__file__).parent
-SNAPSHOT = Path(__file__).with_name("openapi.snapshot.json")
+SNAPSHOT = Path(__file__).with_name("api_contract.snapshot.json")
 
 #: (module, its routes as (path, method or "WS")): every route of the app, and in no other
 ROUTES_BY_MODULE: list[tuple[ModuleType, set[tuple[str, str]]]] = [
@@ -69,6 +70,51 @@ def _openapi() -> dict[str, Any]:
     document = create_app(Settings()).openapi()
     document["info"]["version"] = "(the installed version)"
     return document
+
+
+def _schema_ref(content: dict[str, Any]) -> dict[str, Any]:
+    """Each media type's schema reference or type (not FastAPI's full rendering of it)."""
+    shapes: dict[str, Any] = {}
+    for media_type, body in sorted(content.items()):
+        schema = body.get("schema", {})
+        if "$ref" in schema:
+            shapes[media_type] = schema["$ref"]
+        elif "properties" in schema:  # an inline schema: its fields
+            shapes[media_type] = {"fields": sorted(schema["properties"])}
+        else:
+            shapes[media_type] = schema.get("type") or sorted(schema)
+    return shapes
+
+
+def api_contract(document: dict[str, Any]) -> dict[str, Any]:
+    """What the API promises, read from an OpenAPI document: per operation its id, tags,
+    parameters, request media types and each status's response schema; per component schema
+    its fields and required ones. Leaves out how FastAPI and pydantic render the rest (titles,
+    descriptions, formats), so a dependency upgrade does not fail the snapshot."""
+    operations: dict[str, Any] = {}
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            operations[f"{method.upper()} {path}"] = {
+                "operation_id": operation["operationId"],
+                "tags": operation.get("tags", []),
+                "parameters": sorted(
+                    f"{p['in']}:{p['name']}{'' if p.get('required') else '?'}"
+                    for p in operation.get("parameters", [])
+                ),
+                "request": _schema_ref(operation.get("requestBody", {}).get("content", {})),
+                "responses": {
+                    status: _schema_ref(response.get("content", {}))
+                    for status, response in sorted(operation["responses"].items())
+                },
+            }
+    schemas = {
+        name: {
+            "fields": sorted(schema.get("properties", {})),
+            "required": sorted(schema.get("required", [])),
+        }
+        for name, schema in sorted(document["components"]["schemas"].items())
+    }
+    return {"operations": operations, "schemas": schemas}
 
 
 @pytest.mark.parametrize(
@@ -152,13 +198,26 @@ def test_the_key_and_service_dependencies_are_defined_in_deps_only() -> None:
     assert not offenders, "dependencies outside agelens.server.deps:\n" + "\n".join(offenders)
 
 
-def test_the_openapi_document_is_the_committed_one() -> None:
+def test_the_api_contract_is_the_committed_one() -> None:
     committed = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
-    assert _openapi() == committed, (
-        "the OpenAPI document changed; if on purpose, rewrite the snapshot with "
+    current = api_contract(_openapi())
+    assert list(current["operations"]) == list(committed["operations"])  # same order too
+    assert current == committed, (
+        "the API changed; if on purpose, rewrite the snapshot with "
         "`PYTHONPATH=src python -m tests.server.test_routers` and commit it"
     )
 
 
+def test_the_contract_catches_a_changed_response_model() -> None:
+    document = _openapi()
+    before = api_contract(document)
+    ok = document["paths"]["/v1/models"]["get"]["responses"]["200"]
+    ok["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/BatchOut"}
+    document["paths"]["/health"]["get"]["tags"] = ["web"]
+    after = api_contract(document)
+    assert after["operations"]["GET /v1/models"] != before["operations"]["GET /v1/models"]
+    assert after["operations"]["GET /health"]["tags"] == ["web"]
+
+
 if __name__ == "__main__":
-    SNAPSHOT.write_text(json.dumps(_openapi(), indent=1) + "\n", encoding="utf-8")
+    SNAPSHOT.write_text(json.dumps(api_contract(_openapi()), indent=1) + "\n", encoding="utf-8")
