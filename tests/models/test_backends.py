@@ -135,7 +135,7 @@ def test_each_backend_has_frozen_slotted_params_of_its_factorys_type(name: str) 
     # every field's value type-checks against its own annotation: overriding each with its
     # current value is accepted and changes nothing
     same = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    assert backend.with_overrides(same) == params
+    assert backend.with_overrides(**same) == params
     described = params_as_dict(params)
     assert described["type"] == type(params).__name__
     assert described["fields"] == same

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -224,14 +224,14 @@ class Backend(Generic[_Built, _Params]):
     required_models: tuple[str, ...]
     params: _Params
 
-    def with_overrides(self, overrides: Mapping[str, object]) -> _Params:
+    def with_overrides(self, **overrides: object) -> _Params:
         """`params` with some fields replaced. InvalidOptionError, naming the valid fields,
         for a field the params do not have or a value not of the field's type."""
         return _replaced(self.params, overrides)
 
     def build(self, threads: int | None = None, **overrides: object) -> _Built:
         """The detector or estimator, with `overrides` applied to its params."""
-        return self.factory(threads, self.with_overrides(overrides))
+        return self.factory(threads, self.with_overrides(**overrides))
 
 
 def _field_list(params: DataclassInstance) -> str:
@@ -241,7 +241,7 @@ def _field_list(params: DataclassInstance) -> str:
     )
 
 
-def _replaced(params: _Params, overrides: Mapping[str, object]) -> _Params:
+def _replaced(params: _Params, overrides: dict[str, object]) -> _Params:
     hints = get_type_hints(type(params))
     kind = type(params).__name__
     for key, value in overrides.items():
