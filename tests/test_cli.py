@@ -385,6 +385,33 @@ def test_models_info_knows_the_combined_names(name: str, combines: list[str], li
     assert info["description"]
 
 
+@pytest.mark.parametrize(
+    ("name", "kind", "fields"),
+    [
+        ("blazeface-auto", "RangeSwitchingParams", {"full_first": True, "full_tiled": True}),
+        ("blazeface-portrait", "RangeSwitchingParams", {"portrait_input_size": 96}),
+        ("blazeface-full", "BlazeFaceParams", {"tiled": True, "input_size": None}),
+        ("ensemble", "EnsembleParams", {"flip": True}),
+        ("cydral", "NoParams", {}),
+    ],
+)
+def test_models_info_shows_each_backends_params(
+    name: str, kind: str, fields: dict[str, object]
+) -> None:
+    result = runner.invoke(app, ["models", "info", name])
+    assert result.exit_code == 0, result.output
+    params = json.loads(result.stdout)["params"]
+    assert params["type"] == kind
+    assert fields.items() <= params["fields"].items()
+    assert set(params["types"]) == set(params["fields"])
+
+
+def test_models_info_of_a_plain_registry_model_has_no_params() -> None:
+    result = runner.invoke(app, ["models", "info", "heads-utkface"])
+    assert result.exit_code == 0, result.output
+    assert "params" not in json.loads(result.stdout)
+
+
 # ----------------------------------------------------------------------------- analyze --draw
 
 

@@ -204,6 +204,8 @@ _COMBINED_DESCRIPTIONS = {
     "blazeface-portrait": "blazeface-fast, but images up to 512 px are searched first by "
     "the short-range model at 96 px (128 px where that finds nothing): for portraits and face "
     "crops; the fastest preset's detector",
+    "blazeface-auto": "full-range BlazeFace, tiled on large photos, and on images up to 512 px "
+    "the short-range model where the full-range one finds nothing: the default detector",
     "ensemble": "cydral and faceapi on each face and its mirror image, stacked with weights "
     "fitted on UTKFace dev: the default estimator",
 }
@@ -211,15 +213,20 @@ _COMBINED_DESCRIPTIONS = {
 
 def _combined_rows(registry_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows for the detector and estimator names that are not registry models themselves
-    but combine them (blazeface-fast, blazeface-portrait, ensemble)."""
-    from agelens.models.backends import DETECTORS, ESTIMATORS, Backend
+    but combine them (blazeface-fast, blazeface-portrait, ensemble); every backend's row
+    (these and the registry models that are backends) gets its `params`."""
+    from agelens.models.backends import DETECTORS, ESTIMATORS, Backend, params_as_dict
     from agelens.models.base import Detector, Estimator
 
     by_name = {row["name"]: row for row in registry_rows}
     rows: list[dict[str, Any]] = []
-    backends: dict[str, Backend[Detector] | Backend[Estimator]] = {**DETECTORS, **ESTIMATORS}
+    backends: dict[str, Backend[Detector, Any] | Backend[Estimator, Any]] = {
+        **DETECTORS,
+        **ESTIMATORS,
+    }
     for name, backend in backends.items():
-        if name in by_name:
+        if name in by_name:  # a registry model that is a backend itself: its params
+            by_name[name]["params"] = params_as_dict(backend.params)
             continue
         parts = [by_name[part] for part in backend.required_models]
         task = "detector" if name in DETECTORS else "age_gender"
@@ -235,6 +242,7 @@ def _combined_rows(registry_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "path": None,
                 "description": _COMBINED_DESCRIPTIONS.get(name, ""),
                 "combines": list(backend.required_models),
+                "params": params_as_dict(backend.params),
             }
         )
     return rows
@@ -316,7 +324,8 @@ def models_list(
 def models_info(
     name: Annotated[str, typer.Argument(help="A name from `agelens models list`.")],
 ) -> None:
-    """Everything known about one model, as JSON."""
+    """Everything known about one model, as JSON; for a detector or estimator also its
+    `params`, the fields `create_detector(name, **overrides)` and `create_estimator` take."""
     rows = {row["name"]: row for row in _model_rows()}
     if name not in rows:
         raise _fail(f"unknown model {name!r}; known: {', '.join(sorted(rows))}", EXIT_USAGE)

@@ -22,6 +22,7 @@ HTTP_STATUS: dict[str, int] = {
     "rate_limited": 429,
     # the image or URL it names
     "unknown_model": 400,
+    "invalid_option": 400,
     "url_forbidden": 400,
     "image_too_large": 413,
     "image_decode_error": 422,

@@ -43,6 +43,13 @@ class UnknownModelError(AgelensError, KeyError):
         return str(self.args[0]) if self.args else self.code
 
 
+class InvalidOptionError(AgelensError, ValueError):
+    """An option that a detector or estimator does not have, or a value of the wrong type or
+    out of range; the message names the valid ones."""
+
+    code = "invalid_option"
+
+
 class ResultsFileError(AgelensError):
     """A results file (Parquet, CSV or JSONL of agelens.rows) is missing, unreadable or lacks
     the columns of agelens.rows."""

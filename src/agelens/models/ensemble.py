@@ -78,12 +78,13 @@ class EnsembleEstimator:
         self.flip = flip
 
     @classmethod
-    def default(cls, *, threads: int | None = None) -> EnsembleEstimator:
-        """The ensemble with the shipped weights."""
+    def default(cls, *, threads: int | None = None, flip: bool = True) -> EnsembleEstimator:
+        """The ensemble with the shipped weights (fitted on flip-averaged outputs)."""
         return cls(
             CydralEstimator(get_spec("cydral"), threads=threads),
             FaceApiEstimator(get_spec("faceapi"), threads=threads),
             DEFAULT_WEIGHTS,
+            flip=flip,
         )
 
     def version(self) -> str:

@@ -61,7 +61,6 @@ from agelens.server.jobstore import (
     open_job_store,
     sqlite_path,
 )
-from agelens.server.security import RateLimiter
 from agelens.server.settings import Settings
 from agelens.types import ImageResult
 from agelens.urlfetch import UrlFetcher
@@ -227,24 +226,14 @@ def _copy_member(
 class JobManager:
     """The jobs of one service: submission, reading, deletion, expiry and the worker task.
 
-    Uses the service's model pool (no model is loaded twice), its URL fetcher and its key
-    digests and rate limiter (the same limits as every /v1 route).
+    Uses the service's model pool (no model is loaded twice) and its URL fetcher; the routes
+    check keys and rate limits (agelens.server.deps) as for every /v1 route.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        pool: ModelPool,
-        fetcher: UrlFetcher,
-        *,
-        key_digests: frozenset[str],
-        limiter: RateLimiter,
-    ) -> None:
+    def __init__(self, settings: Settings, pool: ModelPool, fetcher: UrlFetcher) -> None:
         self.settings = settings
         self.pool = pool
         self.fetcher = fetcher
-        self.key_digests = key_digests
-        self.limiter = limiter
         self.database_url = settings.jobs_database()
         self.uploads = settings.data_dir / "job-uploads"
         self.store: JobStore | None = None

@@ -30,9 +30,9 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from agelens.errors import AgelensError, MissingExtraError, require_extra
 from agelens.imaging import load_image
-from agelens.server.errors import ApiError
-from agelens.server.security import key_matches
-from agelens.server.settings import hash_api_key
+from agelens.server.deps import ServiceDep, check_presented_key
+from agelens.server.errors import ApiError, UnauthorizedError
+from agelens.server.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,8 @@ def _decode(data: bytes, max_pixels: int) -> Any:
     return load_image(data, max_pixels=max_pixels)
 
 
-async def _start(websocket: WebSocket) -> float | None:
+async def _start(websocket: WebSocket, service: Service) -> float | None:
     """Check the start message; the frame rate the client announced, or None after closing."""
-    service = websocket.app.state.service
     try:
         text = await asyncio.wait_for(websocket.receive_text(), START_TIMEOUT_S)
         start = json.loads(text)
@@ -91,15 +90,12 @@ async def _start(websocket: WebSocket) -> float | None:
     except (TimeoutError, ValueError, TypeError, KeyError) as error:
         await websocket.close(CLOSE_BAD_START, f"bad start: {error}"[:120])
         return None
-    digests = service.key_digests
-    key = start.get("api_key")
-    if digests and not (isinstance(key, str) and key_matches(key, digests)):
-        await websocket.close(CLOSE_UNAUTHORIZED, "an API key is required, or the key is wrong")
-        return None
     client = websocket.client.host if websocket.client else "unknown"
-    identity = f"key:{hash_api_key(str(key))[:16]}" if digests else f"addr:{client}"
     try:
-        service.limiter.check(identity)
+        check_presented_key(service, start.get("api_key"), client)
+    except UnauthorizedError as error:
+        await websocket.close(CLOSE_UNAUTHORIZED, str(error))
+        return None
     except ApiError:
         await websocket.close(CLOSE_RATE_LIMITED, "too many requests; retry in a minute")
         return None
@@ -115,16 +111,15 @@ async def _start(websocket: WebSocket) -> float | None:
 
 
 @router.websocket("/v1/live")
-async def live(websocket: WebSocket) -> None:
+async def live(websocket: WebSocket, service: ServiceDep) -> None:
     """Track the faces of a stream of camera frames (see the module's docstring)."""
     from agelens.video.sources import VideoFrame
     from agelens.video.tracking import TrackOptions, VideoTracker
 
     await websocket.accept()
-    fps = await _start(websocket)
+    fps = await _start(websocket, service)
     if fps is None:
         return
-    service = websocket.app.state.service
     settings = service.settings
     analyzer = service.pool.analyzer(settings.detector, settings.estimator)
     # About three estimates a second whatever the client's rate, so a person's first answer

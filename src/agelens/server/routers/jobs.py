@@ -1,5 +1,6 @@
 """The `/v1/jobs` routes. The app includes this router and keeps the JobManager in
-`app.state.jobs`; authentication and rate limits are the same as every other /v1 route."""
+`app.state.jobs`; authentication and rate limits are the same as every other /v1 route
+(`agelens.server.deps`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import json
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from agelens.rows import COLUMN_NAMES, rows_to_table
+from agelens.server.deps import JobManagerDep, JobOwner
 from agelens.server.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -29,7 +31,7 @@ from agelens.server.schemas import (
     JobOut,
     VideoJobOptions,
 )
-from agelens.server.security import authenticate, parse_multipart
+from agelens.server.security import parse_multipart
 
 ZIP_MEDIA_TYPES = frozenset(
     {"application/zip", "application/x-zip-compressed", "application/octet-stream"}
@@ -48,25 +50,6 @@ router = APIRouter(
     tags=["jobs"],
     responses={s: {"model": ErrorOut} for s in (400, 401, 404, 410, 413, 415, 429, 503)},
 )
-
-
-def _manager(request: Request) -> JobManager:
-    manager: JobManager = request.app.state.jobs
-    return manager
-
-
-Manager = Annotated[JobManager, Depends(_manager)]
-
-
-def _owner(request: Request, manager: Manager) -> str | None:
-    """Check the key and the rate limit; the owner recorded on jobs (None without keys: then
-    a job id is all it takes to read a job, and ids are random 128-bit values)."""
-    identity = authenticate(request, manager.key_digests)
-    manager.limiter.check(identity)
-    return identity if manager.key_digests else None
-
-
-Owner = Annotated[str | None, Depends(_owner)]
 
 
 def _iso(seconds: float | None) -> dt.datetime | None:
@@ -139,7 +122,7 @@ _CREATE_DOC: dict[str, Any] = {
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=_CREATE_DOC)
 async def create_job(
-    request: Request, response: Response, manager: Manager, owner: Owner
+    request: Request, response: Response, manager: JobManagerDep, owner: JobOwner
 ) -> JobOut:
     """Queue a job: a JSON body `{"urls": [...]}`, a zip of images (multipart field `file`, or
     the zip itself as `application/zip`). Options (detector, estimator, min_face, max_faces)
@@ -208,7 +191,7 @@ def _options(manager: JobManager, values: dict[str, Any]) -> Any:
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, manager: Manager, owner: Owner) -> JobOut:
+async def get_job(job_id: str, manager: JobManagerDep, owner: JobOwner) -> JobOut:
     """The job's status, progress and counts."""
     return job_out(await manager.get(owner, job_id))
 
@@ -228,8 +211,8 @@ async def get_job(job_id: str, manager: Manager, owner: Owner) -> JobOut:
 )
 async def job_results(
     job_id: str,
-    manager: Manager,
-    owner: Owner,
+    manager: JobManagerDep,
+    owner: JobOwner,
     format: Annotated[Literal["jsonl", "parquet"], Query()] = "jsonl",
 ) -> Response:
     """The result rows committed so far (all of them once the job is `done`), as JSON lines
@@ -287,8 +270,8 @@ async def _video_table(
 @router.get("/{job_id}/people", response_class=Response)
 async def job_people(
     job_id: str,
-    manager: Manager,
-    owner: Owner,
+    manager: JobManagerDep,
+    owner: JobOwner,
     format: Annotated[Literal["jsonl", "parquet"], Query()] = "jsonl",
 ) -> Response:
     """A video job's people: one row per tracked person (`agelens video --summary`'s
@@ -300,7 +283,7 @@ async def job_people(
 
 
 @router.get("/{job_id}/video", response_class=Response)
-async def job_video(job_id: str, manager: Manager, owner: Owner) -> Response:
+async def job_video(job_id: str, manager: JobManagerDep, owner: JobOwner) -> Response:
     """A video job's annotated video (MP4, boxes and "#3 F 27 (24-30)" labels, audio kept),
     once the job is done."""
     job, _ = await manager.result_rows(owner, job_id)
@@ -321,7 +304,7 @@ def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
 
 
 @router.get("/{job_id}/report", response_class=Response)
-async def job_report(job_id: str, manager: Manager, owner: Owner) -> Response:
+async def job_report(job_id: str, manager: JobManagerDep, owner: JobOwner) -> Response:
     """The self-contained HTML report of `agelens report` on the job's rows (so far)."""
     job, rows = await manager.result_rows(owner, job_id)
 
@@ -358,7 +341,7 @@ def _video_report(manager: JobManager, job: JobRecord) -> str:
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response)
-async def delete_job(job_id: str, manager: Manager, owner: Owner) -> Response:
+async def delete_job(job_id: str, manager: JobManagerDep, owner: JobOwner) -> Response:
     """Delete the job, its results and its uploaded images (a running job stops)."""
     await manager.delete(owner, job_id)
     return Response(status_code=204)
