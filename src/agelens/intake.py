@@ -617,8 +617,7 @@ class ZipReader:
             raise ZipArchiveError("the zip holds no file")
         if len(infos) > limits.max_members:
             raise ZipArchiveError(
-                f"the zip holds {len(infos)} files, over the limit of {limits.max_members} "
-                "per job"
+                f"the zip holds {len(infos)} files, over the limit of {limits.max_members} per job"
             )
         self._infos = infos
         self.check_total(sum(m.file_size for m in infos))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,8 +26,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agelens import intake
 from agelens.errors import AgelensError
-from agelens.imaging import encode_jpeg, encode_png, load_image
+from agelens.imaging import encode_jpeg, encode_png
 from agelens.models.base import RGBImage
 from agelens.render import draw_result
 from agelens.server.api_docs import install_api_docs
@@ -51,7 +51,7 @@ from agelens.server.examples import media_type as example_media_type
 from agelens.server.jobs import JobManager
 from agelens.server.jobs_api import router as jobs_router
 from agelens.server.live import router as live_router
-from agelens.server.memory import BYTES_PER_PIXEL, DecodedMemory, header_pixels
+from agelens.server.memory import DecodedMemory
 from agelens.server.metrics import CONTENT_TYPE_LATEST, Metrics
 from agelens.server.schemas import (
     AnalyzeJson,
@@ -139,32 +139,18 @@ class Service:
         """The bytes behind a URL, with every SSRF check (or UrlForbiddenError/UrlFetchError)."""
         if not self.settings.url_fetch_enabled:
             raise InvalidRequestError("URL input is turned off on this server")
-        return (await self.fetcher.fetch(url)).data
+        return await intake.fetch_url(self.fetcher, url)
 
     async def decode(self, data: bytes, label: str) -> tuple[RGBImage, float]:
-        """Decoded RGB array and decode milliseconds, on a worker thread."""
+        """Decoded RGB array and decode milliseconds, on a worker thread, within the limits
+        and the decoded-memory budget (agelens.intake.decode_image)."""
+        limits = intake.IntakeOptions(
+            max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes
+        )
 
         def work() -> tuple[RGBImage, float]:
             start = time.perf_counter()
-            pixels = header_pixels(data)
-            # Within the pixel limit (load_image refuses the rest before reserving anything).
-            nbytes = (
-                BYTES_PER_PIXEL * pixels if pixels and pixels <= self.settings.max_pixels else 0
-            )
-            if nbytes:
-                self.decoded_memory.reserve(nbytes, label)
-            try:
-                image = load_image(
-                    data,
-                    max_pixels=self.settings.max_pixels,
-                    max_bytes=self.settings.max_body_bytes,
-                    label=label,
-                )
-            except BaseException:
-                self.decoded_memory.release(nbytes)
-                raise
-            if nbytes:
-                self.decoded_memory.hold_while_alive(image, nbytes)
+            image = intake.decode_image(data, label, limits, budget=self.decoded_memory)
             return image, (time.perf_counter() - start) * 1000
 
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
@@ -309,12 +295,7 @@ _BATCH_BODY_DOC: dict[str, Any] = {
 
 
 def _decode_base64(text: str) -> bytes:
-    if text.startswith("data:") and "," in text:  # a data URL from a browser
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=False)
-    except (binascii.Error, ValueError) as error:
-        raise InvalidRequestError(f"image_base64 is not valid base64: {error}") from error
+    return intake.decode_base64(text)
 
 
 def _media_type(request: Request) -> str:
