@@ -12,6 +12,7 @@ import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -429,22 +430,45 @@ def test_every_door_reads_through_intake() -> None:
 
 
 @pytest.fixture(scope="module")
-def service_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The service (fast models), with 127.0.0.1 allowed for URLs so jobs can fetch the
-    local web server, but nothing else private."""
-    from fastapi.testclient import TestClient
-
-    from agelens.server.app import create_app
+def service_pool() -> Any:
+    """The service's model pool with the fast models."""
     from agelens.server.engine import ModelPool
     from agelens.server.settings import Settings
 
-    settings = Settings(
-        **FAST, data_dir=tmp_path_factory.mktemp("intake-service"), max_body_bytes=2**24
-    )
-    pool = ModelPool(FAST["detector"], FAST["estimator"], threads=1, max_pixels=settings.max_pixels)
+    pool = ModelPool(**FAST, threads=1, max_pixels=Settings().max_pixels)
     pool.load_defaults()
-    with TestClient(create_app(settings, pool=pool)) as client:
+    return pool
+
+
+@pytest.fixture(scope="module")
+def service_client(tmp_path_factory: pytest.TempPathFactory, service_pool: Any) -> Iterator[Any]:
+    """The service (fast models, default limits), in process."""
+    from fastapi.testclient import TestClient
+
+    from agelens.server.app import create_app
+    from agelens.server.settings import Settings
+
+    settings = Settings(**FAST, data_dir=tmp_path_factory.mktemp("intake-service"))
+    with TestClient(create_app(settings, pool=service_pool)) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def lambda_handler(tmp_path_factory: pytest.TempPathFactory, service_pool: Any) -> Iterator[Any]:
+    """The AWS Lambda entry point over the same models (behind an authenticating gateway)."""
+    pytest.importorskip("mangum", reason="mangum is not installed (agelens[lambda])")
+    from agelens.server.aws_lambda import LambdaHandler
+    from agelens.server.settings import Settings
+
+    settings = Settings(
+        **FAST,
+        insecure=True,
+        rate_limit_per_minute=0,
+        data_dir=tmp_path_factory.mktemp("intake-lambda"),
+    )
+    handler = LambdaHandler(settings, pool=service_pool)
+    yield handler
+    handler.close()
 
 
 def _key(source: str) -> str:
@@ -463,7 +487,11 @@ def _wait_for_job(client: Any, job_id: str) -> dict[str, Any]:
 
 
 def test_the_same_bad_input_gets_the_same_error_from_every_door(
-    photos: Path, astronaut_bytes: bytes, tmp_path: Path, service_client: Any
+    photos: Path,
+    astronaut_bytes: bytes,
+    tmp_path: Path,
+    service_client: Any,
+    lambda_handler: Any,
 ) -> None:
     from agelens.batch import BatchOptions, read_output, run_batch
     from agelens.cli import EXIT_SOME_FAILED, app
@@ -512,6 +540,20 @@ def test_the_same_bad_input_gets_the_same_error_from_every_door(
         *(codes[name] for name in names),
         None,
     ]
+
+    # the Lambda handler, with the old AWS function's direct event
+    context = SimpleNamespace(
+        function_name="agelens",
+        aws_request_id="5b0e6d1e-6f6a-4c8e-9a57-0c4d5e6f7a8b",
+        memory_limit_in_mb=3008,
+        get_remaining_time_in_millis=lambda: 29_000,
+    )
+    for name in names:
+        if not bad[name][0]:
+            continue  # an empty "image" field is a malformed event (invalid_request)
+        event = {"image": base64.b64encode(bad[name][0]).decode()}
+        answer = json.loads(lambda_handler(event, context)["body"])
+        assert answer["error"]["code"] == codes[name], name
 
     # jobs: the same files in a zip, one error row each
     archive = _zip({name: bad[name][0] for name in names} | {"astronaut.jpg": astronaut_bytes})
