@@ -5,6 +5,7 @@ at once with its id; one worker task, started in the app's lifespan, takes queue
 first and works through their images a chunk at a time: fetch (URLs, with every SSRF check of
 agelens/urlfetch.py) or read (zip members extracted at submission), decode, analyse with the
 service's own loaded models, then commit the chunk's result rows (agelens.rows) in one transaction.
+Zips are read, and images fetched, hashed and decoded, by agelens.intake, as every door does.
 
 - An image that cannot be fetched, read, decoded or analysed becomes an error row; the job
   goes on (when a chunk's shared run fails, its images are run one by one).
