@@ -418,6 +418,7 @@ def test_every_door_reads_through_intake() -> None:
         "agelens.server.live",
         "agelens.video.sources",
         "agelens.bots.analysis",
+        "agelens.evaluate",
     }
     importing = {i.importer for i in graph if i.imported == "agelens.intake"}
     assert readers <= importing, readers - importing
