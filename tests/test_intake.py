@@ -365,6 +365,41 @@ def test_a_zip_that_cannot_be_taken_as_a_whole_is_refused(data: bytes, message: 
     assert not isinstance(caught.value, ZipTooLargeError)
 
 
+def test_a_zip_on_disk_is_read_member_by_member_under_the_same_rules(
+    tmp_path: Path, astronaut_bytes: bytes
+) -> None:
+    outside = tmp_path / "outside.jpg"  # a real image an absolute member name points at
+    outside.write_bytes(astronaut_bytes)
+    zipped = tmp_path / "photos.zip"
+    zipped.write_bytes(
+        _zip(
+            {
+                "a.jpg": astronaut_bytes,
+                "sub/zeros.png": bytes(3 * 1024 * 1024),
+                "notes.txt": b"not an image suffix: not a source",
+                "__MACOSX/._a.jpg": b"metadata",
+                str(outside): astronaut_bytes[:100],
+            }
+        )
+    )
+    sources = list(intake.iter_sources([zipped]))
+    assert sources == [f"{zipped}/a.jpg", f"{zipped}/sub/zeros.png", f"{zipped}/{outside}"]
+    with SourceLoader(IntakeOptions(max_bytes=1024 * 1024)) as loader:
+        good, zeros, absolute = (loader.load(source) for source in sources)
+    assert good.image is not None
+    assert good.content_sha256 == hashlib.sha256(astronaut_bytes).hexdigest()
+    assert isinstance(zeros.error, ZipMemberError)
+    assert "over 1048576" in str(zeros.error)
+    # the member is refused by its name; the file on disk it names is never read
+    assert isinstance(absolute.error, UnsafeZipMemberError)
+    assert "absolute path" in str(absolute.error)
+
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 but not really a zip")
+    with pytest.raises(BatchInputError, match="cannot read the zip"):
+        list(intake.iter_sources([broken]))
+
+
 # ----------------------------------------------------------------------------- isolation
 
 
@@ -556,8 +591,14 @@ def test_the_same_bad_input_gets_the_same_error_from_every_door(
         answer = json.loads(lambda_handler(event, context)["body"])
         assert answer["error"]["code"] == codes[name], name
 
-    # jobs: the same files in a zip, one error row each
-    archive = _zip({name: bad[name][0] for name in names} | {"astronaut.jpg": astronaut_bytes})
+    # a zip of the same files, and a member with an unsafe name: jobs (zip upload), batch and
+    # analyze (the zip on disk) give each member the same row or line
+    members = {name: bad[name][0] for name in names} | {
+        "astronaut.jpg": astronaut_bytes,
+        "../evil.jpg": astronaut_bytes,
+    }
+    member_types = {name: types[name] for name in names} | {"../evil.jpg": "UnsafeZipMemberError"}
+    archive = _zip(members)
     created = service_client.post(
         "/v1/jobs", files={"file": ("photos.zip", archive, "application/zip")}
     )
@@ -566,10 +607,32 @@ def test_the_same_bad_input_gets_the_same_error_from_every_door(
     assert job["status"] == "done"
     results = service_client.get(f"/v1/jobs/{job['id']}/results")
     job_rows = {r["path"]: r for r in map(json.loads, results.text.splitlines())}
-    assert {k: r["error_type"] for k, r in job_rows.items() if r["status"] == "error"} == {
-        name: types[name] for name in names
-    }
+    assert {
+        k: r["error_type"] for k, r in job_rows.items() if r["status"] == "error"
+    } == member_types
     assert job_rows["astronaut.jpg"]["status"] == "face"
+
+    zipped = tmp_path / "photos.zip"
+    zipped.write_bytes(archive)
+    prefix = f"{zipped}/"
+    zip_out = tmp_path / "zip-rows.jsonl"
+    run_batch([zipped], zip_out, options=BatchOptions(**FAST))
+    zip_rows = {r["path"].removeprefix(prefix): r for r in read_output(zip_out).to_pylist()}
+    assert {
+        k: r["error_type"] for k, r in zip_rows.items() if r["status"] == "error"
+    } == member_types
+    digest = job_rows["astronaut.jpg"]["content_sha256"]
+    assert zip_rows["astronaut.jpg"]["content_sha256"] == digest
+    zip_cli = CliRunner().invoke(app, ["analyze", str(zipped), "--json", "--preset", "fast"])
+    zip_lines = {
+        o["source"].removeprefix(prefix): o
+        for o in map(json.loads, zip_cli.stdout.splitlines())
+        if o.get("source")
+    }
+    assert {k: o["error"]["code"] for k, o in zip_lines.items() if "error" in o} == {
+        name: codes.get(name, "unsafe_zip_member") for name in member_types
+    }
+    assert len(zip_lines["astronaut.jpg"]["faces"]) == 1
 
     # and the same message for the same limit, whichever door
     message = "over the limit of 50000000 pixels (400000000 pixels)"

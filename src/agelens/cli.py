@@ -16,7 +16,7 @@ import time
 import typing
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +28,10 @@ from agelens.errors import (
     require_extra,
 )
 from agelens.models.backends import resolve_models
+
+if TYPE_CHECKING:
+    from agelens.intake import IntakeOptions, SourceLoader
+    from agelens.pipeline import Analyzer
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: agelens.imaging.DEFAULT_MAX_PIXELS, written out so that `agelens --help` does not import
@@ -380,8 +384,8 @@ def analyze(
     paths: Annotated[
         list[str],
         typer.Argument(
-            help="Image files, folders, globs, manifests (.txt/.csv of paths or URLs), URLs, "
-            "or - for stdin."
+            help="Image files, folders, globs, manifests (.txt/.csv of paths or URLs), zips, "
+            "URLs, or - for stdin."
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
@@ -404,7 +408,7 @@ def analyze(
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Detect faces and estimate apparent age and gender."""
-    from agelens.intake import IntakeOptions, SourceLoader, decode_image, run_isolated
+    from agelens.intake import IntakeOptions, SourceLoader
     from agelens.pipeline import Analyzer
 
     inputs = _expand_inputs(paths)
@@ -421,9 +425,33 @@ def analyze(
     except (ModelNotFetchedError, ModelFetchError) as error:
         raise _fail(str(error), EXIT_MODEL) from error
     limits = IntakeOptions(max_pixels=max_pixels)
-    loader = SourceLoader(limits)
+    with SourceLoader(limits) as loader:
+        failures = _analyze_inputs(
+            inputs, loader, analyzer, targets, as_json=as_json, draw=draw is not None,
+            min_face=min_face, max_faces=max_faces, batch_size=batch_size,
+        )  # fmt: skip
+    if failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _analyze_inputs(
+    inputs: list[str],
+    loader: SourceLoader,
+    analyzer: Analyzer,
+    targets: list[Path],
+    *,
+    as_json: bool,
+    draw: bool,
+    min_face: float,
+    max_faces: int | None,
+    batch_size: int,
+) -> int:
+    """Analyse and report each input, `batch_size` at a time; the number that failed."""
+    from agelens.intake import decode_image, run_isolated
+
+    limits = loader.options
     # Drawing needs the whole image; otherwise a large JPEG is decoded reduced.
-    analyze = analyzer.analyze_arrays if draw is not None else analyzer.analyze_decoded
+    analyze = analyzer.analyze_arrays if draw else analyzer.analyze_decoded
     failures = 0
     step = max(1, batch_size)
     for start in range(0, len(inputs), step):
@@ -436,9 +464,7 @@ def analyze(
             try:
                 data = _read_stdin(limits) if name == "-" else loader.read(name)
                 decoded[index] = (
-                    decode_image(data, name, limits)
-                    if draw is not None
-                    else analyzer.decode(data, label=name)
+                    decode_image(data, name, limits) if draw else analyzer.decode(data, label=name)
                 )
             except MemoryError:
                 raise
@@ -454,7 +480,7 @@ def analyze(
         results = dict(zip(decoded, outcomes, strict=True))
         # Reported in input order, so `--json` lines line up with the arguments.
         for index, name in enumerate(chunk):
-            outcome = errors.get(index) or results[index]
+            outcome = errors[index] if index in errors else results[index]
             if isinstance(outcome, BaseException):
                 failures += 1
                 _report_error(name, outcome, as_json)
@@ -470,11 +496,10 @@ def analyze(
                 _print_result(result)
             if targets:
                 _write_drawing(targets[start + index], decoded[index], result)
-    if failures:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    return failures
 
 
-def _read_stdin(limits: Any) -> bytes:
+def _read_stdin(limits: IntakeOptions) -> bytes:
     """The image on stdin, within the same byte limit as a file's."""
     from agelens.intake import check_size
 
@@ -532,7 +557,8 @@ def batch(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="Folders (recursive), globs, manifests (.csv/.txt of paths or URLs), files, URLs."
+            help="Folders (recursive), globs, manifests (.csv/.txt of paths or URLs), zips, "
+            "files, URLs."
         ),
     ],
     out: Annotated[

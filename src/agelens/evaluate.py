@@ -119,19 +119,19 @@ def iter_dataset(
     dataset_dir: Path, rows: Sequence[LabelledImage], pad: float, batch_size: int = 16
 ) -> Iterator[list[tuple[LabelledImage, NDArray[np.uint8] | None]]]:
     """Batches of (row, padded RGB image or None when it could not be decoded)."""
-    loader = SourceLoader()
     batch: list[tuple[LabelledImage, NDArray[np.uint8] | None]] = []
-    for row in rows:
-        loaded = loader.load(str(dataset_dir / row.file))
-        image: NDArray[np.uint8] | None = None
-        if loaded.image is None:
-            logger.warning("skipping %s: %s", row.file, loaded.error_message)
-        else:
-            image = pad_image(loaded.image, pad)
-        batch.append((row, image))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
+    with SourceLoader() as loader:
+        for row in rows:
+            loaded = loader.load(str(dataset_dir / row.file))
+            image: NDArray[np.uint8] | None = None
+            if loaded.image is None:
+                logger.warning("skipping %s: %s", row.file, loaded.error_message)
+            else:
+                image = pad_image(loaded.image, pad)
+            batch.append((row, image))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
     if batch:
         yield batch
 

@@ -87,11 +87,13 @@ __all__ = [
     "is_url",
     "iter_manifest",
     "iter_sources",
+    "iter_zip_sources",
     "load_bytes",
     "read_zip",
     "run_isolated",
     "unsafe_name_reason",
     "url_fetcher",
+    "zip_member_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 )
 MANIFEST_SUFFIXES = frozenset({".csv", ".txt"})
+ZIP_SUFFIX = ".zip"
 #: header names (case-insensitive) a CSV manifest's path column may have; else its first column
 MANIFEST_PATH_COLUMNS = ("path", "file", "filename", "url", "image", "uri")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -185,6 +188,8 @@ def _expand_input(text: str) -> Iterator[str]:
     elif path.is_file():
         if path.suffix.lower() in MANIFEST_SUFFIXES:
             yield from iter_manifest(path)
+        elif path.suffix.lower() == ZIP_SUFFIX:
+            yield from iter_zip_sources(path)
         else:
             yield text
     elif _GLOB_CHARACTERS & set(text):
@@ -203,6 +208,37 @@ def _walk_images(folder: Path) -> Iterator[str]:
         for name in sorted(files):
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 yield os.path.join(root, name)
+
+
+def iter_zip_sources(archive: Path) -> Iterator[str]:
+    """The image files of a zip on disk, in archive order, each as the source `ARCHIVE/NAME`
+    (read by `SourceLoader` from the archive, never extracted). Like a folder, only names with
+    an image suffix count; folders and macOS metadata are skipped. Raises BatchInputError when
+    the zip cannot be read."""
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            infos = opened.infolist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as error:
+        raise BatchInputError(f"cannot read the zip {archive}: {error}") from error
+    for info in infos:
+        name = info.filename
+        is_image = Path(name).suffix.lower() in IMAGE_SUFFIXES
+        if is_image and not info.is_dir() and not _ignored_member(name):
+            # joined as text: os.path.join would drop the archive before an absolute name
+            yield f"{archive}/{name}"
+
+
+def zip_member_of(source: str) -> tuple[str, str] | None:
+    """(archive, member name) when `source` names a file inside a zip on disk
+    (`photos.zip/a.jpg`, as `iter_zip_sources` gives them), else None."""
+    lowered = source.lower()
+    start = 0
+    while (found := lowered.find(ZIP_SUFFIX + "/", start)) != -1:
+        archive = source[: found + len(ZIP_SUFFIX)]
+        if os.path.isfile(archive):
+            return archive, source[found + len(ZIP_SUFFIX) + 1 :]
+        start = found + 1
+    return None
 
 
 def iter_manifest(manifest: Path) -> Iterator[str]:
@@ -459,12 +495,55 @@ class SourceLoader:
         self.done = done or {}
         self._fetcher: UrlFetcher | None = None
         self._fetcher_lock = threading.Lock()
+        self._zips: dict[str, zipfile.ZipFile] = {}
+        self._zips_lock = threading.Lock()
 
     def read(self, source: str) -> bytes:
-        """The encoded bytes of a path or URL within `max_bytes`; raises the typed error."""
+        """The encoded bytes of a path, a zip member (`ARCHIVE.zip/NAME`) or a URL within
+        `max_bytes`; raises the typed error."""
         if is_url(source):
             return self._fetch(source)
+        member = zip_member_of(source)
+        if member is not None:
+            return self._read_zip_member(*member)
         return read_image_file(source, max_bytes=self.options.max_bytes)
+
+    def close(self) -> None:
+        """Close the zip archives opened so far."""
+        with self._zips_lock:
+            for opened in self._zips.values():
+                opened.close()
+            self._zips.clear()
+
+    def __enter__(self) -> SourceLoader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _read_zip_member(self, archive: str, name: str) -> bytes:
+        """A member read into memory under the zip rules of the jobs API: unsafe names are
+        refused, and a member stops inflating at `max_bytes` (a zip bomb costs one row)."""
+        with self._zips_lock:
+            opened = self._zips.get(archive)
+            if opened is None:
+                try:
+                    opened = zipfile.ZipFile(archive)
+                except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as error:
+                    raise ZipMemberError(f"cannot read the zip {archive}: {error}") from error
+                if len(self._zips) >= _OPEN_ZIPS:
+                    self._zips.pop(next(iter(self._zips))).close()
+                self._zips[archive] = opened
+        try:
+            info = opened.getinfo(name)
+        except KeyError as error:
+            raise ZipMemberError(f"{name!r} is not in {archive}") from error
+        reason = unsafe_name_reason(info)
+        if reason is not None:
+            raise UnsafeZipMemberError(reason)
+        chunks: list[bytes] = []
+        ZipMember(name, None, opened, info, self.options.max_bytes).copy_to(chunks.append)
+        return b"".join(chunks)
 
     def load(self, source: str) -> LoadedImage:
         """The loaded image of a path or URL. Never raises for a bad source: its error is in
@@ -535,6 +614,8 @@ class ZipLimits:
 
 
 _ZIP_COPY_CHUNK = 1024 * 1024
+#: zip archives a SourceLoader keeps open (reading a member reuses its central directory)
+_OPEN_ZIPS = 8
 _IGNORED_MEMBERS = ("__MACOSX/",)
 _IGNORED_BASENAMES = (".DS_Store", "Thumbs.db")
 

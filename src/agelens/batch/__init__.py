@@ -1,8 +1,9 @@
 """Resumable batch analysis of photo collections: the engine behind `agelens batch`.
 
 Inputs are folders (searched recursively for image files), glob patterns, manifests (`.csv` or
-`.txt` listing paths or http(s) URLs) and single files or URLs. They are streamed, never listed
-in memory as a whole: `iter_sources` yields one path at a time.
+`.txt` listing paths or http(s) URLs), zips (their image files, `photos.zip/NAME`) and single
+files or URLs. They are streamed, never listed in memory as a whole: `iter_sources` yields one
+path at a time.
 
 Each image becomes rows as `agelens.rows` defines them (one per face, one `no_face` row, or one
 `error` row). A bad image never stops the run.

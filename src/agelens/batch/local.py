@@ -53,3 +53,4 @@ def iter_image_rows(
             yield from analyze_loaded(analyzer, batch, options)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        loader.close()

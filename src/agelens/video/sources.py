@@ -295,15 +295,16 @@ class _FramesSource(VideoSource):
     def __iter__(self) -> Iterator[VideoFrame]:
         from agelens.intake import SourceLoader
 
-        loader = SourceLoader()
-        for index, path in enumerate(self._paths):
-            loaded = loader.load(path)
-            if loaded.image is None:
-                raise VideoDecodeError(
-                    f"frame {index} ({path}) cannot be read: {loaded.error_message}",
-                    frames_read=index,
-                )
-            yield VideoFrame(index, index / self.info.fps, np.ascontiguousarray(loaded.image))
+        with SourceLoader() as loader:
+            for index, path in enumerate(self._paths):
+                loaded = loader.load(path)
+                if loaded.image is None:
+                    raise VideoDecodeError(
+                        f"frame {index} ({path}) cannot be read: {loaded.error_message}",
+                        frames_read=index,
+                    )
+                image = np.ascontiguousarray(loaded.image)
+                yield VideoFrame(index, index / self.info.fps, image)
 
 
 _END = object()
