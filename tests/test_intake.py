@@ -400,6 +400,27 @@ def test_a_zip_on_disk_is_read_member_by_member_under_the_same_rules(
         list(intake.iter_sources([broken]))
 
 
+def test_members_of_many_zips_load_side_by_side(tmp_path: Path, astronaut_bytes: bytes) -> None:
+    """More zips than a loader keeps open, read from several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for number in range(12):
+        (tmp_path / f"{number:02d}.zip").write_bytes(
+            _zip({"a.jpg": astronaut_bytes, "b.png": _png(32, 24)})
+        )
+    sources = list(intake.iter_sources([str(tmp_path / "*.zip")]))
+    assert sources == []  # a glob gives image files, as in a folder; zips are named directly
+    sources = list(intake.iter_sources(sorted(tmp_path.glob("*.zip"))))
+    assert len(sources) == 24
+    with SourceLoader() as loader, ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(loader.load, sources * 2))
+    assert [item.error for item in loaded] == [None] * 48
+    assert {item.image.shape for item in loaded if item.image is not None} == {
+        (512, 512, 3),
+        (24, 32, 3),
+    }
+
+
 # ----------------------------------------------------------------------------- isolation
 
 

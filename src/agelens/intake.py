@@ -532,7 +532,9 @@ class SourceLoader:
                 except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as error:
                     raise ZipMemberError(f"cannot read the zip {archive}: {error}") from error
                 if len(self._zips) >= _OPEN_ZIPS:
-                    self._zips.pop(next(iter(self._zips))).close()
+                    # dropped, not closed: another thread may still be reading a member of
+                    # it (ZipFile closes its file when the last reference goes)
+                    self._zips.pop(next(iter(self._zips)))
                 self._zips[archive] = opened
         try:
             info = opened.getinfo(name)
