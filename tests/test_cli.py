@@ -602,3 +602,32 @@ def test_analyze_reports_a_large_jpeg_in_full_image_pixels_with_or_without_drawi
         side = reference["box_xyxy"][2] - reference["box_xyxy"][0]
         assert face["box_xyxy"] == pytest.approx(reference["box_xyxy"], abs=0.08 * side)
         assert face["gender"] == reference["gender"]
+
+
+def test_an_image_the_models_fail_on_costs_only_its_own_line(
+    astronaut_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The models are made to fail on one image size (plumbing: real models run the rest);
+    the shared run is retried image by image, as batch and jobs do."""
+    from agelens.pipeline import Analyzer
+
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (61, 43), "gray").save(odd)
+    real = Analyzer.analyze_decoded
+
+    def failing_on_odd(self: Analyzer, images: list[object], **options: object) -> object:
+        if any(image.image.full_wh == (61, 43) for image in images):  # type: ignore[attr-defined]
+            raise RuntimeError("the network broke on this image")
+        return real(self, images, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Analyzer, "analyze_decoded", failing_on_odd)
+    args = ["analyze", str(astronaut_file), str(odd), str(astronaut_file), "--json"]
+    result = runner.invoke(app, [*args, "--preset", "fast"])
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    objects = _json_lines(result.stdout)
+    assert [o["source"] for o in objects] == [str(astronaut_file), str(odd), str(astronaut_file)]
+    assert objects[1]["error"] == {  # type: ignore[comparison-overlap]
+        "code": "internal_error",
+        "message": "the network broke on this image",
+    }
+    assert [len(objects[i]["faces"]) for i in (0, 2)] == [1, 1]  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ import time
 import typing
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,23 +29,14 @@ from agelens.errors import (
 )
 from agelens.models.backends import resolve_models
 
+if TYPE_CHECKING:
+    from agelens.intake import IntakeOptions, SourceLoader
+    from agelens.pipeline import Analyzer
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 #: agelens.imaging.DEFAULT_MAX_PIXELS, written out so that `agelens --help` does not import
 #: Pillow (a test keeps the two equal)
 DEFAULT_MAX_PIXELS = 50_000_000
-IMAGE_SUFFIXES = {
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".webp",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".gif",
-    ".heic",
-    ".heif",
-}
-
 # Plain help (rich_markup_mode=None): Rich markup would eat "[ray]" in "agelens[ray]", and
 # click rewraps each paragraph to the terminal instead of keeping the source's line breaks.
 app = typer.Typer(
@@ -336,21 +327,22 @@ def models_info(
 
 
 def _expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given, folders as the image files under them (sorted); a path that does not
-    exist is a usage error, like `batch`'s."""
+    """The images the arguments name, read as every door reads them (`agelens.intake`): files,
+    folders (recursive, sorted), globs, `.txt`/`.csv` manifests and URLs; `-` is stdin. Each
+    argument is expanded on its own, so the output lines up with the arguments even when one is
+    given twice. An argument that names nothing is a usage error, like `batch`'s."""
+    from agelens.errors import BatchInputError
+    from agelens.intake import check_inputs, iter_sources
+
+    named = [raw for raw in paths if raw != "-"]
     expanded: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if raw != "-" and path.is_dir():
-            expanded.extend(
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        elif raw == "-" or path.exists():
-            expanded.append(raw)
-        else:
-            raise _fail(f"{raw}: no such file or folder", EXIT_USAGE)
+    try:
+        if named:
+            check_inputs(named)
+        for raw in paths:
+            expanded.extend(["-"] if raw == "-" else iter_sources([raw]))
+    except BatchInputError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
     return expanded
 
 
@@ -398,7 +390,13 @@ def _drawing_targets(draw: Path, inputs: list[str]) -> list[Path]:
 
 @app.command()
 def analyze(
-    paths: Annotated[list[str], typer.Argument(help="Image files, folders, or - for stdin.")],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders, globs, manifests (.txt/.csv of paths or URLs), zips, "
+            "URLs, or - for stdin."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image.")] = False,
     draw: Annotated[
         Path | None,
@@ -419,7 +417,7 @@ def analyze(
     max_pixels: MaxPixelsOption = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Detect faces and estimate apparent age and gender."""
-    from agelens.imaging import load_image
+    from agelens.intake import IntakeOptions, SourceLoader
     from agelens.pipeline import Analyzer
 
     inputs = _expand_inputs(paths)
@@ -435,44 +433,71 @@ def analyze(
         raise _fail(str(error), EXIT_USAGE) from error
     except (ModelNotFetchedError, ModelFetchError) as error:
         raise _fail(str(error), EXIT_MODEL) from error
+    limits = IntakeOptions(max_pixels=max_pixels)
+    with SourceLoader(limits) as loader:
+        failures = _analyze_inputs(
+            inputs, loader, analyzer, targets, as_json=as_json, draw=draw is not None,
+            min_face=min_face, max_faces=max_faces, batch_size=batch_size,
+        )  # fmt: skip
+    if failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _analyze_inputs(
+    inputs: list[str],
+    loader: SourceLoader,
+    analyzer: Analyzer,
+    targets: list[Path],
+    *,
+    as_json: bool,
+    draw: bool,
+    min_face: float,
+    max_faces: int | None,
+    batch_size: int,
+) -> int:
+    """Analyse and report each input, `batch_size` at a time; the number that failed."""
+    from agelens.intake import decode_image, run_isolated
+
+    limits = loader.options
+    # Drawing needs the whole image; otherwise a large JPEG is decoded reduced.
+    analyze = analyzer.analyze_arrays if draw else analyzer.analyze_decoded
     failures = 0
     step = max(1, batch_size)
     for start in range(0, len(inputs), step):
         chunk = inputs[start : start + step]
         decoded: dict[int, Any] = {}
         decode_ms: dict[int, float] = {}
-        errors: dict[int, AgelensError] = {}
+        errors: dict[int, BaseException] = {}
         for index, name in enumerate(chunk):
             began = time.perf_counter()
             try:
-                data: Any = sys.stdin.buffer.read() if name == "-" else name
-                # Drawing needs the whole image; otherwise a large JPEG is decoded reduced.
+                data = _read_stdin(limits) if name == "-" else loader.read(name)
                 decoded[index] = (
-                    load_image(data, max_pixels=analyzer.max_pixels)
-                    if draw is not None
-                    else analyzer.decode(data, label=name)
+                    decode_image(data, name, limits) if draw else analyzer.decode(data, label=name)
                 )
-            except AgelensError as error:
+            except MemoryError:
+                raise
+            except Exception as error:  # one bad input costs its own line, not the run
+                if not isinstance(error, AgelensError):
+                    logger.exception("%s: unexpected error while decoding", name)
                 errors[index] = error
             decode_ms[index] = (time.perf_counter() - began) * 1000
-        analyze = analyzer.analyze_arrays if draw is not None else analyzer.analyze_decoded
-        results = dict(
-            zip(
-                decoded,
-                analyze(list(decoded.values()), min_face=min_face, max_faces=max_faces),
-                strict=True,
-            )
+        outcomes = run_isolated(
+            lambda images: analyze(list(images), min_face=min_face, max_faces=max_faces),
+            list(decoded.values()),
         )
+        results = dict(zip(decoded, outcomes, strict=True))
         # Reported in input order, so `--json` lines line up with the arguments.
         for index, name in enumerate(chunk):
-            if index in errors:
+            outcome = errors[index] if index in errors else results[index]
+            if isinstance(outcome, BaseException):
                 failures += 1
-                _report_error(name, errors[index], as_json)
+                _report_error(name, outcome, as_json)
                 continue
             result = replace(
-                results[index],
+                outcome,
                 source=name,
-                timings_ms={"decode": decode_ms[index], **results[index].timings_ms},
+                timings_ms={"decode": decode_ms[index], **outcome.timings_ms},
             )
             if as_json:
                 typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
@@ -480,12 +505,20 @@ def analyze(
                 _print_result(result)
             if targets:
                 _write_drawing(targets[start + index], decoded[index], result)
-    if failures:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    return failures
 
 
-def _report_error(name: str, error: AgelensError, as_json: bool) -> None:
-    code = getattr(error, "code", "error")
+def _read_stdin(limits: IntakeOptions) -> bytes:
+    """The image on stdin, within the same byte limit as a file's."""
+    from agelens.intake import check_size
+
+    data = sys.stdin.buffer.read(limits.max_bytes + 1)
+    check_size(data, "-", limits)
+    return data
+
+
+def _report_error(name: str, error: BaseException, as_json: bool) -> None:
+    code = getattr(error, "code", "internal_error")
     if as_json:
         typer.echo(json.dumps({"source": name, "error": {"code": code, "message": str(error)}}))
     typer.echo(f"error: {name}: {error}", err=True)
@@ -533,7 +566,8 @@ def batch(
     inputs: Annotated[
         list[str],
         typer.Argument(
-            help="Folders (recursive), globs, manifests (.csv/.txt of paths or URLs), files, URLs."
+            help="Folders (recursive), globs, manifests (.csv/.txt of paths or URLs), zips, "
+            "files, URLs."
         ),
     ],
     out: Annotated[
@@ -576,8 +610,9 @@ def batch(
     import contextlib
     import os
 
-    from agelens.batch import BatchOptions, count_sources, iter_sources, run_batch
+    from agelens.batch import BatchOptions, count_sources, run_batch
     from agelens.errors import BatchInputError, BatchOutputError, MissingExtraError
+    from agelens.intake import iter_sources
 
     if engine not in ("local", "ray"):
         raise _fail(f"--engine must be local or ray, not {engine!r}", EXIT_USAGE)

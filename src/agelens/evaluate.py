@@ -29,8 +29,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.errors import AgelensError
-from agelens.imaging import load_image
+from agelens.intake import SourceLoader
 from agelens.models.base import Detector
 from agelens.pipeline import Analyzer
 from agelens.types import Detection, Face, ImageResult
@@ -121,16 +120,18 @@ def iter_dataset(
 ) -> Iterator[list[tuple[LabelledImage, NDArray[np.uint8] | None]]]:
     """Batches of (row, padded RGB image or None when it could not be decoded)."""
     batch: list[tuple[LabelledImage, NDArray[np.uint8] | None]] = []
-    for row in rows:
-        try:
-            image: NDArray[np.uint8] | None = pad_image(load_image(dataset_dir / row.file), pad)
-        except AgelensError as error:
-            logger.warning("skipping %s: %s", row.file, error)
-            image = None
-        batch.append((row, image))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
+    with SourceLoader() as loader:
+        for row in rows:
+            loaded = loader.load(str(dataset_dir / row.file))
+            image: NDArray[np.uint8] | None = None
+            if loaded.image is None:
+                logger.warning("skipping %s: %s", row.file, loaded.error_message)
+            else:
+                image = pad_image(loaded.image, pad)
+            batch.append((row, image))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
     if batch:
         yield batch
 

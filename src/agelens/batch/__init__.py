@@ -1,8 +1,9 @@
 """Resumable batch analysis of photo collections: the engine behind `agelens batch`.
 
 Inputs are folders (searched recursively for image files), glob patterns, manifests (`.csv` or
-`.txt` listing paths or http(s) URLs) and single files or URLs. They are streamed, never listed
-in memory as a whole: `iter_sources` yields one path at a time.
+`.txt` listing paths or http(s) URLs), zips (their image files, `photos.zip/NAME`) and single
+files or URLs. They are streamed, never listed in memory as a whole: `iter_sources` yields one
+path at a time.
 
 Each image becomes rows as `agelens.rows` defines them (one per face, one `no_face` row, or one
 `error` row). A bad image never stops the run.
@@ -48,30 +49,24 @@ Library API
   paths or URLs, in input order, without any file output (for the jobs API and notebooks).
 - `iter_sources(inputs)`, `read_output(path)`, `output_format(path)`.
 
-Modules: `core` (options, sources, loading, the part store: what both engines share), `local`
-(the threaded engine), `ray` (the Ray engine, imported only when asked for) and `run`
-(`run_batch`). Every public name is importable from `agelens.batch` itself.
+Sources (`iter_sources`, `check_inputs`, manifests) and loading (`SourceLoader`, `LoadedImage`)
+are `agelens.intake`'s, shared with every other door, and re-exported here.
+
+Modules: `core` (options, analysis of loaded images, the part store: what both engines
+share), `local` (the threaded engine), `ray` (the Ray engine, imported only when asked for)
+and `run` (`run_batch`). Every public name is importable from `agelens.batch` itself.
 """
 
 from agelens.batch.core import (
-    IMAGE_SUFFIXES,
-    MANIFEST_PATH_COLUMNS,
-    MANIFEST_SUFFIXES,
     BatchOptions,
     BatchSummary,
     Engine,
     ImageRows,
-    LoadedImage,
     OutputFormat,
     PartStore,
-    SourceLoader,
     analyze_loaded,
-    check_inputs,
     create_analyzer,
     crop_name,
-    is_url,
-    iter_manifest,
-    iter_sources,
     output_format,
     parts_folder,
     read_output,
@@ -79,6 +74,19 @@ from agelens.batch.core import (
 )
 from agelens.batch.local import iter_image_rows
 from agelens.batch.run import count_sources, run_batch
+
+# Sources and loading are agelens.intake's (every door reads through it); kept importable here.
+from agelens.intake import (
+    IMAGE_SUFFIXES,
+    MANIFEST_PATH_COLUMNS,
+    MANIFEST_SUFFIXES,
+    LoadedImage,
+    SourceLoader,
+    check_inputs,
+    is_url,
+    iter_manifest,
+    iter_sources,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -1,33 +1,25 @@
-"""What both engines of `agelens batch` share: options, sources, loading and analysis of one
-image, crops, and the crash-safe part store that output is committed through (see the
-package's docstring for how it survives a crash and how `--resume` works)."""
+"""What both engines of `agelens batch` share: options, analysis of loaded images, crops, and
+the crash-safe part store that output is committed through (see the package's docstring for
+how it survives a crash and how `--resume` works). Sources and their loading are
+`agelens.intake`'s, the same as every other door's."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import csv
-import glob
 import json
 import logging
 import os
 import shutil
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from agelens.errors import (
-    AgelensError,
-    BatchInputError,
-    BatchOutputError,
-    MissingExtraError,
-    require_extra,
-)
-from agelens.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, read_image_file
+from agelens.errors import BatchOutputError
+from agelens.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from agelens.intake import IntakeOptions, LoadedImage, run_isolated
 from agelens.models.backends import DEFAULT_DETECTOR, DEFAULT_ESTIMATOR
-from agelens.rows import COLUMN_NAMES, error_row, result_rows, rows_to_table, sha256_bytes
+from agelens.rows import COLUMN_NAMES, error_row, result_rows, rows_to_table
 
 if TYPE_CHECKING:
     import pyarrow
@@ -40,12 +32,6 @@ logger = logging.getLogger(__name__)
 OutputFormat = Literal["parquet", "csv", "jsonl"]
 Engine = Literal["local", "ray"]
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
-)
-MANIFEST_SUFFIXES = frozenset({".csv", ".txt"})
-#: header names (case-insensitive) a CSV manifest's path column may have; else its first column
-MANIFEST_PATH_COLUMNS = ("path", "file", "filename", "url", "image", "uri")
 _OUTPUT_SUFFIXES: dict[str, OutputFormat] = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -53,7 +39,6 @@ _OUTPUT_SUFFIXES: dict[str, OutputFormat] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
 }
-_GLOB_CHARACTERS = frozenset("*?[")
 _SETTINGS_FILE = "settings.json"
 
 
@@ -88,6 +73,15 @@ class BatchOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+
+    def intake_options(self) -> IntakeOptions:
+        """The limits and URL rules sources are read with (`agelens.intake`)."""
+        return IntakeOptions(
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_bytes,
+            url_timeout_seconds=self.url_timeout_seconds,
+            url_allow_networks=self.url_allow_networks,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,198 +123,7 @@ class BatchSummary:
         return self.images / self.seconds if self.images and self.seconds > 0 else 0.0
 
 
-# ----------------------------------------------------------------------------- inputs
-
-
-def is_url(source: str) -> bool:
-    """True for http(s) URLs (fetched), false for everything else (a local path)."""
-    return source.lower().startswith(("http://", "https://"))
-
-
-def check_inputs(inputs: Sequence[str | os.PathLike[str]]) -> None:
-    """Raise BatchInputError naming the first input that is no file, folder, URL or matching
-    glob (checked before a long run starts, not in the middle of it)."""
-    if not inputs:
-        raise BatchInputError("no inputs given; pass folders, files, globs or manifests")
-    for raw in inputs:
-        text = os.path.expanduser(os.fspath(raw))
-        if is_url(text) or Path(text).exists():
-            continue
-        if _GLOB_CHARACTERS & set(text):
-            if next(glob.iglob(text, recursive=True), None) is None:
-                raise BatchInputError(f"{text}: the pattern matches no file")
-            continue
-        raise BatchInputError(f"{text}: no such file or folder")
-
-
-def iter_sources(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
-    """Every image path or URL the inputs name, once each, in a stable order.
-
-    Folders are walked recursively in sorted order and give their files with an image suffix
-    (IMAGE_SUFFIXES: .jpg, .png, .webp, .heic, ...); globs (`**` recurses) give their matches
-    in sorted order; `.csv` / `.txt` files are manifests (see `iter_manifest`); any other file
-    or URL is itself a source.
-    Raises BatchInputError for an input that does not exist (see `check_inputs`).
-    """
-    seen: set[str] = set()
-    for raw in inputs:
-        for source in _expand_input(os.fspath(raw)):
-            if source not in seen:
-                seen.add(source)
-                yield source
-
-
-def _expand_input(text: str) -> Iterator[str]:
-    if is_url(text):
-        yield text
-        return
-    text = os.path.expanduser(text)
-    path = Path(text)
-    if path.is_dir():
-        yield from _walk_images(path)
-    elif path.is_file():
-        if path.suffix.lower() in MANIFEST_SUFFIXES:
-            yield from iter_manifest(path)
-        else:
-            yield text
-    elif _GLOB_CHARACTERS & set(text):
-        for match in sorted(glob.iglob(text, recursive=True)):
-            if os.path.isdir(match):
-                yield from _walk_images(Path(match))
-            elif Path(match).suffix.lower() in IMAGE_SUFFIXES:
-                yield match
-    else:
-        raise BatchInputError(f"{text}: no such file or folder")
-
-
-def _walk_images(folder: Path) -> Iterator[str]:
-    for root, folders, files in os.walk(folder):
-        folders.sort()
-        for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield os.path.join(root, name)
-
-
-def iter_manifest(manifest: Path) -> Iterator[str]:
-    """The paths and URLs a manifest lists.
-
-    A `.txt` manifest has one per line (blank lines and lines starting with `#` are skipped). A
-    `.csv` manifest uses the column named one of MANIFEST_PATH_COLUMNS (path, file, url, ...)
-    when its header has one, else its first column (and then a first row that names no existing
-    file is a header).
-    Relative paths are relative to the manifest's folder. Raises BatchInputError when the
-    manifest cannot be read.
-    """
-    base = manifest.parent
-    try:
-        with manifest.open(newline="", encoding="utf-8-sig") as file:
-            if manifest.suffix.lower() == ".csv":
-                entries: Iterator[str] = _csv_manifest_entries(csv.reader(file), base)
-            else:
-                entries = (
-                    line.strip()
-                    for line in file
-                    if line.strip() and not line.lstrip().startswith("#")
-                )
-            for entry in entries:
-                yield entry if is_url(entry) else str(base / os.path.expanduser(entry))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise BatchInputError(f"cannot read the manifest {manifest}: {error}") from error
-
-
-def _csv_manifest_entries(reader: Iterator[list[str]], base: Path) -> Iterator[str]:
-    header = next(reader, None)
-    if header is None:
-        return
-    lowered = [name.strip().lower() for name in header]
-    column = next((lowered.index(n) for n in MANIFEST_PATH_COLUMNS if n in lowered), None)
-    if column is None:
-        column = 0
-        first = header[0].strip() if header else ""
-        if first and (is_url(first) or (base / first).exists()):
-            yield first
-    for record in reader:
-        if len(record) > column and record[column].strip():
-            yield record[column].strip()
-
-
 # ----------------------------------------------------------------------------- analysis
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedImage:
-    """One source after reading: the decoded image, or the error, or skipped."""
-
-    path: str
-    content_sha256: str | None
-    image: RGBImage | None = None
-    error: tuple[str, str] | None = None
-    skipped: bool = False
-
-
-class SourceLoader:
-    """Reads, hashes and decodes sources (thread-safe; one per run or per Ray actor).
-
-    `done` maps paths committed earlier to their content hash: such a source with the same
-    hash comes back `skipped` without being decoded.
-    """
-
-    def __init__(self, options: BatchOptions, done: dict[str, str | None] | None = None) -> None:
-        self.options = options
-        self.done = done or {}
-        self._fetcher: Any = None
-        self._fetcher_lock = threading.Lock()
-
-    def load(self, path: str) -> LoadedImage:
-        """Never raises for a bad source: its error is in the result."""
-        try:
-            if is_url(path):
-                if path in self.done:
-                    return LoadedImage(path, self.done[path], skipped=True)
-                data = self._fetch(path)
-            else:
-                data = read_image_file(path, max_bytes=self.options.max_bytes)
-        except AgelensError as error:
-            return self._failed(path, None, error)
-        content_sha256 = sha256_bytes(data)
-        if path in self.done and self.done[path] == content_sha256:
-            return LoadedImage(path, content_sha256, skipped=True)
-        try:
-            image = load_image(data, max_pixels=self.options.max_pixels, label=path)
-        except AgelensError as error:
-            return LoadedImage(path, content_sha256, error=(type(error).__name__, str(error)))
-        except MemoryError:
-            raise
-        except Exception as error:  # a decoder bug must cost one row, not the run
-            logger.exception("%s: unexpected error while decoding", path)
-            return LoadedImage(path, content_sha256, error=(type(error).__name__, str(error)))
-        return LoadedImage(path, content_sha256, image=image)
-
-    def _failed(self, path: str, content_sha256: str | None, error: Exception) -> LoadedImage:
-        # An unreadable file has no hash; done with hash None means it failed the same way.
-        if path in self.done and self.done[path] is None and content_sha256 is None:
-            return LoadedImage(path, None, skipped=True)
-        return LoadedImage(path, content_sha256, error=(type(error).__name__, str(error)))
-
-    def _fetch(self, url: str) -> bytes:
-        with self._fetcher_lock:
-            if self._fetcher is None:
-                try:
-                    require_extra("httpx", "server")
-                except MissingExtraError as error:
-                    raise MissingExtraError(
-                        f"fetching URLs from a manifest needs httpx; {error}"
-                    ) from error
-                from agelens.urlfetch import UrlFetcher
-
-                self._fetcher = UrlFetcher(
-                    max_bytes=self.options.max_bytes,
-                    timeout_seconds=self.options.url_timeout_seconds,
-                    allow_networks=self.options.url_allow_networks,
-                )
-            fetcher = self._fetcher
-        fetched = asyncio.run(fetcher.fetch(url))
-        return bytes(fetched.data)
 
 
 def create_analyzer(options: BatchOptions, *, workers: int | None = None) -> Analyzer:
@@ -345,19 +148,15 @@ def analyze_loaded(
     row. Face crops are saved when `options.crops_dir` is set.
     """
     decoded = [item for item in loaded if item.image is not None]
-    outcomes: dict[int, Any] = {}
-    if decoded:
-        images = [item.image for item in decoded if item.image is not None]
-        try:
-            results: Sequence[Any] = analyzer.analyze_arrays(
-                images, min_face=options.min_face, max_faces=options.max_faces
-            )
-        except MemoryError:
-            raise
-        except Exception:
-            logger.warning("a batch failed; analysing its %d images one by one", len(images))
-            results = [_analyze_alone(analyzer, image, options) for image in images]
-        outcomes = {id(item): result for item, result in zip(decoded, results, strict=True)}
+    results = run_isolated(
+        lambda images: analyzer.analyze_arrays(
+            images, min_face=options.min_face, max_faces=options.max_faces
+        ),
+        [item.image for item in decoded if item.image is not None],
+    )
+    outcomes: dict[int, Any] = {
+        id(item): result for item, result in zip(decoded, results, strict=True)
+    }
     output = []
     for item in loaded:
         if item.skipped:
@@ -375,18 +174,6 @@ def analyze_loaded(
                     save_crops(options.crops_dir, item.content_sha256 or "", item.image, rows)
             output.append(ImageRows(item.path, item.content_sha256, tuple(rows)))
     return output
-
-
-def _analyze_alone(analyzer: Analyzer, image: RGBImage, options: BatchOptions) -> Any:
-    try:
-        return analyzer.analyze_arrays(
-            [image], min_face=options.min_face, max_faces=options.max_faces
-        )[0]
-    except MemoryError:
-        raise
-    except Exception as error:
-        logger.exception("analysis failed for one image")
-        return error
 
 
 def crop_name(content_sha256: str, face_index: int) -> str:

@@ -9,7 +9,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from agelens.batch.core import BatchOptions, ImageRows, LoadedImage, SourceLoader, analyze_loaded
+from agelens.batch.core import BatchOptions, ImageRows, analyze_loaded
+from agelens.intake import LoadedImage, SourceLoader
 
 if TYPE_CHECKING:
     from agelens.pipeline import Analyzer
@@ -30,7 +31,7 @@ def iter_image_rows(
     Memory is bounded by the read-ahead window, whatever the number of sources. Closing the
     iterator early stops the decode threads.
     """
-    loader = SourceLoader(options, done)
+    loader = SourceLoader(options.intake_options(), done)
     ahead = 2 * options.batch_size + options.workers
     pool = ThreadPoolExecutor(options.workers, thread_name_prefix="agelens-decode")
     window: deque[Future[LoadedImage]] = deque()
@@ -52,3 +53,4 @@ def iter_image_rows(
             yield from analyze_loaded(analyzer, batch, options)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        loader.close()

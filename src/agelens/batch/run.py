@@ -18,9 +18,7 @@ from agelens.batch.core import (
     Engine,
     ImageRows,
     PartStore,
-    check_inputs,
     create_analyzer,
-    iter_sources,
     output_format,
 )
 from agelens.batch.local import iter_image_rows
@@ -28,6 +26,7 @@ from agelens.errors import (
     BatchOutputError,
     require_extra,
 )
+from agelens.intake import check_inputs, iter_sources
 
 if TYPE_CHECKING:
     from agelens.pipeline import Analyzer

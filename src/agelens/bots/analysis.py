@@ -56,10 +56,11 @@ class LibraryAnalysis:
         self._lock = threading.Lock()
 
     def analyze(self, data: bytes) -> Analysis:
-        from agelens.imaging import encode_jpeg, load_image
+        from agelens.imaging import encode_jpeg
+        from agelens.intake import IntakeOptions, decode_image
         from agelens.render import draw_result
 
-        image = load_image(data, max_pixels=self.max_pixels, label="<photo>")
+        image = decode_image(data, "<photo>", IntakeOptions(max_pixels=self.max_pixels))
         with self._lock:
             (result,) = self.analyzer.analyze_arrays([image])
         return Analysis(result, encode_jpeg(draw_result(image, result), quality=88))

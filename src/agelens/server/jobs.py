@@ -5,6 +5,7 @@ at once with its id; one worker task, started in the app's lifespan, takes queue
 first and works through their images a chunk at a time: fetch (URLs, with every SSRF check of
 agelens/urlfetch.py) or read (zip members extracted at submission), decode, analyse with the
 service's own loaded models, then commit the chunk's result rows (agelens.rows) in one transaction.
+Zips are read, and images fetched, hashed and decoded, by agelens.intake, as every door does.
 
 - An image that cannot be fetched, read, decoded or analysed becomes an error row; the job
   goes on (when a chunk's shared run fails, its images are run one by one).
@@ -24,15 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import shutil
-import stat
 import time
 import uuid
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -41,9 +38,25 @@ from typing import Any
 import anyio
 
 from agelens.errors import AgelensError
-from agelens.imaging import load_image
+from agelens.intake import (
+    IntakeOptions,
+    LoadedImage,
+    ZipArchiveError,
+    ZipLimits,
+    ZipMemberError,
+    ZipReader,
+    ZipTooLargeError,
+    fetch_url,
+    load_bytes,
+    read_zip,
+    run_isolated,
+)
+
+# The zip member errors and name check live in agelens.intake; importable here as before.
+from agelens.intake import UnsafeZipMemberError as UnsafeZipMemberError
+from agelens.intake import unsafe_name_reason as unsafe_name_reason
 from agelens.models.base import RGBImage
-from agelens.rows import error_row, result_rows, sha256_bytes
+from agelens.rows import error_row, result_rows
 from agelens.server.engine import AnalysisOptions, ModelPool
 from agelens.server.errors import (
     GoneError,
@@ -67,45 +80,7 @@ from agelens.urlfetch import UrlFetcher
 
 logger = logging.getLogger(__name__)
 
-_COPY_CHUNK = 1024 * 1024
-_IGNORED_MEMBERS = ("__MACOSX/",)
-_IGNORED_BASENAMES = (".DS_Store", "Thumbs.db")
-
-
-class ZipMemberError(AgelensError):
-    """A member of an uploaded zip could not be read (its row says why)."""
-
-    code = "zip_member_error"
-
-
-class UnsafeZipMemberError(ZipMemberError):
-    """A zip member whose name could escape the upload folder (absolute, `..`, a link)."""
-
-    code = "unsafe_zip_member"
-
-
 # ------------------------------------------------------------------ zip intake
-
-
-def _ignored(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return name.startswith(_IGNORED_MEMBERS) or base.startswith("._") or base in _IGNORED_BASENAMES
-
-
-def unsafe_name_reason(info: zipfile.ZipInfo) -> str | None:
-    """Why a member must not be extracted, or None. Members are stored under generated names
-    anyway; this refuses the names that signal a crafted archive."""
-    name = info.filename
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return f"{name!r} is an absolute path; zip members must be relative"
-    if ".." in parts:
-        return f"{name!r} climbs out of the archive with '..'"
-    if "\x00" in name:
-        return "a member name holds a NUL character"
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return f"{name!r} is a symbolic link"
-    return None
 
 
 def extract_zip(
@@ -119,8 +94,9 @@ def extract_zip(
     disk_budget_bytes: int | None = None,
 ) -> list[NewItem]:
     """The zip's files written to `folder` under generated names, as job items (labelled with
-    their names in the archive). Directories and macOS metadata are skipped; unsafe or
-    unreadable members become refused items (error rows later), not files.
+    their names in the archive), read through `agelens.intake.read_zip`. Directories and macOS
+    metadata are skipped; unsafe or unreadable members become refused items (error rows
+    later), not files.
 
     Raises InvalidRequestError (not a zip, no file, too many files) or RequestTooLargeError
     when the files add up to more than `max_total_bytes`, more than `max_ratio` times the
@@ -128,61 +104,42 @@ def extract_zip(
     jobs may still use): checked on the sizes the archive declares before anything is
     written, and again on the bytes actually inflated; `folder` is removed then.
     """
+    limits = ZipLimits(
+        max_members=max_members,
+        max_total_bytes=max_total_bytes,
+        max_member_bytes=max_member_bytes,
+        max_ratio=max_ratio,
+        disk_budget_bytes=disk_budget_bytes,
+    )
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in archive.infolist() if not m.is_dir() and not _ignored(m.filename)]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as error:
-        raise InvalidRequestError(f"the upload is not a readable zip file: {error}") from error
-    if not members:
-        raise InvalidRequestError("the zip holds no file")
-    if len(members) > max_members:
-        raise InvalidRequestError(
-            f"the zip holds {len(members)} files, over the limit of {max_members} per job"
-        )
-    too_large = RequestTooLargeError(
-        f"the zip's files add up to more than {max_total_bytes} bytes uncompressed; "
-        "split it into several jobs"
-    )
-    max_by_ratio = max_ratio * max(len(data), 1)
-    too_compressed = RequestTooLargeError(
-        f"the zip's files inflate to more than {max_ratio:g} times the zip's "
-        f"{len(data)} bytes; such an archive is refused as a zip bomb"
-    )
-    budget = disk_budget_bytes if disk_budget_bytes is not None else max_total_bytes
-    no_room = RequestTooLargeError(
-        f"the jobs' uploads already use the disk space this server allows for them "
-        f"({max(budget, 0)} bytes left); retry when running jobs have ended"
-    )
+        return _extract_members(read_zip(data, limits), folder)
+    except ZipTooLargeError as error:
+        raise RequestTooLargeError(str(error)) from error
+    except ZipArchiveError as error:
+        raise InvalidRequestError(str(error)) from error
 
-    def check_total(total_bytes: int) -> None:
-        if total_bytes > max_total_bytes:
-            raise too_large
-        if total_bytes > max_by_ratio:
-            raise too_compressed
-        if total_bytes > budget:
-            raise no_room
 
-    check_total(sum(m.file_size for m in members))
+def _extract_members(archive: ZipReader, folder: Path) -> list[NewItem]:
     folder.mkdir(parents=True, exist_ok=True)
     items: list[NewItem] = []
     total = 0
     try:
-        for index, info in enumerate(members):
-            label = info.filename
-            reason = unsafe_name_reason(info)
-            if reason is not None:
-                items.append(NewItem(label, None, ("UnsafeZipMemberError", reason)))
+        for index, member in enumerate(archive.members()):
+            if member.refused is not None:
+                refused = (type(member.refused).__name__, str(member.refused))
+                items.append(NewItem(member.name, None, refused))
                 continue
             stored = f"{index:06d}"
             try:
-                written = _copy_member(archive, info, folder / stored, max_member_bytes)
+                with (folder / stored).open("wb") as sink:
+                    written = member.copy_to(sink.write)
             except ZipMemberError as error:
                 (folder / stored).unlink(missing_ok=True)
-                items.append(NewItem(label, None, (type(error).__name__, str(error))))
+                items.append(NewItem(member.name, None, (type(error).__name__, str(error))))
                 continue
             total += written
-            check_total(total)
-            items.append(NewItem(label, stored))
+            archive.check_total(total)
+            items.append(NewItem(member.name, stored))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -197,27 +154,6 @@ def folder_bytes(folder: Path) -> int:
             with contextlib.suppress(OSError):  # a job ending meanwhile removes its files
                 total += os.lstat(os.path.join(root, name)).st_size
     return total
-
-
-def _copy_member(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, max_bytes: int
-) -> int:
-    """Inflate one member into `target`, stopping at `max_bytes`; the bytes written."""
-    if info.flag_bits & 0x1:
-        raise ZipMemberError(f"{info.filename!r} is encrypted")
-    if info.file_size > max_bytes:
-        raise ZipMemberError(f"{info.filename!r} is {info.file_size} bytes, over {max_bytes}")
-    written = 0
-    try:
-        with archive.open(info) as source, target.open("wb") as sink:
-            while chunk := source.read(_COPY_CHUNK):
-                written += len(chunk)
-                if written > max_bytes:
-                    raise ZipMemberError(f"{info.filename!r} inflates to over {max_bytes} bytes")
-                sink.write(chunk)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError) as error:
-        raise ZipMemberError(f"{info.filename!r} cannot be read: {error}") from error
-    return written
 
 
 # ------------------------------------------------------------------ the manager
@@ -647,82 +583,54 @@ class JobManager:
         run alone so that only the culprit gets an error row (as `agelens batch` does)."""
         loaded = await asyncio.gather(*(self._load(job, item) for item in items))
         rows: dict[int, list[dict[str, Any]]] = {}
-        decoded: list[tuple[ItemRecord, str | None, RGBImage]] = []
-        for item, (digest, image, error) in zip(items, loaded, strict=True):
-            if image is None:
-                assert error is not None
-                rows[item.index] = [error_row(item.label, digest, error)]
+        decoded: list[tuple[ItemRecord, LoadedImage]] = []
+        for item, image in zip(items, loaded, strict=True):
+            if image.image is None:
+                assert image.error is not None
+                rows[item.index] = [error_row(item.label, image.content_sha256, image.error)]
             else:
-                decoded.append((item, digest, image))
+                decoded.append((item, image))
         if decoded:
             results = await anyio.to_thread.run_sync(
                 self._run_isolated,
                 options,
-                [image for _, _, image in decoded],
+                [image.image for _, image in decoded if image.image is not None],
                 limiter=self._infer_limiter,
             )
-            for (item, digest, _), result in zip(decoded, results, strict=True):
+            for (item, image), result in zip(decoded, results, strict=True):
                 rows[item.index] = (
-                    [error_row(item.label, digest, result)]
+                    [error_row(item.label, image.content_sha256, result)]
                     if isinstance(result, Exception)
-                    else result_rows(item.label, digest, result)
+                    else result_rows(item.label, image.content_sha256, result)
                 )
         return [(item.index, rows[item.index]) for item in items]
 
     def _run_isolated(
         self, options: AnalysisOptions, images: Sequence[RGBImage]
     ) -> list[ImageResult | Exception]:
-        """One shared run over `images` (blocking); if it raises, each image alone, an image
-        whose own run raises getting its exception in place of its result. MemoryError is
-        left to stop the job: running the images one by one would not make memory appear."""
-        try:
-            return list(self.pool.run(options, images))
-        except MemoryError:
-            raise
-        except Exception as error:
-            if len(images) == 1:  # already alone: running it again would fail the same way
-                logger.exception("analysis failed for one image of a job")
-                return [error]
-            logger.warning("a shared run failed; analysing its %d images one by one", len(images))
-        return [self._run_alone(options, image) for image in images]
+        """One shared run over `images` (blocking); if it raises, each image alone
+        (agelens.intake.run_isolated, as `agelens batch` does)."""
+        return run_isolated(lambda group: self.pool.run(options, group), images)
 
-    def _run_alone(self, options: AnalysisOptions, image: RGBImage) -> ImageResult | Exception:
-        try:
-            return self.pool.run(options, [image])[0]
-        except MemoryError:
-            raise
-        except Exception as error:
-            logger.exception("analysis failed for one image of a job")
-            return error
-
-    async def _load(
-        self, job: JobRecord, item: ItemRecord
-    ) -> tuple[str | None, RGBImage | None, BaseException | tuple[str, str] | None]:
-        """(content sha256, decoded image, None) or (sha256 or None, None, the error)."""
+    async def _load(self, job: JobRecord, item: ItemRecord) -> LoadedImage:
+        """The item fetched (URL, every SSRF check) or read (a zip member stored at
+        submission), hashed and decoded through agelens.intake; its error, never raised."""
         if item.refused is not None:
-            return None, None, item.refused
+            return LoadedImage(item.label, None, error=item.refused)
         assert item.source is not None
         try:
             if job.source == "urls":
-                data = (await self.fetcher.fetch(item.source)).data
+                data = await fetch_url(self.fetcher, item.source)
             else:
                 data = await anyio.to_thread.run_sync(self._read_upload, job.id, item.source)
         except AgelensError as error:
-            return None, None, error
-        digest = sha256_bytes(data)
-        try:
-            image = await anyio.to_thread.run_sync(
-                lambda: load_image(
-                    data,
-                    max_pixels=self.settings.max_pixels,
-                    max_bytes=self.settings.max_body_bytes,
-                    label=item.label,
-                ),
-                limiter=self._decode_limiter,
-            )
-        except AgelensError as error:
-            return digest, None, error
-        return digest, image, None
+            return LoadedImage(item.label, None, error=error)
+        limits = IntakeOptions(
+            max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes
+        )
+        return await anyio.to_thread.run_sync(
+            lambda: load_bytes(data, item.label, limits), limiter=self._decode_limiter
+        )
 
     def _read_upload(self, job_id: str, name: str) -> bytes:
         try:

@@ -8,34 +8,22 @@ it) against one budget (`AGELENS_MAX_DECODED_BYTES`). A reservation lasts as lon
 decoded array: it is returned when the array is freed (`weakref.finalize`), whichever request,
 batch or drawing still holds it. An image that does not fit now is refused with 503 `overloaded`
 and Retry-After; one larger than the whole budget with 413 `image_too_large`.
+
+`agelens.intake.decode_image(..., budget=...)` reserves from it (the header read and the
+bytes per pixel are the intake's, `header_pixels` and `BYTES_PER_PIXEL`).
 """
 
 from __future__ import annotations
 
-import io
 import threading
 import weakref
 from typing import Any
 
-from PIL import Image
-
 from agelens.errors import ImageTooLargeError
+from agelens.intake import BYTES_PER_PIXEL, header_pixels
 from agelens.server.errors import OverloadedError
 
-#: Bytes a decoded pixel is counted as: 3 for the RGB array, 1 more for what decoding and
-#: conversion hold beside it (a palette or alpha image, EXIF transposition).
-BYTES_PER_PIXEL = 4
-
-
-def header_pixels(data: bytes) -> int | None:
-    """Width x height read from the image's header without decoding it; None when Pillow
-    cannot read the header (decoding will then say why)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:
-        return None
-    return int(width) * int(height)
+__all__ = ["BYTES_PER_PIXEL", "DecodedMemory", "header_pixels"]
 
 
 class DecodedMemory:

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import time
 from dataclasses import replace
 from typing import Any
 
 import anyio
 
-from agelens.imaging import encode_jpeg, load_image
+from agelens import intake
+from agelens.imaging import encode_jpeg
 from agelens.models.base import RGBImage
 from agelens.render import draw_result
 from agelens.server.engine import AnalysisOptions, MicroBatcher, ModelPool
 from agelens.server.errors import InvalidRequestError, NotReadyError, TimeoutApiError
 from agelens.server.examples import open_examples
-from agelens.server.memory import BYTES_PER_PIXEL, DecodedMemory, header_pixels
+from agelens.server.memory import DecodedMemory
 from agelens.server.metrics import Metrics
 from agelens.server.schemas import AnalyzeOptions
 from agelens.server.security import RateLimiter
@@ -65,32 +65,18 @@ class Service:
         """The bytes behind a URL, with every SSRF check (or UrlForbiddenError/UrlFetchError)."""
         if not self.settings.url_fetch_enabled:
             raise InvalidRequestError("URL input is turned off on this server")
-        return (await self.fetcher.fetch(url)).data
+        return await intake.fetch_url(self.fetcher, url)
 
     async def decode(self, data: bytes, label: str) -> tuple[RGBImage, float]:
-        """Decoded RGB array and decode milliseconds, on a worker thread."""
+        """Decoded RGB array and decode milliseconds, on a worker thread, within the limits
+        and the decoded-memory budget (agelens.intake.decode_image)."""
+        limits = intake.IntakeOptions(
+            max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes
+        )
 
         def work() -> tuple[RGBImage, float]:
             start = time.perf_counter()
-            pixels = header_pixels(data)
-            # Within the pixel limit (load_image refuses the rest before reserving anything).
-            nbytes = (
-                BYTES_PER_PIXEL * pixels if pixels and pixels <= self.settings.max_pixels else 0
-            )
-            if nbytes:
-                self.decoded_memory.reserve(nbytes, label)
-            try:
-                image = load_image(
-                    data,
-                    max_pixels=self.settings.max_pixels,
-                    max_bytes=self.settings.max_body_bytes,
-                    label=label,
-                )
-            except BaseException:
-                self.decoded_memory.release(nbytes)
-                raise
-            if nbytes:
-                self.decoded_memory.hold_while_alive(image, nbytes)
+            image = intake.decode_image(data, label, limits, budget=self.decoded_memory)
             return image, (time.perf_counter() - start) * 1000
 
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
@@ -159,12 +145,7 @@ class Service:
 
 
 def _decode_base64(text: str) -> bytes:
-    if text.startswith("data:") and "," in text:  # a data URL from a browser
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=False)
-    except (binascii.Error, ValueError) as error:
-        raise InvalidRequestError(f"image_base64 is not valid base64: {error}") from error
+    return intake.decode_base64(text)
 
 
 async def _image_from_json(

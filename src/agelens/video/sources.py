@@ -31,7 +31,6 @@ import numpy as np
 
 from agelens.errors import (
     AgelensError,
-    ImageDecodeError,
     VideoDecodeError,
     VideoSourceError,
     require_extra,
@@ -274,8 +273,8 @@ class _FramesSource(VideoSource):
     """A folder or glob of image files, in name order, at a given frame rate."""
 
     def __init__(self, pattern: str, fps: float) -> None:
-        from agelens.batch import iter_sources
         from agelens.errors import BatchInputError
+        from agelens.intake import iter_sources
 
         try:
             self._paths = list(iter_sources([pattern]))
@@ -294,16 +293,18 @@ class _FramesSource(VideoSource):
         )
 
     def __iter__(self) -> Iterator[VideoFrame]:
-        from agelens.imaging import load_image
+        from agelens.intake import SourceLoader
 
-        for index, path in enumerate(self._paths):
-            try:
-                image = load_image(path)
-            except ImageDecodeError as error:
-                raise VideoDecodeError(
-                    f"frame {index} ({path}) cannot be read: {error}", frames_read=index
-                ) from error
-            yield VideoFrame(index, index / self.info.fps, np.ascontiguousarray(image))
+        with SourceLoader() as loader:
+            for index, path in enumerate(self._paths):
+                loaded = loader.load(path)
+                if loaded.image is None:
+                    raise VideoDecodeError(
+                        f"frame {index} ({path}) cannot be read: {loaded.error_message}",
+                        frames_read=index,
+                    )
+                image = np.ascontiguousarray(loaded.image)
+                yield VideoFrame(index, index / self.info.fps, image)
 
 
 _END = object()

@@ -29,7 +29,7 @@ import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from agelens.errors import AgelensError, MissingExtraError, require_extra
-from agelens.imaging import load_image
+from agelens.intake import IntakeOptions, decode_image
 from agelens.server.deps import ServiceDep, check_presented_key
 from agelens.server.errors import ApiError, UnauthorizedError
 from agelens.server.service import Service
@@ -74,7 +74,7 @@ def _person_json(person: Any) -> dict[str, Any]:
 
 
 def _decode(data: bytes, max_pixels: int) -> Any:
-    return load_image(data, max_pixels=max_pixels)
+    return decode_image(data, "<frame>", IntakeOptions(max_pixels=max_pixels))
 
 
 async def _start(websocket: WebSocket, service: Service) -> float | None:
