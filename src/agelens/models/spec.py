@@ -135,7 +135,7 @@ class FaceCropParams:
 #: The params of every model family; `None` for a model that needs nothing beyond the spec.
 SpecParams: TypeAlias = BlazeFaceSpecParams | DlibChipParams | FaceCropParams
 
-_Params = TypeVar("_Params", BlazeFaceSpecParams, DlibChipParams, FaceCropParams)
+_Params = TypeVar("_Params", bound=SpecParams)
 
 
 @dataclass(frozen=True, slots=True)
