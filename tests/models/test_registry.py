@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import re
+import typing
 
 import pytest
 
 from agelens.errors import UnknownModelError
 from agelens.models import backends, registry
 from agelens.models.registry import ARCHIVE_SHA256, MODELS, get_spec
-from agelens.models.spec import ModelSpec
+from agelens.models.spec import (
+    BlazeFaceSpecParams,
+    DlibChipParams,
+    FaceCropParams,
+    ModelSpec,
+    SpecParams,
+)
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # an exact version: no ranges, wildcards, tags or spaces
@@ -67,6 +75,46 @@ def test_spec_preprocessing_is_declared(spec: ModelSpec) -> None:
     assert spec.scale > 0
     assert all(0 <= value <= 255 for value in spec.mean)
     assert spec.channel_order in ("RGB", "BGR")
+
+
+#: Each registered model's params, as published with its graph or fitted (see the readers).
+EXPECTED_PARAMS: dict[str, SpecParams] = {
+    "blazeface-full": BlazeFaceSpecParams(strides=(4,), anchors_per_cell=(1,), score_threshold=0.5),
+    "blazeface-short": BlazeFaceSpecParams(
+        strides=(8, 16), anchors_per_cell=(2, 6), score_threshold=0.5
+    ),
+    "cydral": DlibChipParams(age_chip=64, gender_chip=32, chip_padding=0.2),
+    "faceapi": FaceCropParams(box_scale=1.0, box_shift_y=0.03),
+    "faceres": FaceCropParams(box_scale=1.25, box_shift_y=0.0),
+    "faceres-deep": FaceCropParams(box_scale=1.25, box_shift_y=0.0),
+}
+
+
+def test_every_registered_model_has_expected_params() -> None:
+    assert set(EXPECTED_PARAMS) == set(MODELS)
+
+
+def _fits(value: object, hint: object) -> bool:
+    """`value` is of the field type `hint` (int, float, or tuple[int, ...]); no bool as a
+    number, and an int is a float, as mypy counts it."""
+    if typing.get_origin(hint) is tuple:
+        (item, _) = typing.get_args(hint)
+        return type(value) is tuple and all(_fits(v, item) for v in value)
+    if hint is float:
+        return type(value) in (int, float)
+    return type(value) is hint
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_spec_params_are_the_families_dataclass_with_typed_values(spec: ModelSpec) -> None:
+    expected = EXPECTED_PARAMS[spec.name]
+    assert type(spec.params) is type(expected)
+    assert spec.params == expected
+    assert spec.params_as(type(expected)) is spec.params
+    hints = typing.get_type_hints(type(expected))
+    for field in dataclasses.fields(expected):
+        value = getattr(spec.params, field.name)
+        assert _fits(value, hints[field.name]), f"{spec.name} {field.name}: {value!r}"
 
 
 def registered_names_in_source() -> list[str]:

@@ -168,6 +168,8 @@ def test_finetune_writes_a_complete_model_folder(finetuned: Path) -> None:
     assert training["rows"] == 200
     assert training["validation_rows"] == round(0.1 * training["faces_used"])
     assert [epoch["epoch"] for epoch in training["epochs"]] == [1]
+    # evaluated on the registered Cydral chips: 64 px at its spec's padding, a plain number
+    assert training["chips"]["eval"] == [64, 0.2]
     assert training["command"].startswith("agelens finetune ")
     assert math.isfinite(card["metrics"]["validation"]["age_mae"])
     assert card["metrics"]["int8"]["calibration_chips"] > 0

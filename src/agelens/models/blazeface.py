@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +29,7 @@ from agelens.models.base import RGBImage
 from agelens.models.crops import shrink
 from agelens.models.fetch import model_file
 from agelens.models.runtime import create_session
-from agelens.models.spec import ModelSpec
+from agelens.models.spec import BlazeFaceSpecParams, ModelSpec
 from agelens.types import Detection
 
 if TYPE_CHECKING:
@@ -101,16 +101,10 @@ class BlazeFaceDetector:
             rewrite = partial(set_square_input, size=self._size)
         self._session = create_session(model_file(spec, "detector.onnx"), threads, rewrite=rewrite)
         self._input_name = self._session.get_inputs()[0].name
-        params = spec.params
-        self._anchors = generate_anchors(
-            self._input_hw,
-            cast(Sequence[int], params["strides"]),
-            cast(Sequence[int], params["anchors_per_cell"]),
-        )
+        anchors = spec.params_as(BlazeFaceSpecParams)
+        self._anchors = generate_anchors(self._input_hw, anchors.strides, anchors.anchors_per_cell)
         self.score_threshold = (
-            float(cast(float, params["score_threshold"]))
-            if score_threshold is None
-            else score_threshold
+            anchors.score_threshold if score_threshold is None else score_threshold
         )
         self.iou_threshold = iou_threshold
         self._scale = np.float32(spec.scale)

@@ -18,7 +18,7 @@ from agelens.models.base import Chips, RGBImage
 from agelens.models.distribution import estimates, expected_age
 from agelens.models.fetch import model_file
 from agelens.models.runtime import create_session
-from agelens.models.spec import ModelSpec
+from agelens.models.spec import DlibChipParams, ModelSpec
 from agelens.types import AgeGenderEstimate, Detection
 
 #: Half-width of the 80% age interval as `a + b * age`, fitted on UTKFace `dev` residuals by
@@ -55,9 +55,10 @@ class CydralEstimator:
             age_model or model_file(spec, "age.onnx"), threads, extra_outputs=extra
         )
         self._gender = create_session(model_file(spec, "gender.onnx"), threads, extra_outputs=extra)
-        self._age_chip = int(spec.params["age_chip"])  # type: ignore[call-overload]
-        self._gender_chip = int(spec.params["gender_chip"])  # type: ignore[call-overload]
-        self._padding = float(spec.params["chip_padding"])  # type: ignore[arg-type]
+        chips = spec.params_as(DlibChipParams)
+        self._age_chip = chips.age_chip
+        self._gender_chip = chips.gender_chip
+        self._padding = chips.chip_padding
         self._mean = np.asarray(spec.mean, dtype=np.float32)
 
     def version(self) -> str:

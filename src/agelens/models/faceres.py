@@ -35,7 +35,7 @@ from agelens.models.crops import crop_resized
 from agelens.models.distribution import estimates, expected_age
 from agelens.models.fetch import model_file
 from agelens.models.runtime import create_session
-from agelens.models.spec import ModelSpec
+from agelens.models.spec import FaceCropParams, ModelSpec
 from agelens.types import AgeGenderEstimate, Detection
 
 #: Half-width of the 80% age interval as `a + b * age`, per model, fitted on the 1,493 UTKFace
@@ -68,8 +68,9 @@ class FaceResEstimator:
         self._session = create_session(model_file(spec, "age_gender.onnx"), threads)
         self._input = self._session.get_inputs()[0].name
         self._size = spec.input_hw[0]
-        self._box_scale = float(spec.params["box_scale"])  # type: ignore[arg-type]
-        self._box_shift_y = float(spec.params.get("box_shift_y", 0.0))  # type: ignore[arg-type]
+        crop = spec.params_as(FaceCropParams)
+        self._box_scale = crop.box_scale
+        self._box_shift_y = crop.box_shift_y
         self._bgr = spec.channel_order == "BGR"
         self._mean = np.asarray(spec.mean, dtype=np.float32)
         self._interval = INTERVAL_COEFFICIENTS[spec.name]

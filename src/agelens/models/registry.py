@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from agelens.errors import UnknownModelError
-from agelens.models.spec import Converter, ModelSpec, PackageSource
+from agelens.models.spec import (
+    BlazeFaceSpecParams,
+    Converter,
+    DlibChipParams,
+    FaceCropParams,
+    ModelSpec,
+    PackageSource,
+)
 
 BLAZEFACE_PACKAGE = PackageSource(
     registry="pypi",
@@ -201,7 +208,7 @@ MODELS: Mapping[str, ModelSpec] = {
             input_hw=(192, 192),
             mean=(127.5, 127.5, 127.5),
             scale=1 / 127.5,
-            params={"strides": (4,), "anchors_per_cell": (1,), "score_threshold": 0.5},
+            params=BlazeFaceSpecParams(strides=(4,), anchors_per_cell=(1,), score_threshold=0.5),
         ),
         ModelSpec(
             name="blazeface-short",
@@ -221,7 +228,9 @@ MODELS: Mapping[str, ModelSpec] = {
             input_hw=(128, 128),
             mean=(127.5, 127.5, 127.5),
             scale=1 / 127.5,
-            params={"strides": (8, 16), "anchors_per_cell": (2, 6), "score_threshold": 0.5},
+            params=BlazeFaceSpecParams(
+                strides=(8, 16), anchors_per_cell=(2, 6), score_threshold=0.5
+            ),
         ),
         ModelSpec(
             name="cydral",
@@ -243,7 +252,7 @@ MODELS: Mapping[str, ModelSpec] = {
             input_hw=(64, 64),
             mean=(122.781998, 117.000999, 104.297997),
             scale=1 / 256,
-            params={"age_chip": 64, "gender_chip": 32, "chip_padding": 0.2},
+            params=DlibChipParams(age_chip=64, gender_chip=32, chip_padding=0.2),
         ),
         ModelSpec(
             name="faceapi",
@@ -260,7 +269,7 @@ MODELS: Mapping[str, ModelSpec] = {
             input_hw=(112, 112),
             mean=(122.782, 117.001, 104.298),
             scale=1 / 255,
-            params={"box_scale": 1.0, "box_shift_y": 0.03},
+            params=FaceCropParams(box_scale=1.0, box_shift_y=0.03),
         ),
         ModelSpec(
             name="faceres",
@@ -278,7 +287,7 @@ MODELS: Mapping[str, ModelSpec] = {
             channel_order="BGR",
             mean=_CAFFE_MEAN_BGR,
             scale=1.0,
-            params={"box_scale": 1.25},
+            params=FaceCropParams(box_scale=1.25),
         ),
         ModelSpec(
             name="faceres-deep",
@@ -296,7 +305,7 @@ MODELS: Mapping[str, ModelSpec] = {
             channel_order="BGR",
             mean=_CAFFE_MEAN_BGR,
             scale=1.0,
-            params={"box_scale": 1.25},
+            params=FaceCropParams(box_scale=1.25),
         ),
     )
 }

@@ -17,12 +17,17 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces
 from agelens.train.chunks import cache_folder, compute_chunks, files_digest
+
+if TYPE_CHECKING:
+    from agelens.models.base import Detector
+    from agelens.models.embeddings import Backbone
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +62,35 @@ class Features:
         return np.concatenate([source[name] for name in names], axis=1)
 
 
-# One detector and set of backbones per worker process, built by _init_worker.
-_worker: dict[str, object] = {}
+@dataclass(frozen=True, slots=True)
+class _Worker:
+    """The detector and backbones of one worker process, built once by `_init_worker`."""
+
+    detector: Detector
+    backbones: tuple[Backbone, ...]
+
+
+_worker: _Worker | None = None
 
 
 def _init_worker(config: FeatureConfig) -> None:
     from agelens.models.backends import create_detector
     from agelens.models.embeddings import create_backbone
 
-    _worker["detector"] = create_detector(config.detector, 1)
-    _worker["backbones"] = [create_backbone(name, threads=1) for name in config.backbones]
+    global _worker
+    _worker = _Worker(
+        create_detector(config.detector, 1),
+        tuple(create_backbone(name, threads=1) for name in config.backbones),
+    )
 
 
 def _embed_chunk(
     config: FeatureConfig, rows: Sequence[LabelledImage], target: Path
 ) -> tuple[Path, int]:
     """Embed one chunk of rows and write it to `target` atomically; (target, faces found)."""
-    from agelens.models.base import Detector
-    from agelens.models.embeddings import Backbone
-
-    detector: Detector = _worker["detector"]  # type: ignore[assignment]
-    backbones: list[Backbone] = _worker["backbones"]  # type: ignore[assignment]
+    if _worker is None:
+        raise RuntimeError("_embed_chunk runs in a worker process set up by _init_worker")
+    detector, backbones = _worker.detector, _worker.backbones
     found = np.zeros(len(rows), dtype=bool)
     columns: dict[str, list[NDArray[np.float32]]] = {}
     scored = iter_scored_faces(Path(config.dataset_dir), rows, config.pad, detector)

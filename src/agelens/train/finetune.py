@@ -870,6 +870,7 @@ def finetune_model(
     """Run the whole fine-tuning; returns the installed model folder and its card."""
     from agelens.models.fetch import model_file
     from agelens.models.registry import get_spec
+    from agelens.models.spec import DlibChipParams
 
     if request.backbone != "cydral":
         raise ValueError(f"finetune_model trains Cydral; got {request.backbone!r}")
@@ -944,7 +945,7 @@ def finetune_model(
             validation_rows=len(val_index),
             chips={
                 "train": [TRAIN_CHIP, TRAIN_PADDING],
-                "eval": [CHIP, spec.params["chip_padding"]],
+                "eval": [CHIP, spec.params_as(DlibChipParams).chip_padding],
             },
             history=history,
             chip_seconds=chip_seconds,

@@ -24,12 +24,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces
 from agelens.train.chunks import cache_folder, compute_chunks, files_digest
+
+if TYPE_CHECKING:
+    from agelens.models.base import Detector, Estimator
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +83,33 @@ def teacher_version(name: str) -> str:
     return create_estimator(name, 1).version()
 
 
-_worker: dict[str, object] = {}
+@dataclass(frozen=True, slots=True)
+class _Worker:
+    """What each worker process labels with, built once by `_init_worker`."""
+
+    detector: Detector
+    estimator: Estimator
+
+
+_worker: _Worker | None = None
 
 
 def _init_worker(config: TeacherConfig) -> None:
     from agelens.models.backends import create_detector, create_estimator
 
-    _worker["detector"] = create_detector(config.detector, 1)
-    _worker["estimator"] = create_estimator(config.teacher, 1)
+    global _worker
+    _worker = _Worker(create_detector(config.detector, 1), create_estimator(config.teacher, 1))
 
 
 def _label_chunk(
     config: TeacherConfig, rows: Sequence[LabelledImage], target: Path
 ) -> tuple[Path, int]:
     """The teacher's targets of one chunk of rows, written to `target` atomically."""
-    from agelens.models.base import Chips, Detector, Estimator, concat_chips
+    from agelens.models.base import Chips, concat_chips
 
-    detector: Detector = _worker["detector"]  # type: ignore[assignment]
-    estimator: Estimator = _worker["estimator"]  # type: ignore[assignment]
+    if _worker is None:
+        raise RuntimeError("_label_chunk runs in a worker process set up by _init_worker")
+    detector, estimator = _worker.detector, _worker.estimator
     found = np.zeros(len(rows), dtype=bool)
     age = np.full(len(rows), np.nan, np.float32)
     sigma = np.full(len(rows), np.nan, np.float32)
