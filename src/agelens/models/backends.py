@@ -359,9 +359,10 @@ PRESETS: dict[str, Preset] = {
         "permissive networks: BlazeFace (Apache-2.0), Cydral (CC0), face-api (MIT); "
         "8 combination weights fitted by agelens on UTKFace dev",
     ),
-    # Kept on the detector its heads were measured with until they are measured again.
+    # blazeface-auto: the same faces and boxes as blazeface-full wherever it finds any, plus the
+    # faces it misses on small photos (docs/accuracy.md).
     "accurate": Preset(
-        "blazeface-full",
+        DEFAULT_DETECTOR,
         "heads-utkface",
         "non-commercial research only: heads trained by agelens on UTKFace, over faceres "
         "(HSE, Apache-2.0), face-api (MIT) and Cydral (CC0) embeddings",
