@@ -95,7 +95,7 @@ class System(Protocol):
 DEFAULT_CONFIGS = (
     "blazeface-auto:ensemble",
     "blazeface-fast:faceapi",
-    "blazeface-portrait:faceapi96-distilled",
+    "blazeface-portrait:faceapi112-distilled",
 )
 
 

@@ -122,12 +122,12 @@ def test_models_list_and_info() -> None:
     assert trained["license"] == "non-commercial (UTKFace-derived)"
     assert "non-commercial research only" in trained["description"]
     assert trained["card"]["backbones"] == ["faceres", "faceres-deep", "faceapi", "cydral"]
-    fine_tuned = json.loads(runner.invoke(app, ["models", "info", "faceapi96-distilled"]).stdout)
+    fine_tuned = json.loads(runner.invoke(app, ["models", "info", "faceapi112-distilled"]).stdout)
     assert fine_tuned["source"] == "agelens (shipped)"
     assert fine_tuned["license"] == "non-commercial (UTKFace-derived)"
-    assert fine_tuned["card"]["input_size"] == 96
+    assert fine_tuned["card"]["input_size"] == 112
     assert fine_tuned["card"]["training"]["teacher"]["name"] == "heads-utkface"
-    assert "fine-tuned at 96 px" in fine_tuned["description"]
+    assert "fine-tuned at 112 px" in fine_tuned["description"]
     table = runner.invoke(app, ["models", "list"], env={"COLUMNS": "200"})
     assert "heads-utkface" in table.stdout
 
@@ -135,7 +135,7 @@ def test_models_list_and_info() -> None:
 @pytest.mark.parametrize(
     ("preset", "estimator"),
     [
-        ("fastest", "faceapi96-distilled"),
+        ("fastest", "faceapi112-distilled"),
         ("fast", "faceapi"),
         ("balanced", "ensemble"),
         ("accurate", "heads-utkface"),

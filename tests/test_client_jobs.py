@@ -19,7 +19,7 @@ from PIL import Image
 from agelens.client import AsyncClient, Client, Job, JobTimeoutError, NotFoundError
 from tests.conftest import REPO_ROOT, agelens_serve
 
-TRAINED = REPO_ROOT / "src" / "agelens" / "trained" / "faceapi96-distilled"
+TRAINED = REPO_ROOT / "src" / "agelens" / "trained" / "faceapi112-distilled"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_serve_takes_a_trained_model_folder_like_analyze(
     (expected,) = (
         Analyzer(estimator=str(model_folder), threads=1).analyze(astronaut_jpeg_file).faces
     )
-    assert result.models["estimator"].startswith("faceapi96-distilled")
+    assert result.models["estimator"].startswith("faceapi112-distilled")
     assert face.age_years == pytest.approx(expected.age_years, abs=0.06)  # JSON rounds
     assert face.gender == expected.gender
     # requests may name the operator's folder, never another path on the server

@@ -89,7 +89,7 @@ def test_unknown_backend_names_list_the_choices(factory: object) -> None:
     ("preset", "detector", "estimator", "expected"),
     [
         (None, None, None, ("blazeface-auto", "ensemble")),
-        ("fastest", None, None, ("blazeface-portrait", "faceapi96-distilled")),
+        ("fastest", None, None, ("blazeface-portrait", "faceapi112-distilled")),
         ("fast", None, None, ("blazeface-fast", "faceapi")),
         ("balanced", None, None, ("blazeface-auto", "ensemble")),
         ("accurate", None, None, ("blazeface-auto", "heads-utkface")),

@@ -14,7 +14,7 @@ from agelens.models.fetch import sha256_file
 from agelens.train.cards import evaluation_entry, record_evaluation
 
 SHIPPED = (
-    Path(__file__).resolve().parents[2] / "src" / "agelens" / "trained" / "faceapi96-distilled"
+    Path(__file__).resolve().parents[2] / "src" / "agelens" / "trained" / "faceapi112-distilled"
 )
 
 

@@ -344,8 +344,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "fastest": Preset(
         "blazeface-portrait",
-        "faceapi96-distilled",
-        "non-commercial research only: face-api's network (MIT) distilled by agelens at 96 px "
+        "faceapi112-distilled",
+        "non-commercial research only: face-api's network (MIT) distilled by agelens at 112 px "
         "from heads-utkface on UTKFace",
     ),
     "fast": Preset(
