@@ -144,10 +144,6 @@ class Service:
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
 
-def _decode_base64(text: str) -> bytes:
-    return intake.decode_base64(text)
-
-
 async def _image_from_json(
     service: Service,
     image_base64: str | None,
@@ -158,6 +154,6 @@ async def _image_from_json(
     if (image_base64 is None) == (image_url is None):
         raise InvalidRequestError(f"send exactly one of {names[0]} and {names[1]}")
     if image_base64 is not None:
-        return _decode_base64(image_base64), "<base64>"
+        return intake.decode_base64(image_base64), "<base64>"
     assert image_url is not None
     return await service.fetch_url(image_url), image_url

@@ -11,6 +11,7 @@ from dataclasses import replace
 import anyio
 from fastapi import APIRouter
 
+from agelens import intake
 from agelens.imaging import encode_png
 from agelens.render import draw_result
 from agelens.server.deps import Authorized, AuthorizedCompat, ServiceDep
@@ -22,7 +23,7 @@ from agelens.server.schemas import (
     PredictIn,
     PredictOut,
 )
-from agelens.server.service import _decode_base64, _image_from_json
+from agelens.server.service import _image_from_json
 
 __all__ = ["PREDICT_DETECTORS", "router"]
 
@@ -80,7 +81,7 @@ async def lambda_compat(
     """Drop-in for the AWS Lambda system's page: `{"image": "<base64>"}` in,
     `{"outputResultsData": "<base64 PNG with boxes and labels>"}` out (plus `faces`). The
     Lambda handler routes its direct (non-proxy) events here too."""
-    data = _decode_base64(body.image)
+    data = intake.decode_base64(body.image)
     image, _ = await service.decode(data, "<image>")
     result = await service.infer(service.options(AnalyzeOptions()), image)
 
