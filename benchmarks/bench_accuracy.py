@@ -3,6 +3,7 @@
     python benchmarks/bench_accuracy.py                       # the four presets, both sets
     python benchmarks/bench_accuracy.py --presets fastest --configs blazeface-auto:MODEL_DIR
     python benchmarks/bench_accuracy.py --limit 300 --json out.json   # a quick seeded sample
+    python benchmarks/bench_accuracy.py --presets balanced --details  # per decade and group too
 
 It runs exactly what `agelens eval` runs (`agelens.evaluate.evaluate`): UTKFace `test` padded
 by 50% (`agelens eval utkface/ --split test --pad 0.5`), `aaf` as it is (`agelens eval aaf/`),
@@ -32,6 +33,7 @@ import agelens
 from agelens.evaluate import evaluate, read_labels
 from agelens.models.backends import PRESETS
 from agelens.pipeline import Analyzer
+from agelens.train.cards import dataset_markdown, evaluation_entry
 
 logger = logging.getLogger("bench_accuracy")
 
@@ -83,6 +85,18 @@ def format_table(results: dict[str, dict[str, Any]], set_names: Sequence[str]) -
     return "\n".join(lines)
 
 
+def format_details(results: dict[str, dict[str, Any]], *, date: str) -> str:
+    """Per configuration and set: the figures per decade of true age and per group, in the
+    model cards' layout."""
+    lines = []
+    for label, result in results.items():
+        lines += [f"## `{label}`: `{result['detector']}` + `{result['estimator']}`", ""]
+        for name, metrics in result["sets"].items():
+            entry = evaluation_entry(metrics, date=date, version=agelens.__version__)
+            lines += dataset_markdown(name, entry)
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
@@ -98,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="score a seeded sample of N rows of each set")
     parser.add_argument("--threads", type=int, default=2, help="threads per model")
     parser.add_argument("--json", type=Path, help="write every metric here")
+    parser.add_argument(
+        "--details", action="store_true", help="also print the figures per decade and group"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -114,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("no data set found under %s: nothing to measure", args.data_root)
         return 0
 
+    command = " ".join(["python benchmarks/bench_accuracy.py", *(argv or sys.argv[1:])])
     results: dict[str, dict[str, Any]] = {}
     for label, detector, estimator in configurations(args.presets, args.configs):
         analyzer = Analyzer(detector, estimator, threads=args.threads)
@@ -123,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = read_labels(folder / "labels.csv", split=split, limit=args.limit)
             start = time.perf_counter()
             metrics, _ = evaluate(analyzer, folder, rows, pad=pad)
+            metrics["command"] = command
             logger.info(
                 "%s on %s: MAE %.3f, %d of %d faces, %.0f s",
                 label,
@@ -140,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         format_table(results, [name for name, *_ in available]),
     ]
+    if args.details:
+        report += ["", format_details(results, date=date)]
     sys.stdout.write("\n".join(report) + "\n")
     if args.json is not None:
         payload = {"agelens": agelens.__version__, "date": date, "limit": args.limit}

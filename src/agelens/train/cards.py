@@ -67,6 +67,40 @@ def _years(value: Any, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
+def dataset_markdown(name: str, entry: Mapping[str, Any], *, level: str = "###") -> list[str]:
+    """One dataset's block of figures: the command, the overall row, then per decade and
+    per group."""
+    lines = [
+        f"{level} {name}",
+        f"`{entry['command']}` ({entry['date']}, agelens {entry['version']})",
+        "",
+        "| faces found | age MAE | CS@5 | mean signed error | gender | interval coverage |",
+        "|---|---|---|---|---|---|",
+        f"| {entry.get('faces_found', '-')} of {entry.get('n', '-')} | "
+        f"{_years(entry.get('age_mae'))} | {_percent(entry.get('age_cs5'))} | "
+        f"{_years(entry.get('age_mean_signed_error'), True)} | "
+        f"{_percent(entry.get('gender_accuracy'))} | "
+        f"{_percent(entry.get('age_interval_coverage'))} |",
+        "",
+    ]
+    for group, title in (("by_decade", "true age"), ("by_race", "group")):
+        groups = entry.get(group) or {}
+        if not groups:
+            continue
+        lines += [
+            f"| {title} | n | age MAE | mean signed error | gender |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {label} | {figures.get('n', '-')} | {_years(figures.get('age_mae'))} | "
+            f"{_years(figures.get('age_mean_signed_error'), True)} | "
+            f"{_percent(figures.get('gender_accuracy'))} |"
+            for label, figures in groups.items()
+        ]
+        lines.append("")
+    return lines
+
+
 def evaluation_markdown(evaluation: Mapping[str, Any]) -> str:
     """The "Evaluation" section of MODEL_CARD.md: one block per dataset."""
     lines = [
@@ -76,34 +110,7 @@ def evaluation_markdown(evaluation: Mapping[str, Any]) -> str:
         "",
     ]
     for name, entry in evaluation.items():
-        lines += [
-            f"### {name}",
-            f"`{entry['command']}` ({entry['date']}, agelens {entry['version']})",
-            "",
-            "| faces found | age MAE | CS@5 | mean signed error | gender | interval coverage |",
-            "|---|---|---|---|---|---|",
-            f"| {entry.get('faces_found', '-')} of {entry.get('n', '-')} | "
-            f"{_years(entry.get('age_mae'))} | {_percent(entry.get('age_cs5'))} | "
-            f"{_years(entry.get('age_mean_signed_error'), True)} | "
-            f"{_percent(entry.get('gender_accuracy'))} | "
-            f"{_percent(entry.get('age_interval_coverage'))} |",
-            "",
-        ]
-        for group, title in (("by_decade", "true age"), ("by_race", "group")):
-            groups = entry.get(group) or {}
-            if not groups:
-                continue
-            lines += [
-                f"| {title} | n | age MAE | mean signed error | gender |",
-                "|---|---|---|---|---|",
-            ]
-            lines += [
-                f"| {label} | {figures.get('n', '-')} | {_years(figures.get('age_mae'))} | "
-                f"{_years(figures.get('age_mean_signed_error'), True)} | "
-                f"{_percent(figures.get('gender_accuracy'))} |"
-                for label, figures in groups.items()
-            ]
-            lines.append("")
+        lines += dataset_markdown(name, entry)
     return "\n".join(lines)
 
 
