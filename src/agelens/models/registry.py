@@ -278,7 +278,7 @@ MODELS: Mapping[str, ModelSpec] = {
             source=_faceres_source("faceres"),
             kept_files={
                 "age_gender.onnx": (
-                    "f1b93e842d4d76b5567b5d0d0e1d081f915e4db1072271a5517ae77f3f6c592b"
+                    "1b50334fef164c0a47679af0dbab96214141735382cfd6177046c9ffccb8fb8a"
                 )
             },
             license=_FACERES_LICENSE,
@@ -296,7 +296,7 @@ MODELS: Mapping[str, ModelSpec] = {
             source=_faceres_source("faceres-deep"),
             kept_files={
                 "age_gender.onnx": (
-                    "c809cbd8750db2357eb3ba975b4eebc3cbfe20ad2fb4b98d05f3cb3e30436ba7"
+                    "7445d42b23506065802eb8fae752bedca6022ff7df9a0ecdb4700977c21d0c43"
                 )
             },
             license=_FACERES_LICENSE,

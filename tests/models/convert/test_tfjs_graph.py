@@ -165,6 +165,12 @@ def test_conversion_is_deterministic(package_graph: tuple[str, bytes, bytes]) ->
     assert [o.name for o in model.graph.output] == list(FACERES_OUTPUTS.values())
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["N", 224, 224, 3]
+    # Every Keras ReLU6 (Relu, Minimum 6, Maximum 0) is one Clip ONNX Runtime can fuse.
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("Clip") == 27
+    assert "Min" not in ops
+    assert "Max" not in ops
+    assert ops.count("Relu") == 1  # the head's fully connected layer's, after a Gemm
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +257,55 @@ def test_tiny_graph_matches_numpy() -> None:
     features, pooled = session.run(None, {"x": x})
     np.testing.assert_allclose(features, out + bias, atol=1e-5)
     np.testing.assert_allclose(pooled, want, atol=1e-5)
+
+
+def _relu6_graph() -> tuple[bytes, dict[str, bytes]]:
+    """The tiny graph with Keras's ReLU6 (Relu -> Minimum 6 -> Maximum 0) before the Mean."""
+    model_json, shards = _tiny_graph()
+    model = json.loads(model_json)
+    nodes = model["modelTopology"]["node"]
+    nodes[-1]["input"] = ["clip", "axes"]
+    nodes[-1:-1] = [
+        {"name": "six", "op": "Const", "attr": {}},
+        {"name": "zero", "op": "Const", "attr": {}},
+        {"name": "relu", "op": "Relu", "input": ["add"]},
+        {"name": "min", "op": "Minimum", "input": ["relu", "six"]},
+        {"name": "clip", "op": "Maximum", "input": ["min", "zero"]},
+    ]
+    model["weightsManifest"][0]["weights"] += [
+        {"name": "six", "shape": [], "dtype": "float32"},
+        {"name": "zero", "shape": [], "dtype": "float32"},
+    ]
+    extra = np.array([6.0, 0.0], "<f4").tobytes()
+    return json.dumps(model).encode(), {"w.bin": shards["w.bin"] + extra}
+
+
+def test_relu6_becomes_one_clip_with_the_same_outputs() -> None:
+    import onnxruntime as ort
+
+    model_json, shards = _relu6_graph()
+    converted = tfjs_graph_to_onnx(model_json, shards, outputs={"add": "add", "mean": "mean"})
+    model = onnx.load_from_string(converted)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("Clip") == 1
+    assert not {"Relu", "Min", "Max"} & set(ops)
+    assert {i.name for i in model.graph.initializer} >= {"relu/clip_min", "relu/clip_max"}
+    assert not {"six", "zero"} & {i.name for i in model.graph.initializer}
+
+    session = ort.InferenceSession(converted, providers=["CPUExecutionProvider"])
+    x = 4 * np.random.default_rng(2).standard_normal((3, 4, 4, 2)).astype(np.float32)
+    features, pooled = session.run(None, {"x": x})
+    assert features.min() < 0
+    assert features.max() > 6
+    np.testing.assert_allclose(pooled, np.clip(features, 0, 6).mean(axis=(1, 2)), atol=1e-6)
+
+
+def test_relu6_whose_values_are_read_elsewhere_is_left_alone() -> None:
+    model_json, shards = _relu6_graph()
+    kept = tfjs_graph_to_onnx(model_json, shards, outputs={"relu": "relu", "mean": "mean"})
+    ops = [node.op_type for node in onnx.load_from_string(kept).graph.node]
+    assert "Clip" not in ops
+    assert {"Relu", "Min", "Max"} <= set(ops)
 
 
 def test_unsupported_operator_is_named() -> None:

@@ -10,6 +10,13 @@ Supported operators (see SUPPORTED_OPS): Placeholder, Const, Conv2D, DepthwiseCo
 Add, AddV2, Mul, Relu, Minimum, Maximum, Mean, _FusedMatMul (fused BiasAdd, optionally Relu),
 Sigmoid, Softmax, Identity.
 
+Keras writes ReLU6 as Relu -> Minimum(6) -> Maximum(0), three ONNX nodes that ONNX Runtime
+neither fuses into the convolution before them nor runs in its blocked (NCHWc) layout: each
+costs a reorder out of that layout and back. `relu6_as_clip` rewrites every such chain into one
+`Clip(0, 6)`, which is the same function (min and max are exact, so outputs are bit-identical)
+and which ONNX Runtime fuses into the convolution. On faceres and faceres-deep (27 chains each)
+this made the network about 1.35x faster on one core (21.5 -> 15.9 ms a face, batch 8).
+
 Layout. TF.js graphs are NHWC; ONNX convolutions are NCHW. The ONNX model keeps the TF.js
 interface (its input is the NHWC placeholder, its outputs have TF shapes), transposes the input
 to NCHW once, and keeps every 4-D activation in NCHW: kernels are converted at conversion time
@@ -31,6 +38,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +47,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["SUPPORTED_OPS", "decode_weights", "graph_ops", "tfjs_graph_to_onnx"]
+__all__ = ["SUPPORTED_OPS", "decode_weights", "graph_ops", "relu6_as_clip", "tfjs_graph_to_onnx"]
 
 
 #: TF op -> the `_Translator.op_*` method translating it.
@@ -66,7 +74,7 @@ SUPPORTED_OPS = frozenset(_HANDLERS)
 _OPSET = 13
 _IR_VERSION = 7
 _PRODUCER = "agelens"
-_CONVERTER_VERSION = "1"
+_CONVERTER_VERSION = "2"  # 2: ReLU6 chains emitted as Clip
 
 #: ONNX axis i of an NCHW tensor holds TF (NHWC) axis _NCHW[i].
 _NCHW = (0, 3, 1, 2)
@@ -511,12 +519,15 @@ def tfjs_graph_to_onnx(
             dims[0] = _BATCH
         graph_outputs.append(helper.make_tensor_value_info(onnx_name, TensorProto.FLOAT, dims))
 
+    onnx_nodes, initializers = relu6_as_clip(
+        translator.nodes, translator.initializers, keep={o.name for o in graph_outputs}
+    )
     graph = helper.make_graph(
-        translator.nodes,
+        onnx_nodes,
         graph_name,
         inputs=translator.inputs,
         outputs=graph_outputs,
-        initializer=translator.initializers,
+        initializer=initializers,
     )
     onnx_model = helper.make_model(
         graph,
@@ -530,6 +541,79 @@ def tfjs_graph_to_onnx(
         helper.set_model_props(onnx_model, dict(metadata))
     onnx.checker.check_model(onnx_model, full_check=True)
     return bytes(onnx_model.SerializeToString(deterministic=True))
+
+
+def _scalar(initializers: Mapping[str, onnx.TensorProto], name: str) -> float | None:
+    tensor = initializers.get(name)
+    if tensor is None:
+        return None
+    array = numpy_helper.to_array(tensor)
+    return float(array.reshape(-1)[0]) if array.size == 1 else None
+
+
+def relu6_as_clip(
+    nodes: Sequence[onnx.NodeProto],
+    initializers: Sequence[onnx.TensorProto],
+    *,
+    keep: AbstractSet[str] = frozenset(),
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Every `Relu -> Min(hi) -> Max(lo)` chain (hi >= 0 >= lo, scalar constants, each value
+    read only by the next node and none in `keep`) as one `Clip(0, hi)`; the constants no node
+    reads any more are dropped. Everything else is returned unchanged, in order."""
+    by_name = {tensor.name: tensor for tensor in initializers}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def only_reader(value: str, op: str) -> onnx.NodeProto | None:
+        found = readers.get(value, [])
+        if value in keep or len(found) != 1 or found[0].op_type != op:
+            return None
+        return found[0]
+
+    chains: dict[str, tuple[float, str]] = {}  # Relu output -> (hi, Max output)
+    dropped: set[str] = set()
+    for node in nodes:
+        if node.op_type != "Relu":
+            continue
+        minimum = only_reader(node.output[0], "Min")
+        if minimum is None or len(minimum.input) != 2:
+            continue
+        hi = _scalar(by_name, next(i for i in minimum.input if i != node.output[0]))
+        maximum = only_reader(minimum.output[0], "Max")
+        if hi is None or hi < 0 or maximum is None or len(maximum.input) != 2:
+            continue
+        lo = _scalar(by_name, next(i for i in maximum.input if i != minimum.output[0]))
+        if lo is None or lo > 0:
+            continue
+        chains[node.output[0]] = (hi, maximum.output[0])
+        dropped.update((minimum.output[0], maximum.output[0]))
+    if not chains:
+        return list(nodes), list(initializers)
+
+    out_nodes: list[onnx.NodeProto] = []
+    extra: list[onnx.TensorProto] = []
+    for node in nodes:
+        if node.op_type in ("Min", "Max") and node.output[0] in dropped:
+            continue
+        if node.op_type == "Relu" and node.output[0] in chains:
+            hi, output = chains[node.output[0]]
+            low_name, high_name = f"{node.name}/clip_min", f"{node.name}/clip_max"
+            extra += [
+                numpy_helper.from_array(np.array(0.0, dtype=np.float32), low_name),
+                numpy_helper.from_array(np.array(hi, dtype=np.float32), high_name),
+            ]
+            out_nodes.append(
+                helper.make_node(
+                    "Clip", [node.input[0], low_name, high_name], [output], name=output
+                )
+            )
+            continue
+        out_nodes.append(node)
+    read = {name for node in out_nodes for name in node.input}
+    kept = [tensor for tensor in initializers if tensor.name in read]
+    return out_nodes, kept + extra
 
 
 def _topological(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
