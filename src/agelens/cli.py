@@ -1306,6 +1306,16 @@ def finetune_command(
         ),
     ] = 0.5,
     epochs: Annotated[int, typer.Option(help="Most epochs (early stopping on validation).")] = 8,
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Stop after this many epochs without a better validation MAE. A long "
+            "one-cycle schedule can stall for a few epochs at its highest learning rate and "
+            "gain again as it anneals: raise it (e.g. to --epochs) to run the whole schedule. "
+            "It may change on --resume.",
+        ),
+    ] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the split, augmentation and batches.")] = 0,
     threads: Annotated[int, typer.Option(help="PyTorch threads for training.")] = 1,
     out: Annotated[
@@ -1421,7 +1431,12 @@ def finetune_command(
         resume=resume,
     )
     config = FinetuneConfig(
-        epochs=epochs, seed=seed, threads=threads, teacher_weight=teacher_weight, augment=augment
+        epochs=epochs,
+        patience=patience,
+        seed=seed,
+        threads=threads,
+        teacher_weight=teacher_weight,
+        augment=augment,
     )
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         chipping = progress.add_task("cutting chips", total=None)

@@ -34,12 +34,14 @@ from agelens.pipeline import Analyzer
 from agelens.train.finetune import (
     AGE_CLASSES,
     FinetuneConfig,
+    FinetuneRequest,
     age_loss,
     age_network,
     augment,
     convert_age_network,
     export_onnx,
     interval_knots,
+    run_fingerprint,
     validation_split,
 )
 from agelens.train.run import UTKFACE_NOTICE
@@ -328,6 +330,19 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     # Without --resume the run starts again and overwrites it.
     _, history = _tiny_run(checkpoint, fingerprint="run-b")
     assert len(history) == 4
+
+
+def test_threads_and_patience_may_change_on_resume_but_not_the_schedule(tmp_path: Path) -> None:
+    from agelens.evaluate import LabelledImage
+
+    request = FinetuneRequest(tmp_path, tmp_path / "labels.csv", tmp_path / "out", "m")
+    rows = [LabelledImage("a.jpg", 30.0, "M"), LabelledImage("b.jpg", 40.0, "F")]
+    base = run_fingerprint(request, FinetuneConfig(epochs=16), rows, size=112)
+    same = FinetuneConfig(epochs=16, patience=16, threads=2)
+    assert run_fingerprint(request, same, rows, size=112) == base
+    assert run_fingerprint(request, FinetuneConfig(epochs=8), rows, size=112) != base
+    assert run_fingerprint(request, FinetuneConfig(epochs=16), rows[:1], size=112) != base
+    assert run_fingerprint(request, FinetuneConfig(epochs=16), rows, size=96) != base
 
 
 def test_resume_without_a_checkpoint_starts_from_the_first_epoch(tmp_path: Path) -> None:

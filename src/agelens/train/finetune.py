@@ -516,8 +516,9 @@ def run_fingerprint(
     **extra: Any,
 ) -> str:
     """What a training run's checkpoint depends on, hashed: the data, the request's options
-    (not its command line or whether it resumes), the configuration and `extra` facts (input
-    size, teacher version, ...). A checkpoint is resumed only by a run with the same one."""
+    (not its command line or whether it resumes), the configuration (not its threads or
+    patience) and `extra` facts (input size, teacher version, ...). A checkpoint is resumed
+    only by a run with the same one."""
     digest = hashlib.sha256()
     for row in rows:
         digest.update(f"{row.file},{row.age},{row.gender}\n".encode())
@@ -529,7 +530,10 @@ def run_fingerprint(
     fields["dataset_dir"] = str(request.dataset_dir.resolve())
     fields["out_dir"] = str(request.out_dir.resolve())
     settings = asdict(config)
+    # Neither changes what an epoch computes: threads only its speed, patience only when the
+    # run stops, so a run may be resumed with more threads or more patience.
     settings.pop("threads", None)
+    settings.pop("patience", None)
     payload = {"request": fields, "config": settings, "extra": extra, "rows": digest.hexdigest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
