@@ -580,11 +580,11 @@ def relu6_as_clip(
         minimum = only_reader(node.output[0], "Min")
         if minimum is None or len(minimum.input) != 2:
             continue
-        hi = _scalar(by_name, next(i for i in minimum.input if i != node.output[0]))
+        hi = _scalar(by_name, next((i for i in minimum.input if i != node.output[0]), ""))
         maximum = only_reader(minimum.output[0], "Max")
         if hi is None or hi < 0 or maximum is None or len(maximum.input) != 2:
             continue
-        lo = _scalar(by_name, next(i for i in maximum.input if i != minimum.output[0]))
+        lo = _scalar(by_name, next((i for i in maximum.input if i != minimum.output[0]), ""))
         if lo is None or lo > 0:
             continue
         chains[node.output[0]] = (hi, maximum.output[0])
