@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import agelens
-from agelens.evaluate import evaluate, read_labels
-from agelens.models.backends import PRESETS
+from agelens.errors import UnknownModelError
+from agelens.evaluate import LabelledImage, evaluate, read_labels
+from agelens.models.backends import PRESETS, resolve_models
 from agelens.pipeline import Analyzer
 from agelens.train.cards import dataset_markdown, evaluation_entry
 
@@ -47,10 +48,10 @@ def configurations(presets: Sequence[str], configs: Sequence[str]) -> list[tuple
     """(label, detector, estimator) for each preset, then each DETECTOR:ESTIMATOR."""
     chosen = []
     for name in presets:
-        if name not in PRESETS:
-            raise SystemExit(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        preset = PRESETS[name]
-        chosen.append((name, preset.detector, preset.estimator))
+        try:
+            chosen.append((name, *resolve_models(name, None, None)))
+        except UnknownModelError as error:
+            raise SystemExit(str(error)) from error
     for config in configs:
         detector, sep, estimator = config.partition(":")
         if not sep or not detector or not estimator:
@@ -118,13 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    available = []
+    available: list[tuple[str, Path, list[LabelledImage], float]] = []
     for name, folder, split, pad in SETS:
         if name not in args.sets:
             continue
         labels = args.data_root / folder / "labels.csv"
         if labels.is_file():
-            available.append((name, labels.parent, split, pad))
+            rows = read_labels(labels, split=split, limit=args.limit)
+            available.append((name, labels.parent, rows, pad))
         else:
             logger.warning("%s not found: skipping %s", labels, name)
     if not available:
@@ -137,10 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         analyzer = Analyzer(detector, estimator, threads=args.threads)
         result: dict[str, Any] = {"detector": detector, "estimator": estimator, "sets": {}}
         results[label] = result
-        for name, folder, split, pad in available:
-            rows = read_labels(folder / "labels.csv", split=split, limit=args.limit)
+        for name, dataset_dir, rows, pad in available:
             start = time.perf_counter()
-            metrics, _ = evaluate(analyzer, folder, rows, pad=pad)
+            metrics, _ = evaluate(analyzer, dataset_dir, rows, pad=pad)
             metrics["command"] = command
             logger.info(
                 "%s on %s: MAE %.3f, %d of %d faces, %.0f s",
