@@ -1273,12 +1273,16 @@ def finetune_command(
     backbone: Annotated[
         str,
         typer.Option(
-            help="Network to fine-tune: cydral (its age network) or faceapi (age and gender, "
-            "at --size px)."
+            help="Network to fine-tune: cydral (its age network), or faceapi or faceres-deep "
+            "(age and gender, at --size px)."
         ),
     ] = "cydral",
     size: Annotated[
-        int, typer.Option(help="faceapi only: input size in pixels (64, 80, 96 or 112).")
+        int,
+        typer.Option(
+            help="faceapi: input size in pixels (64, 80, 96 or 112); faceres-deep: 96, 112, "
+            "128 or 160."
+        ),
     ] = 80,
     middle_blocks: Annotated[
         int,
@@ -1317,6 +1321,13 @@ def finetune_command(
         ),
     ] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the split, augmentation and batches.")] = 0,
+    lr_body: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate of the pretrained layers (default: the backbone's measured "
+            "one, 1e-4 for faceres-deep and 3e-4 for the others).",
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(help="PyTorch threads for training.")] = 1,
     out: Annotated[
         Path | None,
@@ -1335,8 +1346,9 @@ def finetune_command(
     teacher: Annotated[
         str | None,
         typer.Option(
-            help="faceapi only: distil from this estimator (name or folder, e.g. heads-utkface): "
-            "targets mix its answers with the labels. Its answers are computed once and cached."
+            help="faceapi and faceres-deep: distil from this estimator (name or folder, e.g. "
+            "heads-utkface): targets mix its answers with the labels. Its answers are "
+            "computed once and cached."
         ),
     ] = None,
     teacher_weight: Annotated[
@@ -1392,17 +1404,26 @@ def finetune_command(
         check_size,
         finetune_faceapi_model,
     )
+    from agelens.train.finetune_faceres import FACERES_LR_BODY, check_faceres_size
 
-    if backbone == "faceapi":
+    student = backbone != "cydral"
+    if student:
         try:
-            check_size(size)
-            check_middle_blocks(middle_blocks)
+            if backbone == "faceapi":
+                check_size(size)
+                check_middle_blocks(middle_blocks)
+            else:
+                check_faceres_size(size)
+                if middle_blocks != 2:
+                    raise ValueError("--middle-blocks is only available for --backbone faceapi")
         except ValueError as error:
             raise _fail(str(error), EXIT_USAGE) from error
         if int8:
             raise _fail("--int8 is only available for --backbone cydral", EXIT_USAGE)
     elif teacher is not None:
-        raise _fail("--teacher is only available for --backbone faceapi", EXIT_USAGE)
+        raise _fail(
+            "--teacher is only available for --backbone faceapi or faceres-deep", EXIT_USAGE
+        )
     from agelens.train.finetune import check_augment
 
     if not 0.0 <= teacher_weight <= 1.0:
@@ -1430,8 +1451,13 @@ def finetune_command(
         workers=workers,
         resume=resume,
     )
+    if lr_body is None:
+        lr_body = FACERES_LR_BODY if backbone == "faceres-deep" else FinetuneConfig().lr_body
+    elif lr_body <= 0:
+        raise _fail(f"--lr-body must be positive, got {lr_body}", EXIT_USAGE)
     config = FinetuneConfig(
         epochs=epochs,
+        lr_body=lr_body,
         patience=patience,
         seed=seed,
         threads=threads,
@@ -1459,7 +1485,7 @@ def finetune_command(
             def on_rows(done: int, total: int) -> None:
                 progress.update(chipping, completed=done, total=total)
 
-            if backbone == "faceapi":
+            if student:
                 outcome = finetune_faceapi_model(
                     request,
                     config,

@@ -10,6 +10,10 @@ Alignment (dlib 5-point chips) and gender (Cydral gender-v1) are those of the re
 `"backbone": "faceapi"` (FinetunedFaceApiEstimator): `age_gender.onnx` (`input (N, 3, S, S)`
 -> `age_probabilities (N, 101)`, `gender_probability (N,)`, S = the card's `input_size`), with
 face-api's square crop and normalisation; it needs nothing fetched.
+
+`"backbone": "faceres-deep"` (FinetunedFaceResEstimator): `age_gender.onnx` (`input_1 (N, S,
+S, 3)` -> the same outputs), faceres-deep's square crop (box x 1.25), BGR minus the Caffe
+means; it needs nothing fetched either.
 """
 
 from __future__ import annotations
@@ -79,18 +83,26 @@ class FinetunedFaceApiEstimator:
     card's `"mirror": true`, each face and its mirror image, their age distributions and
     P(male) averaged (twice the network's time)."""
 
+    #: the card's `backbone` this class reads, and its registry spec
+    backbone = "faceapi"
+    #: how errors name the network
+    _label = "face-api"
+    #: the image width's axis in the network's input (NCHW)
+    _width_axis = 3
+
     def __init__(self, folder: Path, *, threads: int | None = None) -> None:
         from agelens.models.registry import get_spec
 
         card = read_finetuned_card(folder)
-        if card.get("backbone") != "faceapi":
-            raise UnknownModelError(f"{folder} does not hold a fine-tuned face-api network")
+        if card.get("backbone") != self.backbone:
+            raise UnknownModelError(f"{folder} does not hold a fine-tuned {self._label} network")
         verify_card_files(folder, card["files"], "fine-tune the model again")
         self.card = card
         self.name = str(card["name"])
-        self.spec = get_spec("faceapi")
+        self.spec = get_spec(self.backbone)
         self._size = int(card["input_size"])
         self._session = create_session(folder / FACEAPI_FILE, threads)
+        self._input = self._session.get_inputs()[0].name
         self._ages = np.arange(int(card["age_classes"]), dtype=np.float64)
         self._knots_x = np.asarray(card["interval"]["knots_x"], dtype=np.float64)
         self._knots_y = np.asarray(card["interval"]["knots_y"], dtype=np.float64)
@@ -110,28 +122,55 @@ class FinetunedFaceApiEstimator:
 
         if not detections:
             return {}
-        return {"faceapi": faceapi_chips(self.spec, image, detections, self._size)}
+        return {self.backbone: faceapi_chips(self.spec, image, detections, self._size)}
 
     def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
         """Expected age (0..100), the 80% interval from validation residuals, P(male)."""
         if not chips:
             return []
-        faces = chips["faceapi"]
+        faces = chips[self.backbone]
         if self.mirror:
             count = len(faces)
-            both = np.concatenate([faces, faces[:, :, :, ::-1]])
-            probabilities, male = self._session.run(None, {"input": both})
+            both = np.concatenate([faces, np.flip(faces, axis=self._width_axis)])
+            probabilities, male = self._session.run(None, {self._input: both})
             probabilities = (probabilities[:count] + probabilities[count:]) / 2
             male = (male[:count] + male[count:]) / 2
         else:
-            probabilities, male = self._session.run(None, {"input": faces})
+            probabilities, male = self._session.run(None, {self._input: faces})
         ages = probabilities.astype(np.float64) @ self._ages
         widths = np.interp(ages, self._knots_x, self._knots_y)
         return estimates(ages, widths, male.astype(np.float64))
 
 
+class FinetunedFaceResEstimator(FinetunedFaceApiEstimator):
+    """faceres-deep's crop (the detector's box squared x 1.25) at the card's input size, BGR
+    minus the Caffe means, channels last, into the folder's fine-tuned network; `"mirror"` as
+    for face-api."""
+
+    backbone = "faceres-deep"
+    _label = "faceres-deep"
+    _width_axis = 2  # NHWC
+
+    def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
+        """faceres-deep's square crops at the fine-tuned input size."""
+        from agelens.models.crops import crop_resized
+        from agelens.models.faceapi import faceapi_crop_box
+
+        if not detections:
+            return {}
+        chips = np.empty((len(detections), self._size, self._size, 3), dtype=np.float32)
+        for chip, detection in zip(chips, detections, strict=True):
+            crop = crop_resized(image, faceapi_crop_box(self.spec, detection), self._size)
+            chip[...] = crop[..., ::-1]  # BGR
+        chips -= np.asarray(self.spec.mean, dtype=np.float32)
+        return {self.backbone: chips}
+
+
 def load_finetuned(folder: Path, *, threads: int | None = None) -> Estimator:
     """The estimator of a fine-tuned model folder, by its card's backbone."""
-    if read_finetuned_card(folder).get("backbone") == "faceapi":
+    backbone = read_finetuned_card(folder).get("backbone")
+    if backbone == "faceapi":
         return FinetunedFaceApiEstimator(folder, threads=threads)
+    if backbone == FinetunedFaceResEstimator.backbone:
+        return FinetunedFaceResEstimator(folder, threads=threads)
     return FinetunedCydralEstimator(folder, threads=threads)

@@ -55,7 +55,7 @@ AGE_CLASSES = 101
 TRAIN_CHIP = 72
 TRAIN_PADDING = 0.2875
 CHIP = 64
-BACKBONES = ("cydral", "faceapi")
+BACKBONES = ("cydral", "faceapi", "faceres-deep")
 #: Augmentation recipes (`FinetuneConfig.augment`).
 AUGMENTS = ("basic", "strong")
 #: onnx2torch's requirements pull torchvision and a CUDA torch: it is installed on its own.

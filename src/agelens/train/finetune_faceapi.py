@@ -44,6 +44,7 @@ from agelens.models.finetuned import (
     FACEAPI_FILE,
     FINETUNED_KIND,
     FinetunedFaceApiEstimator,
+    FinetunedFaceResEstimator,
 )
 from agelens.train.finetune import (
     AGE_CLASSES,
@@ -231,6 +232,9 @@ def faceapi_network(path: Path, middle_blocks: int = MIDDLE_BLOCKS) -> Any:
 
 
 def _head_parameters(network: Any) -> list[Any]:
+    """The new layers, which train at the head's learning rate."""
+    if hasattr(network, "head_parameters"):
+        return list(network.head_parameters())
     return [
         *network.regression.parameters(),
         *network.age.parameters(),
@@ -249,8 +253,10 @@ def build_faceapi_chips(
     size: int,
     *,
     progress: Callable[[int, int], None] | None = None,
+    backbone: str = "faceapi",
 ) -> FaceApiChipSet:
-    """Both chips of every row with a face, from `cache_root` when cached before.
+    """Both chips of every row with a face, from `cache_root` when cached before: the square
+    crop of `backbone`'s registry spec (face-api's, or faceres-deep's box x 1.25).
 
     Rows whose image does not decode or holds no face are left out (logged).
     """
@@ -263,7 +269,7 @@ def build_faceapi_chips(
 
     def cut() -> ChipArrays:
         detector = create_detector(request.detector, 1)
-        spec = get_spec("faceapi")
+        spec = get_spec(backbone)
         found = np.zeros(len(rows), dtype=bool)
         train: list[NDArray[np.uint8]] = []
         evaluation: list[NDArray[np.uint8]] = []
@@ -280,7 +286,7 @@ def build_faceapi_chips(
                 progress(position + 1, len(rows))
         return found, stack_chips(train, big), stack_chips(evaluation, size)
 
-    config = chip_cache_config(request, rows, [big, TRAIN_MARGIN, size], backbone="faceapi")
+    config = chip_cache_config(request, rows, [big, TRAIN_MARGIN, size], backbone=backbone)
     kept, train_chips, eval_chips = cached_chips(config, cache_root, rows, cut)
     return FaceApiChipSet(rows=kept, train_chips=train_chips, eval_chips=eval_chips)
 
@@ -299,23 +305,33 @@ def gender_loss(logits: Any, male: Any) -> Any:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits[known], target)
 
 
-def predict(
-    network: Any, chips: NDArray[np.uint8], batch_size: int = 256
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(expected ages, P(male)) of exact chips `(N, S, S, 3)` uint8."""
+def student_normalisation(backbone: str) -> tuple[Any, float]:
+    """(per-channel mean in RGB order as a tensor, scale) of a student's input: `_normalise`
+    gives the network `(chips - mean) * scale`, NCHW, RGB (FaceResNetwork turns it into its
+    graph's BGR, channels last)."""
     import torch
 
     from agelens.models.registry import get_spec
 
-    spec = get_spec("faceapi")
-    mean = torch.tensor(spec.mean, dtype=torch.float32)
+    spec = get_spec(backbone)
+    mean = spec.mean[::-1] if spec.channel_order == "BGR" else spec.mean
+    return torch.tensor(mean, dtype=torch.float32), spec.scale
+
+
+def predict(
+    network: Any, chips: NDArray[np.uint8], batch_size: int = 256, *, backbone: str = "faceapi"
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(expected ages, P(male)) of exact chips `(N, S, S, 3)` uint8."""
+    import torch
+
+    mean, scale = student_normalisation(backbone)
     classes = torch.arange(AGE_CLASSES, dtype=torch.float32)
     network.eval()
     ages, male = [], []
     with torch.no_grad():
         for start in range(0, len(chips), batch_size):
             x = torch.from_numpy(chips[start : start + batch_size]).float()
-            age_logits, gender_logits = network(_normalise(x, mean, spec.scale))
+            age_logits, gender_logits = network(_normalise(x, mean, scale))
             ages.append((torch.softmax(age_logits, 1) * classes).sum(1).double().numpy())
             male.append(torch.sigmoid(gender_logits).double().numpy())
     if not ages:
@@ -379,6 +395,7 @@ def train_faceapi_network(
     checkpoint: Path | None = None,
     fingerprint: str = "",
     resume: bool = False,
+    backbone: str = "faceapi",
 ) -> tuple[list[dict[str, Any]], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """Train in place (see `fit`): age and gender losses, towards the labels or, with
     `teacher` (its targets for `chips.rows`, in order), a mix of labels and teacher (see
@@ -389,10 +406,7 @@ def train_faceapi_network(
     """
     import torch
 
-    from agelens.models.registry import get_spec
-
-    spec = get_spec("faceapi")
-    mean = torch.tensor(spec.mean, dtype=torch.float32)
+    mean, scale = student_normalisation(backbone)
     size = chips.eval_chips.shape[1]
     train_index, val_index = validation_split(
         len(chips.rows), config.validation_fraction, config.seed
@@ -407,7 +421,7 @@ def train_faceapi_network(
     def batch_loss(picked: Any, generator: Any) -> Any:
         source = batch_chips(train_chips, picked, config, generator)
         x = augment(source, config, generator, size=size)
-        age_logits, gender_logits = network(_normalise(x, mean, spec.scale))
+        age_logits, gender_logits = network(_normalise(x, mean, scale))
         index = picked.numpy()
         batch_teacher = train_teacher.select(index) if train_teacher is not None else None
         target, target_ages, target_male = distillation_targets(
@@ -418,7 +432,7 @@ def train_faceapi_network(
         )
 
     def validate() -> Validation:
-        ages, male = predict(network, chips.eval_chips[val_index])
+        ages, male = predict(network, chips.eval_chips[val_index], backbone=backbone)
         accuracy = _gender_accuracy(male, val_male)
         return Validation(
             float(np.abs(ages - val_ages).mean()),
@@ -551,21 +565,27 @@ def write_faceapi_onnx(
     onnx.save(model, str(path))
 
 
-def onnx_predict(path: Path, chips: NDArray[np.uint8]) -> tuple[NDArray[np.float64], ...]:
+def onnx_predict(
+    path: Path, chips: NDArray[np.uint8], backbone: str = "faceapi"
+) -> tuple[NDArray[np.float64], ...]:
     """(expected ages, P(male)) of exact chips by an exported age_gender.onnx."""
     from agelens.models.registry import get_spec
     from agelens.models.runtime import create_session
+    from agelens.train.finetune_faceres import faceres_input
 
-    spec = get_spec("faceapi")
+    spec = get_spec(backbone)
+    mean = np.asarray(spec.mean, np.float32)
     session = create_session(path, 1)
+    name = session.get_inputs()[0].name
     ages, male = [], []
     for start in range(0, len(chips), 256):
-        x = (
-            chips[start : start + 256].astype(np.float32) - np.asarray(spec.mean, np.float32)
-        ) * np.float32(spec.scale)
-        probabilities, p_male = session.run(
-            None, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
-        )
+        batch = chips[start : start + 256]
+        if backbone == "faceapi":
+            x = (batch.astype(np.float32) - mean) * np.float32(spec.scale)
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        else:
+            x = faceres_input(batch, mean)
+        probabilities, p_male = session.run(None, {name: x})
         ages.append(probabilities.astype(np.float64) @ np.arange(AGE_CLASSES))
         male.append(p_male.astype(np.float64))
     if not ages:
@@ -585,12 +605,27 @@ def finetune_faceapi_model(
     on_rows: Callable[[int, int], None] | None = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneOutcome:
-    """Run the whole fine-tuning; returns the installed model folder and its card."""
+    """Run the whole fine-tuning of a one-network student (`request.backbone`: faceapi or
+    faceres-deep); returns the installed model folder and its card."""
     from agelens.models.fetch import model_file
     from agelens.models.registry import get_spec
+    from agelens.train.finetune_faceres import (
+        FACERES_BACKBONE,
+        check_faceres_size,
+        faceres_network,
+        write_faceres_onnx,
+    )
 
-    check_size(size)
-    check_middle_blocks(middle_blocks)
+    backbone = request.backbone
+    if backbone == "faceapi":
+        check_size(size)
+        check_middle_blocks(middle_blocks)
+    elif backbone == FACERES_BACKBONE:
+        check_faceres_size(size)
+        if middle_blocks != MIDDLE_BLOCKS:
+            raise ValueError("--middle-blocks is only available for --backbone faceapi")
+    else:
+        raise ValueError(f"finetune_faceapi_model trains faceapi or {FACERES_BACKBONE}")
     started = time.perf_counter()
     rows = read_labels(request.labels_csv, split=request.split, limit=request.limit, seed=0)
     labelled = [r for r in rows if r.age is not None]
@@ -599,7 +634,9 @@ def finetune_faceapi_model(
             f"{len(labelled)} rows with an age is too few to fine-tune; give at least 20"
         )
     cache_root = request.cache_root or request.out_dir.parent / ".agelens-train-cache"
-    chips = build_faceapi_chips(request, labelled, cache_root, size, progress=on_rows)
+    chips = build_faceapi_chips(
+        request, labelled, cache_root, size, progress=on_rows, backbone=backbone
+    )
     teacher: TeacherTargets | None = None
     if request.teacher is not None:
         every = teacher_targets(
@@ -619,22 +656,36 @@ def finetune_faceapi_model(
             request.teacher, int(teacher.found.sum()), len(chips.rows),
         )  # fmt: skip
     chip_seconds = time.perf_counter() - started
-    network = faceapi_network(model_file(get_spec("faceapi"), "age_gender.onnx"), middle_blocks)
+    base = model_file(get_spec(backbone), "age_gender.onnx")
+    if backbone == "faceapi":
+        network = faceapi_network(base, middle_blocks)
+    else:
+        network = faceres_network(base, size)
     teacher_models = None if teacher is None else teacher.models
-    fingerprint = run_fingerprint(
-        request, config, labelled, size=size, middle_blocks=middle_blocks, teacher=teacher_models
-    )
+    extra: dict[str, Any] = {"size": size, "teacher": teacher_models}
+    if backbone == "faceapi":  # as before, so earlier checkpoints still resume
+        extra["middle_blocks"] = middle_blocks
+    fingerprint = run_fingerprint(request, config, labelled, **extra)
     checkpoint = checkpoint_path(cache_root, fingerprint)
     history, val_index, val_ages_pred, val_male_pred = train_faceapi_network(
         network, chips, config, teacher=teacher, on_step=on_step,
         checkpoint=checkpoint, fingerprint=fingerprint, resume=request.resume,
+        backbone=backbone,
     )  # fmt: skip
     val_ages = chips.ages[val_index].astype(np.float64)
     val_male = chips.male[val_index]
 
     staging = staging_folder(request.out_dir)
-    export_faceapi_onnx(network, staging / FACEAPI_FILE, size, middle_blocks)
-    exported_ages, exported_male = onnx_predict(staging / FACEAPI_FILE, chips.eval_chips[val_index])
+    if backbone == "faceapi":
+        export_faceapi_onnx(network, staging / FACEAPI_FILE, size, middle_blocks)
+    else:
+        state = {key: value.detach().cpu().numpy() for key, value in network.state_dict().items()}
+        write_faceres_onnx(
+            base, state, network.affine_names, staging / FACEAPI_FILE, size, network.input_conv
+        )
+    exported_ages, exported_male = onnx_predict(
+        staging / FACEAPI_FILE, chips.eval_chips[val_index], backbone
+    )
     gap = float(np.abs(exported_ages - val_ages_pred).max())
     if gap > 0.05 or float(np.abs(exported_male - val_male_pred).max()) > 1e-3:
         raise RuntimeError(
@@ -655,9 +706,9 @@ def finetune_faceapi_model(
         "name": request.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "task": "age + gender (fine-tuned end to end)",
-        "backbone": "faceapi",
+        "backbone": backbone,
         "input_size": size,
-        "middle_blocks": middle_blocks,
+        **({"middle_blocks": middle_blocks} if backbone == "faceapi" else {}),
         "age_classes": AGE_CLASSES,
         "weights": "float32",
         "interval": interval_knots(exported_ages, val_ages),
@@ -675,10 +726,7 @@ def finetune_faceapi_model(
         ),
         "metrics": metrics,
         "data_notice": request.data_notice or "",
-        "license": (
-            "Fine-tuned from face-api's AgeGenderNet (@vladmandic/face-api, MIT); the weights "
-            "are derived from the training data named above and its terms apply."
-        ),
+        "license": STUDENT_LICENSES[backbone],
     }
     if request.teacher is not None:
         card["training"]["teacher"] = {
@@ -688,20 +736,41 @@ def finetune_faceapi_model(
             "faces_answered": 0 if teacher is None else int(teacher.found.sum()),
         }
     install_model(
-        staging, request.out_dir, card, model_card_markdown(card), FinetunedFaceApiEstimator
-    )
+        staging, request.out_dir, card, model_card_markdown(card),
+        FinetunedFaceApiEstimator if backbone == "faceapi" else FinetunedFaceResEstimator,
+    )  # fmt: skip
     checkpoint.unlink(missing_ok=True)
     return FinetuneOutcome(folder=request.out_dir, card=card)
+
+
+#: Licence line of each student's card: the network's own terms, and the data's.
+STUDENT_LICENSES = {
+    "faceapi": (
+        "Fine-tuned from face-api's AgeGenderNet (@vladmandic/face-api, MIT); the weights "
+        "are derived from the training data named above and its terms apply."
+    ),
+    "faceres-deep": (
+        "Fine-tuned from HSE's FaceRes age/gender MobileNet (faceres-deep, from "
+        "@vladmandic/human; Apache-2.0 per HSE); the weights are derived from the training "
+        "data named above and its terms apply."
+    ),
+}
+#: What each student is, for its card.
+STUDENT_NETWORKS = {
+    "faceapi": "face-api's AgeGenderNet",
+    "faceres-deep": "HSE's FaceRes age/gender MobileNet (faceres-deep, 224 px originally)",
+}
 
 
 def model_card_markdown(card: dict[str, Any]) -> str:
     """The card as Markdown for people."""
     training = card["training"]
     validation = card["metrics"]["validation"]
+    network = STUDENT_NETWORKS.get(card.get("backbone", "faceapi"), card.get("backbone"))
     lines = [
         f"# {card['name']}",
         "",
-        f"face-api's AgeGenderNet fine-tuned end to end by `agelens finetune` at "
+        f"{network} fine-tuned end to end by `agelens finetune` at "
         f"{card['input_size']} px ({card['age_classes']} age classes, ages 0..100, and "
         "P(male)).",
         "",
