@@ -247,16 +247,18 @@ def _finetuned_row(name: str, folder: Path) -> dict[str, Any]:
 
     card = read_finetuned_card(folder)
     training = card["training"]
-    base = "faceapi" if card.get("backbone") == "faceapi" else "cydral"
+    base = str(card.get("backbone", "cydral"))
+    networks = {"faceapi": "face-api", "faceres-deep": "faceres-deep"}
+    student = networks.get(base)
     what = (
-        f"face-api age+gender fine-tuned at {card.get('input_size')} px"
-        if base == "faceapi"
+        f"{student} age+gender fine-tuned at {card.get('input_size')} px"
+        if student
         else "Cydral age fine-tuned"
     )
     return {
         "name": name,
-        "task": "age+gender (fine-tuned face-api)"
-        if base == "faceapi"
+        "task": f"age+gender (fine-tuned {student})"
+        if student
         else "age+gender (fine-tuned Cydral age)",
         "source": "agelens (shipped)"
         if folder.parent == shipped_dir()
@@ -266,7 +268,7 @@ def _finetuned_row(name: str, folder: Path) -> dict[str, Any]:
         else "see its card",
         "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
         "files": dict(card["files"]),
-        "fetched": base == "faceapi" or is_fetched(MODELS["cydral"]),
+        "fetched": student is not None or is_fetched(MODELS["cydral"]),
         "path": str(folder),
         "description": (
             f"{what} on {training['dataset']} {training['split']} "

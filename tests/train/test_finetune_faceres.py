@@ -282,3 +282,16 @@ def test_usage_errors(
     )  # fmt: skip
     assert result.exit_code == EXIT_USAGE
     assert message in result.output
+
+
+def test_models_list_shows_the_student(
+    distilled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agelens.models.heads.user_dir", lambda: tmp_path)
+    shutil.copytree(distilled, tmp_path / "tiny-faceres")
+    listed = runner.invoke(app, ["models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = [row for row in json.loads(listed.stdout) if row["name"] == "tiny-faceres"]
+    assert row["task"] == "age+gender (fine-tuned faceres-deep)"
+    assert row["description"].startswith("faceres-deep age+gender fine-tuned at 96 px")
+    assert row["fetched"] is True
