@@ -4,11 +4,16 @@
     python benchmarks/bench_accuracy.py --presets fastest --configs blazeface-auto:MODEL_DIR
     python benchmarks/bench_accuracy.py --limit 300 --json out.json   # a quick seeded sample
     python benchmarks/bench_accuracy.py --presets balanced --details  # per decade and group too
+    python benchmarks/bench_accuracy.py --presets --configs D:A D:B --averages D:A+D:B
 
 It runs exactly what `agelens eval` runs (`agelens.evaluate.evaluate`): UTKFace `test` padded
 by 50% (`agelens eval utkface/ --split test --pad 0.5`), `aaf` as it is (`agelens eval aaf/`),
 and prints one markdown row per configuration: faces found, age MAE / CS@5 / gender on each set,
-with the date and agelens version, so a change is checked on both sets in one command. A change
+with the date and agelens version, so a change is checked on both sets in one command.
+`--averages` adds rows for the per-face mean of configurations scored in the same run (their
+ages and P(male) averaged where every one found the face; the 80% interval is the mean of
+theirs, not re-calibrated), which tells whether two estimators combined would pay before one is
+built. A change
 that helps one set and hurts the other is not kept (docs/accuracy.md). `aaf` is for evaluation
 only: nothing agelens ships is trained or fitted on it.
 
@@ -31,7 +36,7 @@ from typing import Any
 
 import agelens
 from agelens.errors import UnknownModelError
-from agelens.evaluate import LabelledImage, evaluate, read_labels
+from agelens.evaluate import LabelledImage, compute_metrics, evaluate, read_labels
 from agelens.models.backends import PRESETS, resolve_models
 from agelens.pipeline import Analyzer
 from agelens.train.cards import dataset_markdown, evaluation_entry
@@ -58,6 +63,36 @@ def configurations(presets: Sequence[str], configs: Sequence[str]) -> list[tuple
             raise SystemExit(f"--configs takes DETECTOR:ESTIMATOR, got {config!r}")
         chosen.append((config, detector, estimator))
     return chosen
+
+
+def average_records(members: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per-image records of the mean of several estimators: each member's records of the same
+    rows in the same order; ages, intervals and P(male) averaged where every member found a
+    face, no face where any did not."""
+    averaged = []
+    for rows in zip(*members, strict=True):
+        first = rows[0]
+        if len({row["file"] for row in rows}) != 1:
+            raise ValueError(f"records out of step at {first['file']}")
+        record = {**first}
+        if any(row["pred_age"] is None for row in rows):
+            record.update(pred_age=None, pred_gender=None, gender_probability=None, interval=None)
+            averaged.append(record)
+            continue
+        male = [
+            p if row["pred_gender"] == "M" else 1 - p
+            for row in rows
+            for p in [float(row["gender_probability"])]
+        ]
+        p_male = sum(male) / len(male)
+        record.update(
+            pred_age=sum(row["pred_age"] for row in rows) / len(rows),
+            pred_gender="M" if p_male >= 0.5 else "F",
+            gender_probability=max(p_male, 1 - p_male),
+            interval=[sum(row["interval"][i] for row in rows) / len(rows) for i in (0, 1)],
+        )
+        averaged.append(record)
+    return averaged
 
 
 def _cell(metrics: dict[str, Any]) -> str:
@@ -110,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sets", nargs="*", default=[name for name, *_ in SETS], help="utkface-test and/or aaf"
     )
+    parser.add_argument(
+        "--averages",
+        nargs="*",
+        default=[],
+        help="LABEL+LABEL...: also score the per-face mean of configurations of this run "
+        "(labels: preset names or DETECTOR:ESTIMATOR as given)",
+    )
     parser.add_argument("--limit", type=int, help="score a seeded sample of N rows of each set")
     parser.add_argument("--threads", type=int, default=2, help="threads per model")
     parser.add_argument("--json", type=Path, help="write every metric here")
@@ -134,14 +176,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     command = " ".join(["python benchmarks/bench_accuracy.py", *(argv or sys.argv[1:])])
+    chosen = configurations(args.presets, args.configs)
+    labels = [label for label, *_ in chosen]
+    for average in args.averages:
+        unknown = [part for part in average.split("+") if part not in labels]
+        if unknown or "+" not in average:
+            raise SystemExit(
+                f"--averages {average!r}: {unknown or 'one member'} not among {labels}"
+            )
     results: dict[str, dict[str, Any]] = {}
-    for label, detector, estimator in configurations(args.presets, args.configs):
+    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for label, detector, estimator in chosen:
         analyzer = Analyzer(detector, estimator, threads=args.threads)
         result: dict[str, Any] = {"detector": detector, "estimator": estimator, "sets": {}}
         results[label] = result
         for name, dataset_dir, rows, pad in available:
             start = time.perf_counter()
-            metrics, _ = evaluate(analyzer, dataset_dir, rows, pad=pad)
+            metrics, records[label, name] = evaluate(analyzer, dataset_dir, rows, pad=pad)
             metrics["command"] = command
             logger.info(
                 "%s on %s: MAE %.3f, %d of %d faces, %.0f s",
@@ -153,6 +204,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.perf_counter() - start,
             )
             result["sets"][name] = metrics
+    for average in args.averages:
+        members = average.split("+")
+        result = {
+            "detector": " / ".join(dict.fromkeys(results[m]["detector"] for m in members)),
+            "estimator": " + ".join(results[m]["estimator"] for m in members),
+            "sets": {},
+        }
+        for name, _, rows, pad in available:
+            metrics = compute_metrics(
+                average_records([records[m, name] for m in members]), len(rows)
+            )
+            result["sets"][name] = {**metrics, "pad": pad, "command": command}
+        results[f"mean of {average}"] = result
     date = datetime.date.today().isoformat()
     sample = f", a seeded sample of {args.limit} rows per set" if args.limit else ""
     report = [

@@ -138,7 +138,7 @@ def test_models_list_and_info() -> None:
         ("fastest", "faceapi112-distilled"),
         ("fast", "faceapi"),
         ("balanced", "ensemble"),
-        ("accurate", "heads-utkface"),
+        ("accurate", "heads-ensemble"),
     ],
 )
 def test_analyze_with_a_preset(astronaut_file: Path, preset: str, estimator: str) -> None:

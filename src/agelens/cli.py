@@ -199,6 +199,14 @@ _COMBINED_DESCRIPTIONS = {
     "the short-range model where the full-range one finds nothing: the default detector",
     "ensemble": "cydral and faceapi on each face and its mirror image, stacked with weights "
     "fitted on UTKFace dev: the default estimator",
+    "heads-ensemble": "age 2/3 heads-utkface's + 1/3 ensemble's, gender heads-utkface's: the "
+    "accurate preset's estimator",
+}
+#: Terms of the combined names whose weights are not only their registry models': trained
+#: models they build on.
+_COMBINED_LICENSES = {
+    "heads-ensemble": "non-commercial (UTKFace-derived heads-utkface) + Apache-2.0 per HSE + "
+    "MIT + CC0-1.0",
 }
 
 
@@ -226,7 +234,9 @@ def _combined_rows(registry_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "name": name,
                 "task": task,
                 "source": f"agelens: {' + '.join(backend.required_models)}",
-                "license": " + ".join(dict.fromkeys(part["license"] for part in parts)),
+                "license": _COMBINED_LICENSES.get(
+                    name, " + ".join(dict.fromkeys(part["license"] for part in parts))
+                ),
                 "size_bytes": sum(part["size_bytes"] or 0 for part in parts),
                 "files": {},
                 "fetched": all(part["fetched"] for part in parts),

@@ -92,8 +92,8 @@ def test_unknown_backend_names_list_the_choices(factory: object) -> None:
         ("fastest", None, None, ("blazeface-portrait", "faceapi112-distilled")),
         ("fast", None, None, ("blazeface-fast", "faceapi")),
         ("balanced", None, None, ("blazeface-auto", "ensemble")),
-        ("accurate", None, None, ("blazeface-auto", "heads-utkface")),
-        ("accurate", "blazeface-fast", None, ("blazeface-fast", "heads-utkface")),
+        ("accurate", None, None, ("blazeface-auto", "heads-ensemble")),
+        ("accurate", "blazeface-fast", None, ("blazeface-fast", "heads-ensemble")),
         ("fast", None, "cydral", ("blazeface-fast", "cydral")),
     ],
 )

@@ -196,8 +196,15 @@ class HeadsEstimator:
         """Calibrated age and interval, calibrated P(male); face and mirror averaged."""
         if not chips:
             return []
-        count = len(next(iter(chips.values())))
-        both = np.concatenate([self.features(chips), self.features(chips, mirrored=True)])
+        return self.estimate_features(self.features(chips), self.features(chips, mirrored=True))
+
+    def estimate_features(
+        self, face: NDArray[np.float32], mirrored: NDArray[np.float32]
+    ) -> list[AgeGenderEstimate]:
+        """`estimate` from the features of the faces and of their mirror images (`features`),
+        for a caller that also reads them (models/mixture.py)."""
+        count = len(face)
+        both = np.concatenate([face, mirrored])
         probabilities, logit = self._session.run(None, {"features": both})
         probabilities = (probabilities[:count] + probabilities[count:]) / 2
         logit = (logit[:count] + logit[count:]).astype(np.float64) / 2

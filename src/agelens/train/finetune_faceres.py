@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.train.finetune import AGE_CLASSES
+from agelens.train.finetune import AGE_CLASSES, _onnx2torch_convert
 
 #: Registry name of the network this module trains.
 FACERES_BACKBONE = "faceres-deep"
@@ -129,7 +129,7 @@ def faceres_network(path: Path, size: int) -> Any:
         for t in model.graph.initializer
         if len(t.dims) == 4 and t.dims[0] == 1 and t.dims[2] == 1 and t.dims[3] == 1
     }
-    trainable_body, affine_names = _make_affines_trainable(_onnx2torch()(model), constants)
+    trainable_body, affine_names = _make_affines_trainable(_onnx2torch_convert()(model), constants)
 
     class FaceResNetwork(torch.nn.Module):
         def __init__(self) -> None:
@@ -165,12 +165,6 @@ def _input_conv(model: Any) -> Any:
         if node.op_type == "Conv" and node.input[0] in transposed:
             return node
     raise ValueError("no convolution reads the FaceRes graph's input")
-
-
-def _onnx2torch() -> Any:
-    from agelens.train.finetune import _onnx2torch_convert
-
-    return _onnx2torch_convert()
 
 
 def _make_affines_trainable(
