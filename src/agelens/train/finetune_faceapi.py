@@ -71,6 +71,7 @@ from agelens.train.finetune import (
     training_record,
     validation_split,
 )
+from agelens.train.finetune_faceres import save_student_graph
 from agelens.train.teacher import TeacherTargets, teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -487,8 +488,7 @@ def write_faceapi_onnx(
     trained weights go into the graph agelens writes for face-api (`global_pool_graph`,
     padding inside each Conv and MaxPool), and the new outputs are appended with onnx.helper.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     model = global_pool_graph(base, middle_blocks)
     graph = model.graph
@@ -551,18 +551,7 @@ def write_faceapi_onnx(
 
     dims = graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_value, dims[3].dim_value = size, size
-    del graph.output[:]
-    graph.output.extend(
-        [
-            helper.make_tensor_value_info(
-                "age_probabilities", TensorProto.FLOAT, ["N", AGE_CLASSES]
-            ),
-            helper.make_tensor_value_info("gender_probability", TensorProto.FLOAT, ["N"]),
-        ]
-    )
-    del model.metadata_props[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    save_student_graph(model, path)
 
 
 def onnx_predict(

@@ -212,8 +212,7 @@ def write_faceres_onnx(
     """Write a trained FaceResNetwork (its `state_dict` as arrays) as ONNX: faceres-deep's
     converted graph at `size` px with the trained weights, `input_1 (N, S, S, 3)` BGR minus
     the Caffe means -> `age_probabilities (N, 101)`, `gender_probability (N,)`."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     model = _body_graph(base, size)
     graph = model.graph
@@ -267,8 +266,17 @@ def write_faceres_onnx(
     flat = constant("head/flat", [-1], np.int64)
     gender = add("Reshape", [_GENDER_LOGIT, flat], "head/gender_flat")
     add("Sigmoid", [gender], "gender_probability")
-    del graph.output[:]
-    graph.output.extend(
+    save_student_graph(model, path)
+
+
+def save_student_graph(model: Any, path: Path) -> None:
+    """Give a student's graph its two outputs, `age_probabilities (N, 101)` and
+    `gender_probability (N,)`, check it and save it (without the source's metadata)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    del model.graph.output[:]
+    model.graph.output.extend(
         [
             helper.make_tensor_value_info(
                 "age_probabilities", TensorProto.FLOAT, ["N", AGE_CLASSES]
