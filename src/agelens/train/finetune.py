@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1000,6 +1000,67 @@ def training_record(
         "chip_seconds": round(chip_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
+
+
+class StudentWeights:
+    """Writes a trained network's `state_dict` (as arrays; onnx2torch's module names) into the
+    initializers of the ONNX graph it was converted from, checking every name and shape, so a
+    student is exported into its source graph rather than by `torch.onnx.export` (which keeps
+    onnx2torch's separate Pads)."""
+
+    def __init__(self, graph: Any, state: Mapping[str, NDArray[Any]]) -> None:
+        self.graph = graph
+        self.state = state
+        self._initializers = {t.name: t for t in graph.initializer}
+
+    def trained(self, key: str) -> NDArray[np.float32]:
+        """The trained array `key`; ValueError when the weights lack it."""
+        if key not in self.state:
+            raise ValueError(f"the trained weights lack {key!r}")
+        return np.ascontiguousarray(self.state[key], dtype=np.float32)
+
+    def replace(self, name: str, array: NDArray[np.float32], key: str) -> None:
+        """Initializer `name` := `array` (trained weight `key`), which must have its shape."""
+        from onnx import numpy_helper
+
+        if tuple(self._initializers[name].dims) != array.shape:
+            raise ValueError(f"{key} has shape {array.shape}, not {name}'s")
+        self._initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    def copy_convolutions(self, *, divide: Mapping[str, float] | None = None) -> None:
+        """Every Conv's trained weight and bias; `divide` maps a Conv's name to a number its
+        trained weight is divided by."""
+        for conv in self.graph.node:
+            if conv.op_type != "Conv":
+                continue
+            prefix = f"body.{conv.name}"
+            if f"{prefix}.weight" not in self.state:
+                prefix += ".1"  # padded convolutions became Sequential(pad, conv)
+            for name, suffix in zip(conv.input[1:], ("weight", "bias"), strict=False):
+                array = self.trained(f"{prefix}.{suffix}")
+                if suffix == "weight" and divide and conv.name in divide:
+                    array = array / np.float32(divide[conv.name])
+                self.replace(name, array, f"{prefix}.{suffix}")
+
+
+def save_student_graph(model: Any, path: Path) -> None:
+    """Give a student's graph its two outputs, `age_probabilities (N, 101)` and
+    `gender_probability (N,)`, check it and save it (without the source's metadata)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    del model.graph.output[:]
+    model.graph.output.extend(
+        [
+            helper.make_tensor_value_info(
+                "age_probabilities", TensorProto.FLOAT, ["N", AGE_CLASSES]
+            ),
+            helper.make_tensor_value_info("gender_probability", TensorProto.FLOAT, ["N"]),
+        ]
+    )
+    del model.metadata_props[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def staging_folder(out_dir: Path) -> Path:

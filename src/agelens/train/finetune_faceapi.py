@@ -52,6 +52,7 @@ from agelens.train.finetune import (
     FinetuneConfig,
     FinetuneOutcome,
     FinetuneRequest,
+    StudentWeights,
     Validation,
     _normalise,
     _onnx2torch_convert,
@@ -65,13 +66,13 @@ from agelens.train.finetune import (
     install_model,
     interval_knots,
     run_fingerprint,
+    save_student_graph,
     soft_age_loss,
     stack_chips,
     staging_folder,
     training_record,
     validation_split,
 )
-from agelens.train.finetune_faceres import save_student_graph
 from agelens.train.teacher import TeacherTargets, teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -492,24 +493,9 @@ def write_faceapi_onnx(
 
     model = global_pool_graph(base, middle_blocks)
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-
-    def trained(key: str) -> NDArray[np.float32]:
-        if key not in state:
-            raise ValueError(f"the trained weights lack {key!r}")
-        return np.ascontiguousarray(state[key], dtype=np.float32)
-
-    for conv in graph.node:
-        if conv.op_type != "Conv":
-            continue
-        prefix = f"body.{conv.name}"
-        if f"{prefix}.weight" not in state:
-            prefix += ".1"  # padded convolutions became Sequential(pad, conv)
-        for name, suffix in zip(conv.input[1:], ("weight", "bias"), strict=False):
-            array = trained(f"{prefix}.{suffix}")
-            if tuple(initializers[name].dims) != array.shape:
-                raise ValueError(f"{prefix}.{suffix} has shape {array.shape}, not {name}'s")
-            initializers[name].CopyFrom(numpy_helper.from_array(array, name))
+    weights = StudentWeights(graph, state)
+    weights.copy_convolutions()
+    trained = weights.trained
 
     # face-api's own heads give way to the trained ones.
     dropped_nodes = {"fc/age/gemm", "age", "fc/gender/gemm", "gender_probabilities"}

@@ -33,7 +33,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.train.finetune import AGE_CLASSES, _onnx2torch_convert
+from agelens.train.finetune import (
+    AGE_CLASSES,
+    StudentWeights,
+    _onnx2torch_convert,
+    save_student_graph,
+)
 
 #: Registry name of the network this module trains.
 FACERES_BACKBONE = "faceres-deep"
@@ -216,36 +221,21 @@ def write_faceres_onnx(
 
     model = _body_graph(base, size)
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-
-    def trained(key: str) -> NDArray[np.float32]:
-        if key not in state:
-            raise ValueError(f"the trained weights lack {key!r}")
-        return np.ascontiguousarray(state[key], dtype=np.float32)
-
-    def replace(name: str, array: NDArray[np.float32], key: str) -> None:
-        if tuple(initializers[name].dims) != array.shape:
-            raise ValueError(f"{key} has shape {array.shape}, not {name}'s")
-        initializers[name].CopyFrom(numpy_helper.from_array(array, name))
-
+    weights = StudentWeights(graph, state)
+    # the trainable network reads the pixels divided by INPUT_SCALE; the graph reads them whole
+    weights.copy_convolutions(divide={input_conv: INPUT_SCALE})
     for node in graph.node:
-        if node.op_type == "Conv":
-            prefix = f"body.{node.name}"
-            if f"{prefix}.weight" not in state:
-                prefix += ".1"  # padded convolutions became Sequential(pad, conv)
-            for name, suffix in zip(node.input[1:], ("weight", "bias"), strict=False):
-                array = trained(f"{prefix}.{suffix}")
-                if node.name == input_conv and suffix == "weight":
-                    array = array / np.float32(INPUT_SCALE)  # the graph reads unscaled pixels
-                replace(name, array, f"{prefix}.{suffix}")
-        elif node.op_type == "Gemm":
-            prefix = f"body.{node.name}"
+        if node.op_type == "Gemm":
+            key = f"body.{node.name}"
             # a Gemm with transB=0 holds (in, out); torch.nn.Linear holds (out, in)
-            replace(node.input[1], trained(f"{prefix}.weight").T.copy(), f"{prefix}.weight")
-            replace(node.input[2], trained(f"{prefix}.bias"), f"{prefix}.bias")
+            weights.replace(
+                node.input[1], weights.trained(f"{key}.weight").T.copy(), f"{key}.weight"
+            )
+            weights.replace(node.input[2], weights.trained(f"{key}.bias"), f"{key}.bias")
     for parameter, name in affine_names.items():
         key = f"body.initializers.{parameter}"
-        replace(name, trained(key), key)
+        weights.replace(name, weights.trained(key), key)
+    trained = weights.trained
 
     def constant(name: str, array: Any, dtype: Any = np.float32) -> str:
         graph.initializer.append(numpy_helper.from_array(np.asarray(array, dtype), name))
@@ -267,26 +257,6 @@ def write_faceres_onnx(
     gender = add("Reshape", [_GENDER_LOGIT, flat], "head/gender_flat")
     add("Sigmoid", [gender], "gender_probability")
     save_student_graph(model, path)
-
-
-def save_student_graph(model: Any, path: Path) -> None:
-    """Give a student's graph its two outputs, `age_probabilities (N, 101)` and
-    `gender_probability (N,)`, check it and save it (without the source's metadata)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    del model.graph.output[:]
-    model.graph.output.extend(
-        [
-            helper.make_tensor_value_info(
-                "age_probabilities", TensorProto.FLOAT, ["N", AGE_CLASSES]
-            ),
-            helper.make_tensor_value_info("gender_probability", TensorProto.FLOAT, ["N"]),
-        ]
-    )
-    del model.metadata_props[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 
 def faceres_input(chips: NDArray[np.uint8], mean_bgr: NDArray[np.float32]) -> NDArray[np.float32]:
