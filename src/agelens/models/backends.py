@@ -222,21 +222,11 @@ def _ensemble(threads: int | None, params: EnsembleParams) -> Estimator:
 
 
 def _mixture(threads: int | None, params: MixtureParams) -> Estimator:
-    from agelens.models.ensemble import EnsembleEstimator
-    from agelens.models.heads import HeadsEstimator
-    from agelens.models.mixture import HeadsEnsembleEstimator, MixtureEstimator
+    from agelens.models.mixture import create_mixture
 
-    first = create_estimator(params.first, threads)
-    second = create_estimator(params.second, threads)
-    backbones = {b.name for b in first.backbones} if isinstance(first, HeadsEstimator) else set()
-    if (
-        isinstance(first, HeadsEstimator)
-        and isinstance(second, EnsembleEstimator)
-        and {"faceapi", "cydral"} <= backbones
-        and second.flip
-    ):  # one run of face-api and Cydral serves both
-        return HeadsEnsembleEstimator("heads-ensemble", first, second, age_weight=params.age_weight)
-    return MixtureEstimator("heads-ensemble", first, second, age_weight=params.age_weight)
+    return create_mixture(
+        "heads-ensemble", params.first, params.second, threads, age_weight=params.age_weight
+    )
 
 
 # ----------------------------------------------------------------------------- the records

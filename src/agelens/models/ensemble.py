@@ -126,21 +126,7 @@ class EnsembleEstimator:
         self, outputs: dict[str, NDArray[np.float32]]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """(age, P(male), interval half-width) from member outputs."""
-        w = self.weights
-        age = (
-            w.age_bias
-            + w.age_cydral * outputs["cydral_age"]
-            + w.age_faceapi * outputs["faceapi_age"]
-        )
-        age = np.clip(age.astype(np.float64), 0.0, 110.0)
-        score = (
-            w.gender_bias
-            + w.gender_cydral * logit(outputs["cydral_male"])
-            + w.gender_faceapi * logit(outputs["faceapi_male"])
-        )
-        male = 1.0 / (1.0 + np.exp(-score))
-        half_width = w.interval_bias + w.interval_slope * age
-        return age, male, half_width
+        return combine_outputs(self.weights, outputs)
 
     def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
         """Stacked age with its calibrated interval, and stacked P(male)."""
@@ -148,3 +134,20 @@ class EnsembleEstimator:
             return []
         age, male, half_width = self.combine(self.member_outputs(chips))
         return estimates(age, half_width, male)
+
+
+def combine_outputs(
+    w: EnsembleWeights, outputs: dict[str, NDArray[np.float32]]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(age, P(male), interval half-width) of the stack with weights `w` from member outputs
+    (`EnsembleEstimator.member_outputs`, wherever they were computed)."""
+    age = w.age_bias + w.age_cydral * outputs["cydral_age"] + w.age_faceapi * outputs["faceapi_age"]
+    age = np.clip(age.astype(np.float64), 0.0, 110.0)
+    score = (
+        w.gender_bias
+        + w.gender_cydral * logit(outputs["cydral_male"])
+        + w.gender_faceapi * logit(outputs["faceapi_male"])
+    )
+    male = 1.0 / (1.0 + np.exp(-score))
+    half_width = w.interval_bias + w.interval_slope * age
+    return age, male, half_width

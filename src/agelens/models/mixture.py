@@ -27,31 +27,55 @@ from numpy.typing import NDArray
 from agelens.models.base import Chips, Estimator, RGBImage
 from agelens.models.cydral import AGE_CLASS_YEARS as CYDRAL_AGE_YEARS
 from agelens.models.distribution import estimates, expected_age
-from agelens.models.ensemble import EnsembleEstimator
+from agelens.models.ensemble import DEFAULT_WEIGHTS, EnsembleWeights, combine_outputs
 from agelens.models.heads import HeadsEstimator
 from agelens.types import AgeGenderEstimate, Detection
 
 
+def mix_estimates(
+    first: Sequence[AgeGenderEstimate], second: Sequence[AgeGenderEstimate], age_weight: float
+) -> list[AgeGenderEstimate]:
+    """Two estimators' estimates of the same faces: ages and intervals `age_weight` x the
+    first's + the rest x the second's; P(male) the first's."""
+    w = age_weight
+    return [
+        AgeGenderEstimate(
+            age_years=w * a.age_years + (1 - w) * b.age_years,
+            age_interval=(
+                w * a.age_interval[0] + (1 - w) * b.age_interval[0],
+                w * a.age_interval[1] + (1 - w) * b.age_interval[1],
+            ),
+            gender_probability_male=a.gender_probability_male,
+        )
+        for a, b in zip(first, second, strict=True)
+    ]
+
+
+def _checked(age_weight: float) -> float:
+    if not 0.0 <= age_weight <= 1.0:
+        raise ValueError(f"age_weight must be between 0 and 1, got {age_weight}")
+    return age_weight
+
+
+def _version(name: str, age_weight: float, first: str, second: str) -> str:
+    return f"{name}[{age_weight:.3g} x {first}, {1 - age_weight:.3g} x {second}]"
+
+
 class MixtureEstimator:
     """Ages: `age_weight` x the first member's + (1 - `age_weight`) x the second's. Gender:
-    the first member's."""
+    the first member's. Each member aligns and runs on its own."""
 
     def __init__(
         self, name: str, first: Estimator, second: Estimator, *, age_weight: float
     ) -> None:
-        if not 0.0 <= age_weight <= 1.0:
-            raise ValueError(f"age_weight must be between 0 and 1, got {age_weight}")
         self.name = name
         self.first = first
         self.second = second
-        self.age_weight = age_weight
+        self.age_weight = _checked(age_weight)
 
     def version(self) -> str:
         """The weights and both members' versions."""
-        return (
-            f"{self.name}[{self.age_weight:.3g} x {self.first.version()}, "
-            f"{1 - self.age_weight:.3g} x {self.second.version()}]"
-        )
+        return _version(self.name, self.age_weight, self.first.version(), self.second.version())
 
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
         """Both members' chips in one mapping, each key prefixed with its member."""
@@ -68,24 +92,7 @@ class MixtureEstimator:
             return []
         first = self.first.estimate(_member(chips, "first/"))
         second = self.second.estimate(_member(chips, "second/"))
-        return self.mix(first, second)
-
-    def mix(
-        self, first: Sequence[AgeGenderEstimate], second: Sequence[AgeGenderEstimate]
-    ) -> list[AgeGenderEstimate]:
-        """The members' estimates of the same faces, mixed."""
-        w = self.age_weight
-        return [
-            AgeGenderEstimate(
-                age_years=w * a.age_years + (1 - w) * b.age_years,
-                age_interval=(
-                    w * a.age_interval[0] + (1 - w) * b.age_interval[0],
-                    w * a.age_interval[1] + (1 - w) * b.age_interval[1],
-                ),
-                gender_probability_male=a.gender_probability_male,
-            )
-            for a, b in zip(first, second, strict=True)
-        ]
+        return mix_estimates(first, second, self.age_weight)
 
 
 def _member(chips: Chips, prefix: str) -> Chips:
@@ -99,25 +106,46 @@ _FACEAPI_AGE, _FACEAPI_MALE = 512, 513
 _CYDRAL_AGE_CLASSES, _CYDRAL_MALE = slice(272, 353), 353
 
 
-class HeadsEnsembleEstimator(MixtureEstimator):
-    """A MixtureEstimator of trained heads and the `ensemble` (with its mirror pass) that
-    reads the ensemble's inputs from the heads' features: the same answers (to float32
-    rounding) without running face-api and Cydral twice."""
+def ensemble_columns(heads: HeadsEstimator) -> tuple[int, int] | None:
+    """Where face-api's and Cydral's features start among the heads' (in the order of
+    `heads.backbones`), or None when the heads do not read both networks."""
+    offsets, start = {}, 0
+    for backbone in heads.backbones:
+        offsets[backbone.name] = start
+        start += backbone.dim
+    if not {"faceapi", "cydral"} <= set(offsets):
+        return None
+    return offsets["faceapi"], offsets["cydral"]
+
+
+class HeadsEnsembleEstimator:
+    """The mix of trained heads and the `ensemble` (its weights, with its mirror pass) that
+    reads the ensemble's inputs from the heads' features: the same answers as a
+    MixtureEstimator of the two (to float32 rounding) without loading or running face-api and
+    Cydral a second time."""
 
     def __init__(
-        self, name: str, heads: HeadsEstimator, ensemble: EnsembleEstimator, *, age_weight: float
+        self,
+        name: str,
+        heads: HeadsEstimator,
+        *,
+        age_weight: float,
+        weights: EnsembleWeights = DEFAULT_WEIGHTS,
     ) -> None:
-        super().__init__(name, heads, ensemble, age_weight=age_weight)
-        offsets, start = {}, 0
-        for backbone in heads.backbones:
-            offsets[backbone.name] = start
-            start += backbone.dim
-        if not {"faceapi", "cydral"} <= set(offsets) or not ensemble.flip:
-            raise ValueError("the heads must read faceapi and cydral, the ensemble its mirror")
+        columns = ensemble_columns(heads)
+        if columns is None:
+            raise ValueError("the heads must read faceapi and cydral")
+        self.name = name
+        self.age_weight = _checked(age_weight)
         self._heads = heads
-        self._ensemble = ensemble
-        self._faceapi = offsets["faceapi"]
-        self._cydral = offsets["cydral"]
+        self._weights = weights
+        self._faceapi, self._cydral = columns
+
+    def version(self) -> str:
+        """The weights, the heads' version and the ensemble's (the heads' two networks)."""
+        networks = {b.name: b.version() for b in self._heads.backbones}
+        ensemble = f"ensemble[{networks['cydral']}, {networks['faceapi']}]"
+        return _version(self.name, self.age_weight, self._heads.version(), ensemble)
 
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
         """The heads' chips, which hold the ensemble's (the same face-api and Cydral crops)."""
@@ -133,8 +161,8 @@ class HeadsEnsembleEstimator(MixtureEstimator):
         # as the ensemble's own mirror pass: each output of the face and its mirror averaged
         once, twice = self._outputs(face), self._outputs(mirrored)
         outputs = {key: ((once[key] + twice[key]) / 2).astype(np.float32) for key in once}
-        age, male, half_width = self._ensemble.combine(outputs)
-        return self.mix(first, estimates(age, half_width, male))
+        age, male, half_width = combine_outputs(self._weights, outputs)
+        return mix_estimates(first, estimates(age, half_width, male), self.age_weight)
 
     def _outputs(self, features: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         """The ensemble's member outputs (see EnsembleEstimator.member_outputs) of one pass."""
@@ -145,3 +173,21 @@ class HeadsEnsembleEstimator(MixtureEstimator):
             "faceapi_age": faceapi[:, _FACEAPI_AGE] * np.float32(100.0),
             "faceapi_male": faceapi[:, _FACEAPI_MALE],
         }
+
+
+def create_mixture(
+    name: str, first: str, second: str, threads: int | None, *, age_weight: float
+) -> Estimator:
+    """The mix of estimators `first` and `second` (names or folders): trained heads that read
+    face-api and Cydral mixed with `ensemble` share those networks' runs
+    (HeadsEnsembleEstimator); any other pair runs each member on its own."""
+    from agelens.models.backends import create_estimator
+
+    built = create_estimator(first, threads)
+    if (
+        second == "ensemble"
+        and isinstance(built, HeadsEstimator)
+        and ensemble_columns(built) is not None
+    ):
+        return HeadsEnsembleEstimator(name, built, age_weight=age_weight)
+    return MixtureEstimator(name, built, create_estimator(second, threads), age_weight=age_weight)
