@@ -51,6 +51,46 @@ def astronaut() -> NDArray[np.uint8]:
 
 
 @pytest.fixture(scope="session")
+def large_photo_jpeg(astronaut: NDArray[np.uint8]) -> bytes:
+    """A 3200x2400 JPEG (a phone photo's size) with the astronaut's head and shoulders 1200 px
+    wide on a grey wall: a photo agelens decodes reduced (`Analyzer.decode`)."""
+    import io
+
+    from PIL import Image
+
+    canvas = np.full((2400, 3200, 3), 90, np.uint8)
+    portrait = Image.fromarray(astronaut[0:330, 60:390]).resize((1200, 1200))
+    canvas[600:1800, 1400:2600] = np.asarray(portrait)
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+class DecodeSpy:
+    """Records the scale of every reduced JPEG decode (`agelens.imaging.load_image_reduced`,
+    wherever agelens calls it): `[]` when everything was decoded whole by `load_image`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from agelens import imaging, pipeline
+
+        self.scales: list[int] = []
+        self._real = imaging.load_image_reduced
+        monkeypatch.setattr(imaging, "load_image_reduced", self)
+        monkeypatch.setattr(pipeline, "load_image_reduced", self)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        image = self._real(*args, **kwargs)  # type: ignore[arg-type]
+        self.scales.append(image.scale)
+        return image
+
+
+@pytest.fixture
+def decode_spy(monkeypatch: pytest.MonkeyPatch) -> DecodeSpy:
+    """A DecodeSpy for this test."""
+    return DecodeSpy(monkeypatch)
+
+
+@pytest.fixture(scope="session")
 def analyzer() -> Iterator[object]:
     """The default Analyzer (BlazeFace full-range + ensemble), loaded once."""
     from agelens.pipeline import Analyzer

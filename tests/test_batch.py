@@ -39,6 +39,7 @@ from agelens.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, app
 from agelens.errors import BatchInputError, BatchOutputError, MissingExtraError
 from agelens.pipeline import Analyzer
 from agelens.rows import COLUMN_NAMES
+from tests.conftest import DecodeSpy
 
 FAST = {"detector": "blazeface-fast", "estimator": "faceapi"}
 FLOAT_COLUMNS = [name for name, kind in agelens.rows.COLUMNS if kind == "float32"]
@@ -203,6 +204,37 @@ def test_rows_for_faces_no_face_and_bad_files(
     with Image.open(crops / crop_name(face["content_sha256"], 0)) as crop:
         assert abs(crop.width - (face["box_x2_px"] - face["box_x1_px"])) <= 2
     assert not parts_folder(out).exists()
+
+
+def test_a_large_jpeg_is_decoded_reduced_unless_crops_are_saved(
+    tmp_path: Path, fast_analyzer: Analyzer, large_photo_jpeg: bytes, decode_spy: DecodeSpy
+) -> None:
+    """Rows as `Analyzer.analyze` gives for the file (a phone-sized JPEG decoded reduced for
+    the detector); with `crops_dir`, decoded whole, since the crops are cut from it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "phone.jpg").write_bytes(large_photo_jpeg)
+    run_batch(
+        [folder], tmp_path / "r.parquet", options=BatchOptions(**FAST), analyzer=fast_analyzer
+    )
+    assert decode_spy.scales
+    assert decode_spy.scales[0] > 1
+    (row,) = read_output(tmp_path / "r.parquet").to_pylist()
+    (expected,) = fast_analyzer.analyze(folder / "phone.jpg").faces
+    box = [row[f"box_{name}_px"] for name in ("x1", "y1", "x2", "y2")]
+    assert box == pytest.approx(list(expected.box_xyxy), abs=0.01)
+    assert row["age_years"] == pytest.approx(expected.age_years, abs=0.01)
+    assert (row["image_width_px"], row["image_height_px"]) == (3200, 2400)
+
+    decode_spy.scales.clear()
+    crops = tmp_path / "crops"
+    options = BatchOptions(**FAST, crops_dir=crops)
+    run_batch([folder], tmp_path / "c.parquet", options=options, analyzer=fast_analyzer)
+    assert decode_spy.scales == []
+    (whole,) = read_output(tmp_path / "c.parquet").to_pylist()
+    with Image.open(crops / crop_name(whole["content_sha256"], 0)) as crop:
+        assert abs(crop.width - (whole["box_x2_px"] - whole["box_x1_px"])) <= 2
+    assert whole["box_x1_px"] == pytest.approx(row["box_x1_px"], abs=0.05 * crop.width)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])

@@ -34,7 +34,6 @@ from agelens.client import (
     UnknownModelError,
     UrlForbiddenError,
 )
-from agelens.imaging import load_image
 from agelens.models.backends import DEFAULT_DETECTOR
 from agelens.server.app import create_app
 from agelens.server.engine import ModelPool
@@ -210,10 +209,8 @@ def test_the_shared_samples_match_the_library(
 ) -> None:
     paths = sorted(p for p in samples_dir.iterdir() if p.suffix.lower() in {".jpg", ".png"})
     assert paths
-    # The service decodes whole images (`load_image`), so the library is run the same way.
-    local = model_pool.analyzer(DEFAULT_DETECTOR, "ensemble").analyze_arrays(
-        [load_image(path) for path in paths]
-    )
+    # The service decodes as the library does (a large JPEG reduced for the detector).
+    local = model_pool.analyzer(DEFAULT_DETECTOR, "ensemble").analyze_many(paths)
     items = client.analyze_batch(paths)
     assert len(items) == len(paths)
     for path, item, expected in zip(paths, items, local, strict=True):

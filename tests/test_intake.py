@@ -37,6 +37,7 @@ from agelens.intake import (
     ZipMemberError,
     ZipTooLargeError,
 )
+from agelens.pipeline import Analyzer
 from tests.conftest import WebServer, image_route
 from tests.test_imaging import png_declaring_size
 from tests.test_layers import SOURCE, import_graph
@@ -298,6 +299,40 @@ def test_the_decode_budget_is_reserved_before_decoding_and_returned_on_failure(
     assert isinstance(loaded.error, ImageTooLargeError)
 
 
+def test_decoding_for_an_analyzer_reduces_a_large_jpeg_and_reserves_its_full_size(
+    large_photo_jpeg: bytes, astronaut_bytes: bytes
+) -> None:
+    max_scale = Analyzer("blazeface-fast", "faceapi", threads=1).max_decode_scale()
+    assert max_scale is not None
+    budget = _RecordingBudget(10**9)
+    decoded = intake.decode_for_analysis(
+        large_photo_jpeg, "phone.jpg", IntakeOptions(), max_scale, budget=budget
+    )
+    assert decoded.image.scale > 1
+    assert decoded.image.full_wh == (3200, 2400)
+    assert decoded.encoded == large_photo_jpeg  # to decode it again for a small face
+    # the full size is reserved: the Analyzer may decode it again, larger
+    assert budget.reserved == budget.held == [intake.BYTES_PER_PIXEL * 3200 * 2400]
+
+    loaded = intake.load_bytes(large_photo_jpeg, "phone.jpg", IntakeOptions(), max_scale=max_scale)
+    assert loaded.decoded is not None
+    assert loaded.for_analysis() is loaded.decoded
+    assert loaded.image is loaded.decoded.image.pixels
+    assert loaded.image.shape[1] == 3200 // loaded.decoded.image.scale
+
+    # without max_scale (or for a small image) everything is decoded whole
+    whole = intake.load_bytes(large_photo_jpeg, "phone.jpg", IntakeOptions())
+    assert whole.decoded is None
+    assert whole.image is not None
+    assert whole.image.shape == (2400, 3200, 3)
+    assert whole.for_analysis().image.scale == 1
+    small = intake.load_bytes(astronaut_bytes, "a.jpg", IntakeOptions(), max_scale=max_scale)
+    assert small.for_analysis().image.scale == 1
+    assert small.for_analysis().encoded is None
+    with pytest.raises(ValueError, match="no decoded image"):
+        intake.LoadedImage("bad.jpg", None).for_analysis()
+
+
 # ----------------------------------------------------------------------------- zips
 
 
@@ -466,8 +501,8 @@ def test_every_door_reads_through_intake() -> None:
         "agelens.cli",
         "agelens.batch",
         "agelens.batch.run",
+        "agelens.batch.core",
         "agelens.batch.local",
-        "agelens.batch.ray",
         "agelens.server.service",
         "agelens.server.jobs",
         "agelens.server.memory",
@@ -478,7 +513,9 @@ def test_every_door_reads_through_intake() -> None:
     }
     importing = {i.importer for i in graph if i.imported == "agelens.intake"}
     assert readers <= importing, readers - importing
-    for module in readers - {"agelens.batch"}:
+    # Ray's actors read through agelens.batch.core's `source_loader`.
+    assert "agelens.batch.core" in {i.imported for i in graph if i.importer == "agelens.batch.ray"}
+    for module in (readers | {"agelens.batch.ray"}) - {"agelens.batch"}:
         path = SOURCE / (module.replace(".", "/") + ".py")
         assert "load_image(" not in path.read_text(), module
 

@@ -16,6 +16,7 @@ import agelens
 from agelens.imaging import load_image
 from agelens.pipeline import Analyzer, pinning_initializer, worker_cores
 from agelens.types import ImageResult
+from tests.conftest import DecodeSpy
 
 
 def test_astronaut_is_one_woman_about_42(analyzer: Analyzer, astronaut: NDArray[np.uint8]) -> None:
@@ -251,22 +252,6 @@ def test_worker_threads_are_pinned_one_core_each() -> None:
     assert pinning_initializer(len(os.sched_getaffinity(0)) + 1) is None
 
 
-class _ScaleSpy:
-    """Wraps `load_image_reduced` in the pipeline, recording the scale of each decode."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from agelens import pipeline
-
-        self.scales: list[int] = []
-        self._real = pipeline.load_image_reduced
-        monkeypatch.setattr(pipeline, "load_image_reduced", self)
-
-    def __call__(self, *args: object, **kwargs: object) -> object:
-        image = self._real(*args, **kwargs)  # type: ignore[arg-type]
-        self.scales.append(image.scale)
-        return image
-
-
 def _assert_same_faces(got: ImageResult, expected: ImageResult, max_age_gap: float) -> None:
     assert got.image_wh == expected.image_wh
     assert len(got.faces) == len(expected.faces)
@@ -283,7 +268,7 @@ def _assert_same_faces(got: ImageResult, expected: ImageResult, max_age_gap: flo
 def test_large_jpeg_is_detected_reduced_and_reported_in_full_image_pixels(
     analyzer: Analyzer, samples_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = _ScaleSpy(monkeypatch)
+    spy = DecodeSpy(monkeypatch)
     path = samples_dir / "sample4.jpg"
     from_file = analyzer.analyze(path)
     assert spy.scales[0] > 1  # decoded reduced for the detector
@@ -306,7 +291,7 @@ def test_small_faces_in_a_reduced_jpeg_are_cut_from_a_sharper_decode(
     exif[0x0112] = 6
     buffer = io.BytesIO()
     stored.save(buffer, format="JPEG", exif=exif, quality=92)
-    spy = _ScaleSpy(monkeypatch)
+    spy = DecodeSpy(monkeypatch)
     result = analyzer.analyze(buffer.getvalue())
     assert spy.scales[0] >= 4
     assert spy.scales[1:] == [1]
@@ -316,7 +301,7 @@ def test_small_faces_in_a_reduced_jpeg_are_cut_from_a_sharper_decode(
 def test_small_jpegs_and_arrays_are_decoded_whole(
     analyzer: Analyzer, samples_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = _ScaleSpy(monkeypatch)
+    spy = DecodeSpy(monkeypatch)
     path = samples_dir / "man_beard.jpg"  # 320 px
     from_file = analyzer.analyze(path)
     assert spy.scales == [1]

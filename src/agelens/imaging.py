@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import stat
+import time
 import typing
 import warnings
 from collections.abc import Callable, Iterator
@@ -195,6 +196,51 @@ def load_image_reduced(
             "send a smaller file or raise max_bytes"
         )
     return _decode_encoded_image(data, label=label, max_pixels=max_pixels, max_scale=max_scale)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image decoded for analysis (`Analyzer.decode`, `decode_encoded`): `image`
+    (possibly reduced, see `ReducedImage`) and, when it is reduced, its encoded bytes, to decode
+    it again for small faces (`Analyzer.analyze_decoded`)."""
+
+    image: ReducedImage
+    encoded: bytes | bytearray | memoryview | None
+    label: str
+    decode_ms: float
+
+    @classmethod
+    def whole(cls, pixels: npt.NDArray[np.uint8], label: str, decode_ms: float) -> DecodedImage:
+        """An image decoded at its full size."""
+        return cls(ReducedImage.whole(pixels), None, label, decode_ms)
+
+
+def decode_encoded(
+    data: bytes | bytearray | memoryview,
+    max_scale: Callable[[tuple[int, int]], int] | None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    label: str | None = None,
+) -> DecodedImage:
+    """Encoded image data decoded for analysis: a JPEG at the smallest DCT scale `max_scale`
+    allows (`load_image_reduced`), whole when `max_scale` is None or the format cannot be
+    reduced. Limits and errors are `load_image`'s."""
+    start = time.perf_counter()
+    label = label or describe_source(data)
+    if max_scale is None:
+        pixels = load_image(data, max_pixels=max_pixels, max_bytes=max_bytes, label=label)
+        image = ReducedImage.whole(pixels)
+    else:
+        image = load_image_reduced(
+            data, max_scale, max_pixels=max_pixels, max_bytes=max_bytes, label=label
+        )
+    return DecodedImage(
+        image=image,
+        encoded=data if image.scale > 1 else None,
+        label=label,
+        decode_ms=(time.perf_counter() - start) * 1000,
+    )
 
 
 def read_image_file(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

@@ -43,7 +43,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -55,7 +55,13 @@ from agelens.errors import (
     MissingExtraError,
     require_extra,
 )
-from agelens.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, read_image_file
+from agelens.imaging import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    decode_encoded,
+    read_image_file,
+)
 from agelens.rows import sha256_bytes
 
 if TYPE_CHECKING:
@@ -81,6 +87,7 @@ __all__ = [
     "check_inputs",
     "check_size",
     "decode_base64",
+    "decode_for_analysis",
     "decode_image",
     "fetch_url",
     "header_pixels",
@@ -382,6 +389,25 @@ def decode_image(
     the decoded image's memory (BYTES_PER_PIXEL per pixel) is reserved before decoding and
     held as long as the array lives; the budget's own error is raised when it does not fit.
     """
+    return decode_for_analysis(data, label, options, None, budget=budget).image.pixels
+
+
+def decode_for_analysis(
+    data: bytes | bytearray,
+    label: str,
+    options: IntakeOptions,
+    max_scale: Callable[[tuple[int, int]], int] | None,
+    *,
+    budget: DecodeBudget | None = None,
+) -> DecodedImage:
+    """Encoded image data decoded for an Analyzer (`agelens.imaging.decode_encoded`): a JPEG
+    at the smallest DCT scale `max_scale` (`Analyzer.max_decode_scale()`) allows, anything else
+    (or everything, when `max_scale` is None) whole. Limits and errors are `decode_image`'s.
+
+    With a `budget`, the memory of the image at full size is reserved, whatever size it is
+    decoded at, and held as long as the decoded pixels live: the Analyzer may decode it again,
+    larger, for a small face, and that must fit too.
+    """
     nbytes = 0
     if budget is not None:
         pixels = header_pixels(data)
@@ -390,16 +416,20 @@ def decode_image(
             nbytes = BYTES_PER_PIXEL * pixels
             budget.reserve(nbytes, label)
     try:
-        image = load_image(
-            data, max_pixels=options.max_pixels, max_bytes=options.max_bytes, label=label
+        decoded = decode_encoded(
+            data,
+            max_scale,
+            max_pixels=options.max_pixels,
+            max_bytes=options.max_bytes,
+            label=label,
         )
     except BaseException:
         if budget is not None and nbytes:
             budget.release(nbytes)
         raise
     if budget is not None and nbytes:
-        budget.hold_while_alive(image, nbytes)
-    return image
+        budget.hold_while_alive(decoded.image.pixels, nbytes)
+    return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +449,18 @@ class LoadedImage:
     error: BaseException | tuple[str, str] | None = None
     decode_ms: float = 0.0
     skipped: bool = False
+    #: the image as decoded for an Analyzer (`max_scale` given): `image` is then its pixels,
+    #: which may be reduced (`decoded.image.scale`); None when decoded whole without one
+    decoded: DecodedImage | None = None
+
+    def for_analysis(self) -> DecodedImage:
+        """What `Analyzer.analyze_decoded` takes: `decoded`, or the whole `image`.
+        ValueError when nothing was decoded."""
+        if self.decoded is not None:
+            return self.decoded
+        if self.image is None:
+            raise ValueError(f"{self.label}: no decoded image")
+        return DecodedImage.whole(self.image, self.label, self.decode_ms)
 
     @property
     def path(self) -> str:
@@ -458,8 +500,11 @@ def load_bytes(
     *,
     budget: DecodeBudget | None = None,
     content_sha256: str | None = None,
+    max_scale: Callable[[tuple[int, int]], int] | None = None,
 ) -> LoadedImage:
-    """Hash and decode encoded image data (an upload, stdin, a zip member, a fetched URL).
+    """Hash and decode encoded image data (an upload, stdin, a zip member, a fetched URL);
+    with `max_scale` (`Analyzer.max_decode_scale()`), a JPEG at a reduced size
+    (`decode_for_analysis`).
 
     Never raises for bad data: the LoadedImage carries the error. MemoryError, and the errors
     of `budget` that are not the image's fault (the service is busy), are raised.
@@ -468,7 +513,7 @@ def load_bytes(
     start = time.perf_counter()
     try:
         check_size(data, label, options)
-        image = decode_image(data, label, options, budget=budget)
+        decoded = decode_for_analysis(data, label, options, max_scale, budget=budget)
     except MemoryError:
         raise
     except (ImageDecodeError, ImageTooLargeError) as error:
@@ -477,7 +522,14 @@ def load_bytes(
         raise  # the budget's "busy, retry": not this image's fault
     except Exception as error:
         return LoadedImage(label, digest, error=_as_error(label, error))
-    return LoadedImage(label, digest, image, decode_ms=(time.perf_counter() - start) * 1000)
+    decode_ms = (time.perf_counter() - start) * 1000
+    return LoadedImage(
+        label,
+        digest,
+        decoded.image.pixels,
+        decode_ms=decode_ms,
+        decoded=replace(decoded, decode_ms=decode_ms) if max_scale is not None else None,
+    )
 
 
 class SourceLoader:
@@ -485,14 +537,21 @@ class SourceLoader:
 
     `done` maps sources finished earlier to their content hash: such a source with the same
     hash comes back `skipped` without being decoded (a URL is skipped by URL alone, since
-    hashing it would mean fetching it). The URL fetcher is built on the first URL.
+    hashing it would mean fetching it). The URL fetcher is built on the first URL. With
+    `max_scale` (`Analyzer.max_decode_scale()`), JPEGs are decoded at a reduced size for that
+    Analyzer (`load_bytes`).
     """
 
     def __init__(
-        self, options: IntakeOptions | None = None, done: dict[str, str | None] | None = None
+        self,
+        options: IntakeOptions | None = None,
+        done: dict[str, str | None] | None = None,
+        *,
+        max_scale: Callable[[tuple[int, int]], int] | None = None,
     ) -> None:
         self.options = options or IntakeOptions()
         self.done = done or {}
+        self.max_scale = max_scale
         self._fetcher: UrlFetcher | None = None
         self._fetcher_lock = threading.Lock()
         self._zips: dict[str, zipfile.ZipFile] = {}
@@ -564,7 +623,9 @@ class SourceLoader:
         content_sha256 = sha256_bytes(data)
         if source in self.done and self.done[source] == content_sha256:
             return LoadedImage(source, content_sha256, skipped=True)
-        return load_bytes(data, source, self.options, content_sha256=content_sha256)
+        return load_bytes(
+            data, source, self.options, content_sha256=content_sha256, max_scale=self.max_scale
+        )
 
     def _fetch(self, url: str) -> bytes:
         with self._fetcher_lock:

@@ -9,13 +9,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 
 from agelens.imaging import (
     DEFAULT_MAX_PIXELS,
+    DecodedImage,
     ImageSource,
     ReducedImage,
+    decode_encoded,
     describe_source,
     load_image,
     load_image_reduced,
@@ -83,17 +85,6 @@ def pinning_initializer(workers: int) -> Callable[[], None] | None:
             logger.debug("could not pin a worker thread to cores %s: %s", sorted(cores), error)
 
     return pin
-
-
-@dataclass(frozen=True, slots=True)
-class DecodedImage:
-    """An image decoded by `Analyzer.decode`: `image` (possibly reduced, see `ReducedImage`)
-    and, when it is reduced, its encoded bytes, to decode it again for small faces."""
-
-    image: ReducedImage
-    encoded: bytes | bytearray | memoryview | None
-    label: str
-    decode_ms: float
 
 
 def _face(detection: Detection, estimate: AgeGenderEstimate) -> Face:
@@ -205,23 +196,22 @@ class Analyzer:
         sources are decoded whole, as `load_image` decodes them. Raises what `load_image`
         raises.
         """
-        start = time.perf_counter()
         label = label or describe_source(source)
-        detector = self.detector
-        if not isinstance(detector, ReducingDetector) or not isinstance(source, _ENCODED_SOURCES):
+        max_scale = self.max_decode_scale()
+        if max_scale is None or not isinstance(source, _ENCODED_SOURCES):
+            start = time.perf_counter()
             pixels = load_image(source, max_pixels=self.max_pixels, label=label)
-            image, data = ReducedImage.whole(pixels), None
-        else:
-            data = read_image_file(source) if isinstance(source, str | os.PathLike) else source
-            image = load_image_reduced(
-                data, partial(_max_scale, detector), max_pixels=self.max_pixels, label=label
-            )
-        return DecodedImage(
-            image=image,
-            encoded=data if image.scale > 1 else None,
-            label=label,
-            decode_ms=(time.perf_counter() - start) * 1000,
-        )
+            return DecodedImage.whole(pixels, label, (time.perf_counter() - start) * 1000)
+        data = read_image_file(source) if isinstance(source, str | os.PathLike) else source
+        return decode_encoded(data, max_scale, max_pixels=self.max_pixels, label=label)
+
+    def max_decode_scale(self) -> Callable[[tuple[int, int]], int] | None:
+        """How far an image of a given full size may be shrunk while decoding it for this
+        Analyzer (see `decode`); None when its detector searches whole images only."""
+        detector = self.detector
+        if not isinstance(detector, ReducingDetector):
+            return None
+        return partial(_max_scale, detector)
 
     def analyze_decoded(
         self,

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agelens.models.base import RGBImage
+from agelens.imaging import DecodedImage
 from agelens.server.engine import AnalysisOptions, MicroBatcher, ModelPool
 from agelens.server.errors import OverloadedError
 from agelens.types import ImageResult
@@ -29,17 +29,19 @@ class Recorder:
         self.fail_for = fail_for
         self.lock = threading.Lock()
 
-    def __call__(self, options: AnalysisOptions, images: Sequence[RGBImage]) -> list[ImageResult]:
+    def __call__(
+        self, options: AnalysisOptions, images: Sequence[DecodedImage]
+    ) -> list[ImageResult]:
         with self.lock:
             self.batches.append((options, len(images)))
         time.sleep(self.delay)
         if options == self.fail_for:
             raise RuntimeError("model exploded")
-        return [ImageResult(faces=(), image_wh=(img.shape[1], img.shape[0])) for img in images]
+        return [ImageResult(faces=(), image_wh=img.image.full_wh) for img in images]
 
 
-def _image(width: int) -> RGBImage:
-    return np.zeros((4, width, 3), np.uint8)
+def _image(width: int) -> DecodedImage:
+    return DecodedImage.whole(np.zeros((4, width, 3), np.uint8), f"{width}px", 0.0)
 
 
 async def _with_batcher(batcher: MicroBatcher, work: object) -> object:
@@ -120,7 +122,7 @@ def test_a_full_queue_refuses_at_once() -> None:
 class SlowPool(ModelPool):
     """The real pool with a slow run, to fill the queue through HTTP."""
 
-    def run(self, options: AnalysisOptions, images: Sequence[RGBImage]) -> list[ImageResult]:
+    def run(self, options: AnalysisOptions, images: Sequence[DecodedImage]) -> list[ImageResult]:
         time.sleep(0.25)
         return super().run(options, images)
 

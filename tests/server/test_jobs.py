@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from agelens.models.base import RGBImage
+from agelens.imaging import DecodedImage
 from agelens.rows import COLUMN_NAMES, rows_to_table, sha256_bytes
 from agelens.server.app import create_app
 from agelens.server.engine import AnalysisOptions, ModelPool
@@ -32,6 +32,7 @@ from agelens.server.jobs import extract_zip, folder_bytes
 from agelens.server.jobstore import JobStoreUnavailableError, open_job_store
 from agelens.server.settings import Settings
 from agelens.types import ImageResult
+from tests.conftest import DecodeSpy
 from tests.server.conftest import ClientFactory, WebServer, jpeg_bytes
 
 LOCAL = ["127.0.0.1/32"]
@@ -221,9 +222,9 @@ def test_an_image_the_models_fail_on_costs_its_row_not_the_chunk(
     runs: list[int] = []
     real_run = model_pool.run
 
-    def run(options: AnalysisOptions, images: Sequence[RGBImage]) -> list[ImageResult]:
+    def run(options: AnalysisOptions, images: Sequence[DecodedImage]) -> list[ImageResult]:
         runs.append(len(images))
-        if any(image.shape == culprit_shape for image in images):
+        if any(image.image.pixels.shape == culprit_shape for image in images):
             raise RuntimeError("the network broke on this image")
         return real_run(options, images)
 
@@ -653,3 +654,27 @@ def test_unreachable_postgres_stops_the_service_at_start(model_pool: ModelPool) 
         TestClient(create_app(settings, pool=model_pool)),
     ):
         pass
+
+
+def test_a_zip_job_decodes_a_large_jpeg_reduced_as_the_library_does(
+    make_client: ClientFactory,
+    model_pool: ModelPool,
+    large_photo_jpeg: bytes,
+    decode_spy: DecodeSpy,
+) -> None:
+    client = make_client()
+    archive = make_zip({"phone.jpg": large_photo_jpeg})
+    response = client.post("/v1/jobs", files={"file": ("p.zip", archive, "application/zip")})
+    assert response.status_code == 202, response.text
+    job = wait_for(client, response.json()["id"])
+    assert job["status"] == "done"
+    assert decode_spy.scales
+    assert decode_spy.scales[0] > 1
+    (row,) = jsonl_rows(client, job["id"])
+    settings = Settings()
+    analyzer = model_pool.analyzer(settings.detector, settings.estimator)
+    (expected,) = analyzer.analyze(large_photo_jpeg).faces
+    box = [row[f"box_{name}_px"] for name in ("x1", "y1", "x2", "y2")]
+    assert box == pytest.approx(list(expected.box_xyxy), abs=0.01)
+    assert row["age_years"] == pytest.approx(expected.age_years, abs=0.01)
+    assert (row["image_width_px"], row["image_height_px"]) == (3200, 2400)

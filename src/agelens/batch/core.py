@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from agelens.errors import BatchOutputError
 from agelens.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from agelens.intake import IntakeOptions, LoadedImage, run_isolated
+from agelens.intake import IntakeOptions, LoadedImage, SourceLoader, run_isolated
 from agelens.models.backends import DEFAULT_DETECTOR, DEFAULT_ESTIMATOR
 from agelens.rows import COLUMN_NAMES, error_row, result_rows, rows_to_table
 
@@ -139,6 +139,16 @@ def create_analyzer(options: BatchOptions, *, workers: int | None = None) -> Ana
     )
 
 
+def source_loader(
+    analyzer: Analyzer, options: BatchOptions, done: dict[str, str | None] | None
+) -> SourceLoader:
+    """The loader of a batch run: JPEGs decoded at the size `analyzer` needs (reduced for
+    large photos, `Analyzer.decode`), whole when face crops are saved (cut from the full
+    image)."""
+    max_scale = analyzer.max_decode_scale() if options.crops_dir is None else None
+    return SourceLoader(options.intake_options(), done, max_scale=max_scale)
+
+
 def analyze_loaded(
     analyzer: Analyzer, loaded: Sequence[LoadedImage], options: BatchOptions
 ) -> list[ImageRows]:
@@ -149,10 +159,10 @@ def analyze_loaded(
     """
     decoded = [item for item in loaded if item.image is not None]
     results = run_isolated(
-        lambda images: analyzer.analyze_arrays(
+        lambda images: analyzer.analyze_decoded(
             images, min_face=options.min_face, max_faces=options.max_faces
         ),
-        [item.image for item in decoded if item.image is not None],
+        [item.for_analysis() for item in decoded],
     )
     outcomes: dict[int, Any] = {
         id(item): result for item, result in zip(decoded, results, strict=True)

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from agelens.batch.core import BatchOptions, ImageRows, analyze_loaded
-from agelens.intake import LoadedImage, SourceLoader
+from agelens.batch.core import BatchOptions, ImageRows, analyze_loaded, source_loader
+from agelens.intake import LoadedImage
 
 if TYPE_CHECKING:
     from agelens.pipeline import Analyzer
@@ -31,7 +31,7 @@ def iter_image_rows(
     Memory is bounded by the read-ahead window, whatever the number of sources. Closing the
     iterator early stops the decode threads.
     """
-    loader = SourceLoader(options.intake_options(), done)
+    loader = source_loader(analyzer, options, done)
     ahead = 2 * options.batch_size + options.workers
     pool = ThreadPoolExecutor(options.workers, thread_name_prefix="agelens-decode")
     window: deque[Future[LoadedImage]] = deque()

@@ -19,9 +19,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from agelens.batch.core import BatchOptions, ImageRows, analyze_loaded, create_analyzer
+from agelens.batch.core import (
+    BatchOptions,
+    ImageRows,
+    analyze_loaded,
+    create_analyzer,
+    source_loader,
+)
 from agelens.errors import require_extra
-from agelens.intake import SourceLoader
 from agelens.rows import rows_to_table
 
 if TYPE_CHECKING:
@@ -39,7 +44,7 @@ class AnalyzerActor:
     def __init__(self, options: BatchOptions, done: dict[str, str | None]) -> None:
         self.options = options
         self.analyzer = create_analyzer(options, workers=1)
-        self.loader = SourceLoader(options.intake_options(), done)
+        self.loader = source_loader(self.analyzer, options, done)
 
     def __call__(self, batch: pyarrow.Table) -> pyarrow.Table:
         loaded = [self.loader.load(str(path)) for path in batch.column("path").to_pylist()]

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
+from agelens.imaging import DecodedImage
 from agelens.models.backends import (
     DETECTORS,
     ESTIMATORS,
@@ -24,7 +25,7 @@ from agelens.models.backends import (
     create_estimator,
     estimator_names,
 )
-from agelens.models.base import Detector, Estimator, RGBImage, TunableDetector
+from agelens.models.base import Detector, Estimator, TunableDetector
 from agelens.pipeline import Analyzer
 from agelens.server.errors import InvalidRequestError, OverloadedError
 from agelens.server.metrics import Metrics
@@ -111,12 +112,18 @@ class ModelPool:
         with self._lock:
             return {"detectors": sorted(self._detectors), "estimators": sorted(self._estimators)}
 
-    def run(self, options: AnalysisOptions, images: Sequence[RGBImage]) -> list[ImageResult]:
-        """One batched Analyzer call for images sharing `options` (blocking)."""
+    def max_decode_scale(self, options: AnalysisOptions) -> Callable[[tuple[int, int]], int] | None:
+        """How far an image may be shrunk while decoding it for `options`' models
+        (`Analyzer.max_decode_scale`; blocking: loads the models on first use)."""
+        return self.analyzer(options.detector, options.estimator).max_decode_scale()
+
+    def run(self, options: AnalysisOptions, images: Sequence[DecodedImage]) -> list[ImageResult]:
+        """One batched Analyzer call for images sharing `options` (blocking): JPEGs decoded
+        reduced (`Service.decode`) are decoded again, larger, for small faces."""
         analyzer = self.analyzer(options.detector, options.estimator)
         if options.score_threshold is not None or options.iou_threshold is not None:
             analyzer = _with_thresholds(analyzer, options)
-        return analyzer.analyze_arrays(
+        return analyzer.analyze_decoded(
             images, min_face=options.min_face, max_faces=options.max_faces
         )
 
@@ -143,11 +150,11 @@ def _with_thresholds(analyzer: Analyzer, options: AnalysisOptions) -> Analyzer:
 @dataclass(slots=True)
 class _Job:
     options: AnalysisOptions
-    image: RGBImage
+    image: DecodedImage
     future: asyncio.Future[ImageResult]
 
 
-RunBatch = Callable[[AnalysisOptions, Sequence[RGBImage]], list[ImageResult]]
+RunBatch = Callable[[AnalysisOptions, Sequence[DecodedImage]], list[ImageResult]]
 
 
 class MicroBatcher:
@@ -199,7 +206,7 @@ class MicroBatcher:
         """Images waiting in the queue."""
         return self._queue.qsize() if self._queue is not None else 0
 
-    async def submit(self, options: AnalysisOptions, image: RGBImage) -> ImageResult:
+    async def submit(self, options: AnalysisOptions, image: DecodedImage) -> ImageResult:
         """Analyse one decoded image; raises OverloadedError at once when the queue is full."""
         if self._queue is None:
             raise OverloadedError("the service is not accepting work yet")

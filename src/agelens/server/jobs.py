@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 import anyio
 
 from agelens.errors import AgelensError
+from agelens.imaging import DecodedImage
 from agelens.intake import (
     IntakeOptions,
     LoadedImage,
@@ -55,7 +56,6 @@ from agelens.intake import (
 # The zip member errors and name check live in agelens.intake; importable here as before.
 from agelens.intake import UnsafeZipMemberError as UnsafeZipMemberError
 from agelens.intake import unsafe_name_reason as unsafe_name_reason
-from agelens.models.base import RGBImage
 from agelens.rows import error_row, result_rows
 from agelens.server.engine import AnalysisOptions, ModelPool
 from agelens.server.errors import (
@@ -581,7 +581,9 @@ class JobManager:
         """Rows per item of one chunk: inputs fetched/read and decoded side by side, then one
         batched Analyzer run over the images that decoded. If that run fails, each image is
         run alone so that only the culprit gets an error row (as `agelens batch` does)."""
-        loaded = await asyncio.gather(*(self._load(job, item) for item in items))
+        # JPEGs decoded at the size the detector needs, as `agelens batch` decodes them.
+        max_scale = await anyio.to_thread.run_sync(self.pool.max_decode_scale, options)
+        loaded = await asyncio.gather(*(self._load(job, item, max_scale) for item in items))
         rows: dict[int, list[dict[str, Any]]] = {}
         decoded: list[tuple[ItemRecord, LoadedImage]] = []
         for item, image in zip(items, loaded, strict=True):
@@ -594,7 +596,7 @@ class JobManager:
             results = await anyio.to_thread.run_sync(
                 self._run_isolated,
                 options,
-                [image.image for _, image in decoded if image.image is not None],
+                [image.for_analysis() for _, image in decoded],
                 limiter=self._infer_limiter,
             )
             for (item, image), result in zip(decoded, results, strict=True):
@@ -606,13 +608,18 @@ class JobManager:
         return [(item.index, rows[item.index]) for item in items]
 
     def _run_isolated(
-        self, options: AnalysisOptions, images: Sequence[RGBImage]
+        self, options: AnalysisOptions, images: Sequence[DecodedImage]
     ) -> list[ImageResult | Exception]:
         """One shared run over `images` (blocking); if it raises, each image alone
         (agelens.intake.run_isolated, as `agelens batch` does)."""
         return run_isolated(lambda group: self.pool.run(options, group), images)
 
-    async def _load(self, job: JobRecord, item: ItemRecord) -> LoadedImage:
+    async def _load(
+        self,
+        job: JobRecord,
+        item: ItemRecord,
+        max_scale: Callable[[tuple[int, int]], int] | None = None,
+    ) -> LoadedImage:
         """The item fetched (URL, every SSRF check) or read (a zip member stored at
         submission), hashed and decoded through agelens.intake; its error, never raised."""
         if item.refused is not None:
@@ -629,7 +636,8 @@ class JobManager:
             max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes
         )
         return await anyio.to_thread.run_sync(
-            lambda: load_bytes(data, item.label, limits), limiter=self._decode_limiter
+            lambda: load_bytes(data, item.label, limits, max_scale=max_scale),
+            limiter=self._decode_limiter,
         )
 
     def _read_upload(self, job_id: str, name: str) -> bytes:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
-from dataclasses import replace
 from typing import Any
 
 import anyio
 
 from agelens import intake
-from agelens.imaging import encode_jpeg
+from agelens.imaging import DecodedImage, encode_jpeg
 from agelens.models.base import RGBImage
 from agelens.render import draw_result
 from agelens.server.engine import AnalysisOptions, MicroBatcher, ModelPool
@@ -67,17 +65,26 @@ class Service:
             raise InvalidRequestError("URL input is turned off on this server")
         return await intake.fetch_url(self.fetcher, url)
 
-    async def decode(self, data: bytes, label: str) -> tuple[RGBImage, float]:
-        """Decoded RGB array and decode milliseconds, on a worker thread, within the limits
-        and the decoded-memory budget (agelens.intake.decode_image)."""
+    async def decode(
+        self, data: bytes, label: str, options: AnalysisOptions | None = None
+    ) -> DecodedImage:
+        """The image decoded on a worker thread, within the limits and the decoded-memory
+        budget (agelens.intake.decode_for_analysis).
+
+        With `options`, a large JPEG is decoded at the reduced size their detector needs, as
+        `agelens analyze` and `Analyzer.analyze` decode it (and decoded again, larger, when a
+        face in it is too small to cut a sharp chip from); without, whole: an image that is
+        drawn on or sent back must be whole.
+        """
         limits = intake.IntakeOptions(
             max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes
         )
 
-        def work() -> tuple[RGBImage, float]:
-            start = time.perf_counter()
-            image = intake.decode_image(data, label, limits, budget=self.decoded_memory)
-            return image, (time.perf_counter() - start) * 1000
+        def work() -> DecodedImage:
+            max_scale = self.pool.max_decode_scale(options) if options is not None else None
+            return intake.decode_for_analysis(
+                data, label, limits, max_scale, budget=self.decoded_memory
+            )
 
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
@@ -100,18 +107,19 @@ class Service:
         *,
         return_image: bool,
     ) -> dict[str, Any]:
-        """Decode, analyse (micro-batched) and optionally draw one image: the response dict."""
-        image, decode_ms = await self.decode(data, label)
-        result = await self.infer(options, image)
-        result = replace(
-            result, source=label, timings_ms={"decode": decode_ms, **result.timings_ms}
-        )
+        """Decode, analyse (micro-batched) and optionally draw one image: the response dict.
+        A large JPEG is decoded reduced unless it is drawn on (`decode`)."""
+        decoded = await self.decode(data, label, None if return_image else options)
+        # `analyze_decoded` names the source and counts decoding (again, too) in the timings.
+        result = await self.infer(options, decoded)
         body = result.to_dict()
         if return_image:
-            body["image_jpeg_base64"] = await self.annotated_jpeg_base64(image, result)
+            body["image_jpeg_base64"] = await self.annotated_jpeg_base64(
+                decoded.image.pixels, result
+            )
         return body
 
-    async def infer(self, options: AnalysisOptions, image: RGBImage) -> ImageResult:
+    async def infer(self, options: AnalysisOptions, image: DecodedImage) -> ImageResult:
         """The micro-batched inference with the request timeout."""
         if not self.pool.ready:
             raise NotReadyError(self.startup_error or "the models are still loading")

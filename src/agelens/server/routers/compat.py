@@ -42,14 +42,16 @@ async def predict(body: PredictIn, service: ServiceDep, _key: AuthorizedCompat) 
     gender "M" or "F"); `confidence` and `nms` are the detector's own thresholds."""
     start = time.perf_counter()
     data, label = await _image_from_json(service, body.b64, body.url, names=("b64", "url"))
-    image, _ = await service.decode(data, label)
     detector = PREDICT_DETECTORS[body.face_detector]
     options = replace(
         service.options(AnalyzeOptions(detector=detector)),
         score_threshold=body.confidence,
         iou_threshold=body.nms,
     )
-    result = await service.infer(options, image)
+    # Reduced decoding for a large JPEG unless the image goes back in the response.
+    decoded = await service.decode(data, label, None if body.return_image else options)
+    image = decoded.image.pixels
+    result = await service.infer(options, decoded)
     faces: list[list[int | float | str | None]] = []
     for face in result.faces:
         x1, y1, x2, y2 = (round(v) for v in face.box_xyxy)
@@ -82,8 +84,9 @@ async def lambda_compat(
     `{"outputResultsData": "<base64 PNG with boxes and labels>"}` out (plus `faces`). The
     Lambda handler routes its direct (non-proxy) events here too."""
     data = intake.decode_base64(body.image)
-    image, _ = await service.decode(data, "<image>")
-    result = await service.infer(service.options(AnalyzeOptions()), image)
+    decoded = await service.decode(data, "<image>")  # whole: it is drawn on
+    image = decoded.image.pixels
+    result = await service.infer(service.options(AnalyzeOptions()), decoded)
 
     def annotated_png() -> str:
         return base64.b64encode(encode_png(draw_result(image, result))).decode()
