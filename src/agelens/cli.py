@@ -1341,6 +1341,16 @@ def finetune_command(
         ),
     ] = None,
     threads: Annotated[int, typer.Option(help="PyTorch threads for training.")] = 1,
+    wise: Annotated[
+        str,
+        typer.Option(
+            help="faceapi and faceres-deep: export start + WISE x (trained - start), the "
+            "trained weights moved back towards the pretrained network's, which keeps more of "
+            "its accuracy on photos unlike the training set; 'auto' picks the smallest of "
+            "1, 0.95, 0.9, ... 0.7 within 0.01 years of the trained weights' validation MAE. "
+            "It may change on --resume.",
+        ),
+    ] = "1",
     out: Annotated[
         Path | None,
         typer.Option(help="Model folder (default $AGELENS_HOME/trained/NAME, usable by name)."),
@@ -1402,6 +1412,7 @@ def finetune_command(
         ONNX2TORCH_INSTALL,
         FinetuneConfig,
         FinetuneRequest,
+        check_wise,
         finetune_model,
     )
 
@@ -1432,7 +1443,13 @@ def finetune_command(
             raise _fail(str(error), EXIT_USAGE) from error
         if int8:
             raise _fail("--int8 is only available for --backbone cydral", EXIT_USAGE)
-    elif teacher is not None:
+    try:
+        wise_alpha, wise_auto = check_wise(wise)
+    except ValueError as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    if not student and (wise_auto or wise_alpha != 1.0):
+        raise _fail("--wise is only available for --backbone faceapi or faceres-deep", EXIT_USAGE)
+    if not student and teacher is not None:
         raise _fail(
             "--teacher is only available for --backbone faceapi or faceres-deep", EXIT_USAGE
         )
@@ -1475,6 +1492,8 @@ def finetune_command(
         threads=threads,
         teacher_weight=teacher_weight,
         augment=augment,
+        wise=wise_alpha,
+        wise_auto=wise_auto,
     )
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         chipping = progress.add_task("cutting chips", total=None)

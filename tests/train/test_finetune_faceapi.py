@@ -277,6 +277,8 @@ def test_a_cydral_folder_is_not_a_faceapi_one(finetuned: Path, tmp_path: Path) -
         (["--augment", "heavy"], "--augment must be one of basic, strong"),
         (["--teacher-weight", "1.5"], "--teacher-weight must be between 0 and 1"),
         (["--teacher", "no-such-model"], "unknown estimator 'no-such-model'"),
+        (["--wise", "1.5"], "--wise must be 'auto' or a number in (0, 1]"),
+        (["--backbone", "cydral", "--wise", "auto"], "--wise is only available for"),
     ],
 )
 def test_usage_errors(
@@ -407,3 +409,74 @@ def test_mirror_averages_a_face_and_its_mirror_image(
     )
     assert "mirror image" in mirrored.version()
     assert "mirror image" not in plain.version()
+
+
+def test_wise_exports_the_weights_moved_back_towards_face_api(
+    finetuned: Path, tmp_path: Path, astronaut_folder: Path
+) -> None:
+    """The same seeded run as `finetuned`, exported with `--wise 0.5`: every convolution of the
+    graph is the mean of face-api's and the trained network's."""
+    result = runner.invoke(
+        app,
+        [
+            "finetune", str(astronaut_folder), "--backbone", "faceapi", "--size", "64",
+            "--middle-blocks", "1", "--epochs", "1", "--name", "tiny-wise", "--wise", "0.5",
+            "--out", str(tmp_path / "model"), "--cache", str(finetuned.parent / "cache"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "model" / "card.json").read_text())
+    wise = card["training"]["wise"]
+    assert wise["alpha"] == 0.5
+    assert wise["auto"] is False
+    assert list(wise["validation_mae"]) == ["0.5"]
+    assert (
+        "pretrained + 0.5 x (trained - pretrained)"
+        in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    )
+
+    def convolutions(path: Path) -> dict[str, np.ndarray]:
+        model = onnx.load(str(path))
+        names = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
+        weights = [t for t in model.graph.initializer if t.name in names]
+        return {t.name: onnx.numpy_helper.to_array(t) for t in weights}
+
+    graph = global_pool_graph(model_file(get_spec("faceapi"), "age_gender.onnx"), 1).graph
+    base = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    trained = convolutions(finetuned / "age_gender.onnx")
+    moved = convolutions(tmp_path / "model" / "age_gender.onnx")
+    assert set(moved) == set(trained)
+    assert len(moved) > 20
+    changed = 0
+    for name, weight in moved.items():
+        np.testing.assert_allclose(weight, (base[name] + trained[name]) / 2, atol=2e-6)
+        changed += not np.allclose(trained[name], base[name], atol=1e-6)
+    assert changed > 20  # the run did move the weights
+
+
+def test_wise_auto_keeps_the_smallest_factor_within_the_tolerance() -> None:
+    from agelens.train.finetune import check_wise, choose_wise, interpolate_weights
+
+    assert check_wise("auto") == (1.0, True)
+    assert check_wise("0.9") == (0.9, False)
+    for bad in ("0", "1.5", "-0.1", "half"):
+        with pytest.raises(ValueError, match="--wise"):
+            check_wise(bad)
+    layer = torch.nn.Linear(2, 1)
+    start = {k: torch.zeros_like(v) for k, v in layer.state_dict().items()}
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+        layer.bias.fill_(1.0)
+    # A validation MAE by factor (the bias gives the factor the layer is at).
+    maes = {1.0: 0.0, 0.95: 0.004, 0.9: 0.009, 0.85: 0.02, 0.8: 0.001}
+
+    def mae() -> float:
+        return maes[round(float(layer.bias.detach()), 4)]
+
+    alpha, tried = choose_wise(layer, start, mae, alphas=(1.0, 0.95, 0.9, 0.85, 0.8))
+    assert alpha == 0.9  # 0.85 is over the tolerance; 0.8 is never tried
+    assert tried == {"1": 0.0, "0.95": 0.004, "0.9": 0.009, "0.85": 0.02}
+    assert float(layer.bias.detach()) == pytest.approx(0.9)
+    assert layer.weight.detach().numpy() == pytest.approx(np.full((1, 2), 1.8))
+    interpolate_weights(layer, start, {k: v * 0 + 4 for k, v in layer.state_dict().items()}, 0.25)
+    assert float(layer.bias.detach()) == pytest.approx(1.0)

@@ -61,9 +61,11 @@ from agelens.train.finetune import (
     cached_chips,
     checkpoint_path,
     chip_cache_config,
+    choose_wise,
     fit,
     gaussian_targets,
     install_model,
+    interpolate_weights,
     interval_knots,
     run_fingerprint,
     save_student_graph,
@@ -642,6 +644,7 @@ def finetune_faceapi_model(
         extra["middle_blocks"] = middle_blocks
     fingerprint = run_fingerprint(request, config, labelled, **extra)
     checkpoint = checkpoint_path(cache_root, fingerprint)
+    start = {key: value.detach().clone() for key, value in network.state_dict().items()}
     history, val_index, val_ages_pred, val_male_pred = train_faceapi_network(
         network, chips, config, teacher=teacher, on_step=on_step,
         checkpoint=checkpoint, fingerprint=fingerprint, resume=request.resume,
@@ -649,6 +652,24 @@ def finetune_faceapi_model(
     )  # fmt: skip
     val_ages = chips.ages[val_index].astype(np.float64)
     val_male = chips.male[val_index]
+    wise: dict[str, Any] | None = None
+    if config.wise_auto or config.wise != 1.0:
+        val_chips = chips.eval_chips[val_index]
+
+        def validation_mae() -> float:
+            ages, _ = predict(network, val_chips, backbone=backbone)
+            return float(np.abs(ages - val_ages).mean())
+
+        if config.wise_auto:
+            alpha, tried = choose_wise(network, start, validation_mae)
+        else:
+            alpha = config.wise
+            trained = {key: value.detach().clone() for key, value in network.state_dict().items()}
+            interpolate_weights(network, start, trained, alpha)
+            tried = {f"{alpha:g}": round(validation_mae(), 4)}
+        wise = {"alpha": alpha, "auto": config.wise_auto, "validation_mae": tried}
+        logger.info("exporting start + %g x (trained - start); validation MAE %s", alpha, tried)
+        val_ages_pred, val_male_pred = predict(network, val_chips, backbone=backbone)
 
     staging = staging_folder(request.out_dir)
     if backbone == "faceapi":
@@ -703,6 +724,8 @@ def finetune_faceapi_model(
         "data_notice": request.data_notice or "",
         "license": STUDENT_LICENSES[backbone],
     }
+    if wise is not None:
+        card["training"]["wise"] = wise
     if request.teacher is not None:
         card["training"]["teacher"] = {
             "name": request.teacher,
@@ -777,6 +800,15 @@ def model_card_markdown(card: dict[str, Any]) -> str:
             f"{teacher['weight']:.0%} of the teacher's answer (a Gaussian of its own width "
             f"around its age; its P(male)) with the label; it answered for "
             f"{teacher['faces_answered']} of the {training['faces_used']} faces",
+        ]
+    if "wise" in training:
+        wise = training["wise"]
+        tried = ", ".join(f"{alpha}: {mae:.3f}" for alpha, mae in wise["validation_mae"].items())
+        how = "the smallest within 0.01 years of the trained weights' MAE" if wise["auto"] else ""
+        lines += [
+            f"- exported weights: pretrained + {wise['alpha']:g} x (trained - pretrained) "
+            f"(`--wise`{', auto: ' + how if how else ''}); validation age MAE by factor: "
+            f"{tried}",
         ]
     lines += [
         "",
