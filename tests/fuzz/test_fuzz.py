@@ -61,6 +61,25 @@ def test_the_library_gives_results_or_typed_errors(cases: list[Case], analyzer: 
     assert outcomes["ImageTooLargeError"] > 0
 
 
+def test_the_library_given_the_bytes_gives_results_or_typed_errors(
+    cases: list[Case], analyzer: Analyzer
+) -> None:
+    """The encoded bytes, as `agelens analyze`, `agelens batch` and the service now pass them:
+    large JPEGs are decoded reduced (`Analyzer.decode`) and again, larger, for small faces."""
+    outcomes: Counter[str] = Counter()
+    for case in cases:
+        try:
+            result = analyzer.analyze(case.data)
+        except AgelensError as error:
+            outcomes[type(error).__name__] += 1
+            continue
+        assert result.image_wh[0] > 0, case.detail
+        outcomes["result"] += 1
+    assert outcomes["result"] > LIBRARY_CASES // 4
+    assert outcomes["ImageDecodeError"] > 0
+    assert outcomes["ImageTooLargeError"] > 0
+
+
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = Settings(rate_limit_per_minute=0, data_dir=tmp_path_factory.mktemp("data"))
