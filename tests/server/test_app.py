@@ -373,7 +373,7 @@ def test_health_ready_models_metrics_and_docs(client: TestClient, astronaut_jpeg
 
 
 def test_ready_says_why_when_models_are_missing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, large_photo_jpeg: bytes
 ) -> None:
     from agelens.server.app import create_app
     from agelens.server.settings import Settings
@@ -387,6 +387,12 @@ def test_ready_says_why_when_models_are_missing(
         assert "agelens models fetch" in ready.json()["error"]["message"]
         analyze = client.post("/v1/analyze", json={"image_base64": "aGk="})
         assert analyze.status_code in {422, 503}
+        # a real (large) JPEG: decoded whole, since no detector says how far to reduce it
+        photo = client.post(
+            "/v1/analyze", content=large_photo_jpeg, headers={"Content-Type": "image/jpeg"}
+        )
+        assert photo.status_code == 503
+        assert _error_code(photo) == "not_ready"
 
 
 # ------------------------------------------------------------------ the TF container's /predict

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
+from agelens.errors import AgelensError
 from agelens.imaging import DecodedImage
 from agelens.models.backends import (
     DETECTORS,
@@ -114,8 +115,17 @@ class ModelPool:
 
     def max_decode_scale(self, options: AnalysisOptions) -> Callable[[tuple[int, int]], int] | None:
         """How far an image may be shrunk while decoding it for `options`' models
-        (`Analyzer.max_decode_scale`; blocking: loads the models on first use)."""
-        return self.analyzer(options.detector, options.estimator).max_decode_scale()
+        (`Analyzer.max_decode_scale`; blocking: loads the models on first use). None (decode
+        whole) before the defaults are loaded or when these models cannot be: the analysis
+        then reports why (503 `not_ready`, or the models' own error), as it did before."""
+        if not self.ready:
+            return None
+        try:
+            analyzer = self.analyzer(options.detector, options.estimator)
+        except AgelensError as error:
+            logger.debug("no reduced decoding for %s: %s", options, error)
+            return None
+        return analyzer.max_decode_scale()
 
     def run(self, options: AnalysisOptions, images: Sequence[DecodedImage]) -> list[ImageResult]:
         """One batched Analyzer call for images sharing `options` (blocking): JPEGs decoded
