@@ -89,7 +89,7 @@ class EnsembleEstimator:
 
     def version(self) -> str:
         """Member models and their sources."""
-        return f"ensemble[{self.cydral.version()}, {self.faceapi.version()}]"
+        return ensemble_version(self.cydral.version(), self.faceapi.version())
 
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
         """Each member's chips, in one mapping."""
@@ -134,6 +134,11 @@ class EnsembleEstimator:
             return []
         age, male, half_width = self.combine(self.member_outputs(chips))
         return estimates(age, half_width, male)
+
+
+def ensemble_version(cydral: str, faceapi: str) -> str:
+    """The ensemble's version from its members' (`EnsembleEstimator.version`)."""
+    return f"ensemble[{cydral}, {faceapi}]"
 
 
 def combine_outputs(

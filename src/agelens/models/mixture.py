@@ -27,7 +27,12 @@ from numpy.typing import NDArray
 from agelens.models.base import Chips, Estimator, RGBImage
 from agelens.models.cydral import AGE_CLASS_YEARS as CYDRAL_AGE_YEARS
 from agelens.models.distribution import estimates, expected_age
-from agelens.models.ensemble import DEFAULT_WEIGHTS, EnsembleWeights, combine_outputs
+from agelens.models.ensemble import (
+    DEFAULT_WEIGHTS,
+    EnsembleWeights,
+    combine_outputs,
+    ensemble_version,
+)
 from agelens.models.heads import HeadsEstimator
 from agelens.types import AgeGenderEstimate, Detection
 
@@ -144,7 +149,7 @@ class HeadsEnsembleEstimator:
     def version(self) -> str:
         """The weights, the heads' version and the ensemble's (the heads' two networks)."""
         networks = {b.name: b.version() for b in self._heads.backbones}
-        ensemble = f"ensemble[{networks['cydral']}, {networks['faceapi']}]"
+        ensemble = ensemble_version(networks["cydral"], networks["faceapi"])
         return _version(self.name, self.age_weight, self._heads.version(), ensemble)
 
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:

@@ -564,21 +564,27 @@ def choose_wise(
     tolerance: float = WISE_TOLERANCE,
 ) -> tuple[float, dict[str, float]]:
     """(alpha, validation MAE of each alpha tried): the smallest of `alphas` whose MAE is
-    within `tolerance` of the trained weights' (the first alpha), trying them in order and
-    stopping at the first one over it. The network ends at the chosen alpha."""
-    trained = {key: value.detach().clone() for key, value in network.state_dict().items()}
+    within `tolerance` of the first alpha's, trying them in order and stopping at the first
+    one over it (one alpha: that one). The network ends at the chosen alpha."""
+    trained = state_copy(network)
     tried: dict[str, float] = {}
-    chosen, reference = alphas[0], math.inf
+    chosen, reference = alphas[0], None
     for alpha in alphas:
         interpolate_weights(network, start, trained, alpha)
         mae = validation_mae()
         tried[f"{alpha:g}"] = round(mae, 4)
-        reference = min(reference, mae) if alpha == alphas[0] else reference
-        if mae > reference + tolerance:
+        if reference is None:
+            reference = mae
+        elif mae > reference + tolerance:
             break
         chosen = alpha
     interpolate_weights(network, start, trained, chosen)
     return chosen, tried
+
+
+def state_copy(network: Any) -> dict[str, Any]:
+    """A detached copy of every tensor of `network.state_dict()`."""
+    return {key: value.detach().clone() for key, value in network.state_dict().items()}
 
 
 def run_fingerprint(
@@ -606,7 +612,7 @@ def run_fingerprint(
     # run stops, so a run may be resumed with more threads or more patience.
     settings.pop("threads", None)
     settings.pop("patience", None)
-    # Applied after the last epoch: a finished run can be exported again with another one.
+    # Applied after the last epoch: an interrupted run may resume with another factor.
     settings.pop("wise", None)
     settings.pop("wise_auto", None)
     payload = {"request": fields, "config": settings, "extra": extra, "rows": digest.hexdigest()}
@@ -733,7 +739,7 @@ def fit(
             on_step({"epoch": epoch, "step": steps_per_epoch, "steps": steps_per_epoch, **record})
         if validation.mae < best_mae:
             best_mae, stale, best_predictions = validation.mae, 0, validation.predictions
-            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            best_state = state_copy(network)
         else:
             stale += 1
         stop = stale >= config.patience

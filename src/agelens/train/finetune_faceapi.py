@@ -48,6 +48,8 @@ from agelens.models.finetuned import (
 )
 from agelens.train.finetune import (
     AGE_CLASSES,
+    WISE_ALPHAS,
+    WISE_TOLERANCE,
     ChipArrays,
     FinetuneConfig,
     FinetuneOutcome,
@@ -65,13 +67,13 @@ from agelens.train.finetune import (
     fit,
     gaussian_targets,
     install_model,
-    interpolate_weights,
     interval_knots,
     run_fingerprint,
     save_student_graph,
     soft_age_loss,
     stack_chips,
     staging_folder,
+    state_copy,
     training_record,
     validation_split,
 )
@@ -644,7 +646,7 @@ def finetune_faceapi_model(
         extra["middle_blocks"] = middle_blocks
     fingerprint = run_fingerprint(request, config, labelled, **extra)
     checkpoint = checkpoint_path(cache_root, fingerprint)
-    start = {key: value.detach().clone() for key, value in network.state_dict().items()}
+    start = state_copy(network)
     history, val_index, val_ages_pred, val_male_pred = train_faceapi_network(
         network, chips, config, teacher=teacher, on_step=on_step,
         checkpoint=checkpoint, fingerprint=fingerprint, resume=request.resume,
@@ -660,13 +662,8 @@ def finetune_faceapi_model(
             ages, _ = predict(network, val_chips, backbone=backbone)
             return float(np.abs(ages - val_ages).mean())
 
-        if config.wise_auto:
-            alpha, tried = choose_wise(network, start, validation_mae)
-        else:
-            alpha = config.wise
-            trained = {key: value.detach().clone() for key, value in network.state_dict().items()}
-            interpolate_weights(network, start, trained, alpha)
-            tried = {f"{alpha:g}": round(validation_mae(), 4)}
+        alphas = WISE_ALPHAS if config.wise_auto else (config.wise,)
+        alpha, tried = choose_wise(network, start, validation_mae, alphas)
         wise = {"alpha": alpha, "auto": config.wise_auto, "validation_mae": tried}
         logger.info("exporting start + %g x (trained - start); validation MAE %s", alpha, tried)
         val_ages_pred, val_male_pred = predict(network, val_chips, backbone=backbone)
@@ -804,7 +801,11 @@ def model_card_markdown(card: dict[str, Any]) -> str:
     if "wise" in training:
         wise = training["wise"]
         tried = ", ".join(f"{alpha}: {mae:.3f}" for alpha, mae in wise["validation_mae"].items())
-        how = "the smallest within 0.01 years of the trained weights' MAE" if wise["auto"] else ""
+        how = (
+            f"the smallest within {WISE_TOLERANCE:g} years of the trained weights' MAE"
+            if wise["auto"]
+            else ""
+        )
         lines += [
             f"- exported weights: pretrained + {wise['alpha']:g} x (trained - pretrained) "
             f"(`--wise`{', auto: ' + how if how else ''}); validation age MAE by factor: "
