@@ -114,7 +114,11 @@ def test_a_tampered_head_is_refused(plumbing_folder: Path, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--backbones", "resnet"], "unknown backbones"),
+        (["--backbones", "resnet"], "unknown backbone 'resnet'"),
+        (["--backbones", "faceres@100"], "the size after @ must be one of"),
+        (["--backbones", "faceapi@96"], "runs at its own input size only"),
+        (["--backbones", "faceres,faceres@160"], "each network may be given once"),
+        (["--backbones", ","], "no backbones given"),
         (["--labels", "missing.csv"], "labels file not found"),
         (["--split", "nothing"], "too few to train"),
     ],

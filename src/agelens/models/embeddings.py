@@ -54,12 +54,18 @@ def _mirror_nchw(array: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 class FaceResBackbone:
-    """faceres / faceres-deep: NHWC chips, embedding + age probabilities + P(male)."""
+    """faceres / faceres-deep: NHWC chips, embedding + age probabilities + P(male).
 
-    def __init__(self, name: str, *, threads: int | None = None) -> None:
-        self.name = name
+    With `input_size` the network reads smaller crops and the backbone is named
+    `NAME@SIZE` (`faceres@160`), so features and trained heads never mix the two."""
+
+    def __init__(
+        self, model: str, *, threads: int | None = None, input_size: int | None = None
+    ) -> None:
+        self._estimator = FaceResEstimator(get_spec(model), threads=threads, input_size=input_size)
+        self.name = model if input_size is None else f"{model}@{input_size}"
         self.dim = 1024 + 100 + 1
-        self._estimator = FaceResEstimator(get_spec(name), threads=threads)
+        self._chips = model
 
     def version(self) -> str:
         return self._estimator.version()
@@ -68,7 +74,7 @@ class FaceResBackbone:
         return self._estimator.align(image, detections)
 
     def embed(self, chips: Chips, *, mirrored: bool = False) -> Embedding:
-        batch = chips[self.name]
+        batch = chips[self._chips]
         if mirrored:
             batch = np.ascontiguousarray(batch[:, :, ::-1, :])
         embedding, age, male = self._estimator.run_network(
@@ -137,13 +143,40 @@ class CydralBackbone:
 
 BACKBONE_NAMES: tuple[str, ...] = ("faceres", "faceres-deep", "faceapi", "cydral")
 
+#: Backbones that can read smaller crops than their own, as `NAME@SIZE`.
+SIZED_BACKBONES: tuple[str, ...] = ("faceres", "faceres-deep")
+#: The input sizes `NAME@SIZE` allows: multiples of 16 from 96 px to the network's 224.
+BACKBONE_SIZES: tuple[int, ...] = tuple(range(96, 224, 16))
+
+
+def parse_backbone(name: str) -> tuple[str, int | None]:
+    """`(model, input size or None)` of a backbone name: `faceapi`, `faceres@160`. Raises
+    ValueError for a name `create_backbone` would not accept."""
+    model, at, size_text = name.partition("@")
+    choices = ", ".join(BACKBONE_NAMES)
+    if model not in BACKBONE_NAMES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {choices}")
+    if not at:
+        return model, None
+    if model not in SIZED_BACKBONES:
+        raise ValueError(f"backbone {model!r} runs at its own input size only (no @SIZE)")
+    if not size_text.isdigit() or int(size_text) not in BACKBONE_SIZES:
+        sizes = ", ".join(map(str, BACKBONE_SIZES))
+        raise ValueError(f"backbone {name!r}: the size after @ must be one of {sizes}")
+    return model, int(size_text)
+
+
+def backbone_model(name: str) -> str:
+    """The registry model a backbone name runs (`faceres@160` -> `faceres`)."""
+    return parse_backbone(name)[0]
+
 
 def create_backbone(name: str, *, threads: int | None = None) -> Backbone:
-    """The backbone called `name` (one of BACKBONE_NAMES); its models must be fetched."""
-    if name in ("faceres", "faceres-deep"):
-        return FaceResBackbone(name, threads=threads)
-    if name == "faceapi":
+    """The backbone called `name` (one of BACKBONE_NAMES, or `faceres@SIZE` /
+    `faceres-deep@SIZE`); its models must be fetched."""
+    model, size = parse_backbone(name)
+    if model in SIZED_BACKBONES:
+        return FaceResBackbone(model, threads=threads, input_size=size)
+    if model == "faceapi":
         return FaceApiBackbone(threads=threads)
-    if name == "cydral":
-        return CydralBackbone(threads=threads)
-    raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONE_NAMES)}")
+    return CydralBackbone(threads=threads)

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from agelens.models.convert.input_size import set_square_input
+from agelens.models.convert.input_size import set_square_classifier_input, set_square_input
 from agelens.models.fetch import model_file
 from agelens.models.registry import get_spec
 
@@ -74,3 +74,23 @@ def test_sizes_the_strides_do_not_divide_are_refused(short_range: onnx.ModelProt
     free = _free_shapes(short_range)
     with pytest.raises(ValueError, match="fixed height and width"):
         set_square_input(free, 96)
+
+
+def test_classifier_graphs_take_smaller_square_crops() -> None:
+    """faceres at 160 px: only the input shape changes, the outputs keep theirs; sizes that are
+    not multiples of 16, and graphs that reshape by a size, are refused."""
+    model = onnx.load(model_file(get_spec("faceres"), "age_gender.onnx"))
+    set_square_classifier_input(model, 160)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [160, 160, 3]
+    session = _session(model)
+    batch = np.random.default_rng(0).uniform(-120, 140, (2, 160, 160, 3)).astype(np.float32)
+    age, male = session.run(["age_probabilities", "gender_probability"], {"input_1": batch})
+    assert age.shape == (2, 100)
+    assert male.shape == (2, 1)
+    np.testing.assert_allclose(age.sum(axis=1), 1.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        set_square_classifier_input(model, 150)
+    detector = onnx.load(model_file(get_spec("blazeface-short"), "detector.onnx"))
+    with pytest.raises(ValueError, match="reshapes by a fixed size"):
+        set_square_classifier_input(detector, 96)

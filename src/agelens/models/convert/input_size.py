@@ -1,4 +1,4 @@
-"""Run a converted BlazeFace graph at another (square) input size.
+"""Run a converted graph at another (square) input size: BlazeFace, and the faceres classifiers.
 
 BlazeFace is fully convolutional: only its input shape and the Reshapes that flatten each head
 into `(N, anchors, values)` name a size. `set_square_input` rewrites both in place, so the same
@@ -56,4 +56,22 @@ def set_square_input(model: onnx.ModelProto, size: int, *, stride: int = 16) -> 
         if anchors.dim_value > 0:
             anchors.dim_value = scaled(anchors.dim_value)
     # Shapes inferred for the old size would contradict the new ones.
+    del model.graph.value_info[:]
+
+
+def set_square_classifier_input(model: onnx.ModelProto, size: int, *, multiple: int = 16) -> None:
+    """Rewrite an NHWC classifier graph that ends in a global pooling (faceres, faceres-deep)
+    to take `size` x `size` crops: only its input shape names a size, so the same weights read
+    a smaller crop for about (size / old size)² of the work. The outputs keep their shapes."""
+    if size <= 0 or size % multiple:
+        raise ValueError(f"input size must be a positive multiple of {multiple}, not {size}")
+    if len(model.graph.input) != 1:
+        raise ValueError("expected a graph with one input")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or dims[1].dim_value != dims[2].dim_value or dims[1].dim_value <= 0:
+        raise ValueError("expected a square NHWC input with fixed height and width")
+    if any(node.op_type == "Reshape" for node in model.graph.node):
+        raise ValueError("the graph reshapes by a fixed size; its input size cannot change")
+    dims[1].dim_value = size
+    dims[2].dim_value = size
     del model.graph.value_info[:]
