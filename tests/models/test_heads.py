@@ -35,7 +35,7 @@ def test_shipped_model_is_listed_with_its_card() -> None:
     assert folder == shipped_dir() / SHIPPED
     assert SHIPPED in estimator_names()
     card = read_card(folder)
-    assert card["backbones"] == ["faceres", "faceres-deep", "faceapi", "cydral"]
+    assert card["backbones"] == ["faceres@192", "faceres-deep@192", "faceapi", "cydral"]
     assert "non-commercial research only" in card["data_notice"]
     assert card["training"]["split"] == "dev"  # never trained on test
     assert card["training"]["command"].startswith("agelens train ../shared/data/utkface")

@@ -386,9 +386,9 @@ PRESETS: dict[str, Preset] = {
     "accurate": Preset(
         DEFAULT_DETECTOR,
         "heads-ensemble",
-        "non-commercial research only: heads trained by agelens on UTKFace, over faceres "
-        "(HSE, Apache-2.0), face-api (MIT) and Cydral (CC0) embeddings, their ages mixed 2:1 "
-        "with the ensemble's",
+        "non-commercial research only: heads trained by agelens on UTKFace, over faceres and "
+        "faceres-deep (HSE, Apache-2.0; read at 192 px), face-api (MIT) and Cydral (CC0) "
+        "embeddings, their ages mixed 2:1 with the ensemble's",
     ),
 }
 
