@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,25 @@ def test_unfetched_models_exit_3_naming_the_command(
     result = runner.invoke(app, ["analyze", str(astronaut_file)])
     assert result.exit_code == EXIT_MODEL
     assert "agelens models fetch" in result.stderr
+
+
+def test_heads_over_an_unknown_backbone_are_listed_as_not_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heads trained by another agelens version may name a backbone this one does not know:
+    `models list` still answers, and shows them as not usable."""
+    from agelens.models.heads import shipped_dir
+
+    monkeypatch.setenv("AGELENS_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "trained" / "heads-odd"
+    shutil.copytree(shipped_dir() / "heads-utkface", folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["name"], card["backbones"] = "heads-odd", ["faceres@999", "faceapi"]
+    (folder / "card.json").write_text(json.dumps(card))
+    listed = runner.invoke(app, ["models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["heads-odd"]["fetched"] is False
 
 
 def test_models_list_and_info() -> None:

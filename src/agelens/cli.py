@@ -138,8 +138,20 @@ def models_fetch(
         typer.echo(f"{spec.name}: {state} ({spec.source.pinned}) -> {outcome.path}")
 
 
-def _model_rows() -> list[dict[str, Any]]:
+def _backbones_fetched(names: list[str]) -> bool:
+    """Whether every network trained heads read is fetched; False for a backbone this agelens
+    does not know (heads trained by another version), so that listing never fails."""
     from agelens.models.embeddings import backbone_model
+    from agelens.models.fetch import is_fetched
+    from agelens.models.registry import MODELS
+
+    try:
+        return all(is_fetched(MODELS[backbone_model(name)]) for name in names)
+    except (ValueError, KeyError):
+        return False
+
+
+def _model_rows() -> list[dict[str, Any]]:
     from agelens.models.fetch import folder_size_bytes, is_fetched, model_folder
     from agelens.models.heads import card_kind, read_card, shipped_dir, trained_folders
     from agelens.models.registry import MODELS
@@ -175,7 +187,7 @@ def _model_rows() -> list[dict[str, Any]]:
                 else "see its card",
                 "size_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
                 "files": dict(card["files"]),
-                "fetched": all(is_fetched(MODELS[backbone_model(b)]) for b in card["backbones"]),
+                "fetched": _backbones_fetched(card["backbones"]),
                 "path": str(folder),
                 "description": (
                     f"heads over {', '.join(card['backbones'])}; "
