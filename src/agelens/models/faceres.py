@@ -32,7 +32,6 @@ from numpy.typing import NDArray
 
 from agelens.geometry import square_box
 from agelens.models.base import Chips, RGBImage
-from agelens.models.convert.input_size import set_square_classifier_input
 from agelens.models.crops import crop_resized
 from agelens.models.distribution import estimates, expected_age
 from agelens.models.fetch import model_file
@@ -65,8 +64,8 @@ class FaceResEstimator:
     """Age (100-way distribution) and P(male) from a square 224-px crop of the detector's box.
 
     `input_size` runs the same weights on smaller crops (a multiple of 16 up to 224; see
-    `set_square_classifier_input`): the trained heads can read faceres at 160 px for half the
-    work (docs/accuracy.md).
+    `set_square_classifier_input`): the shipped heads read both networks at 192 px, for about
+    0.7 of the work (docs/training.md, "faceres at 192 px in the heads").
     """
 
     def __init__(
@@ -80,6 +79,8 @@ class FaceResEstimator:
         if size != native:
             if not 0 < size <= native:
                 raise ValueError(f"{spec.name} runs at up to {native} px, not {size}")
+            from agelens.models.convert.input_size import set_square_classifier_input
+
             rewrite = partial(set_square_classifier_input, size=size)
         self._session = create_session(
             model_file(spec, "age_gender.onnx"), threads, rewrite=rewrite
