@@ -14,8 +14,22 @@ thread), so each size gets its own graph with every shape known.
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 from onnx import numpy_helper
+
+
+def _square_input_dims(model: onnx.ModelProto, size: int, multiple: int) -> Any:
+    """The dims of the graph's one square NHWC input, once `size` is checked against them."""
+    if size <= 0 or size % multiple:
+        raise ValueError(f"input size must be a positive multiple of {multiple}, not {size}")
+    if len(model.graph.input) != 1:
+        raise ValueError("expected a graph with one input")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or dims[1].dim_value != dims[2].dim_value or dims[1].dim_value <= 0:
+        raise ValueError("expected a square NHWC input with fixed height and width")
+    return dims
 
 
 def set_square_input(model: onnx.ModelProto, size: int, *, stride: int = 16) -> None:
@@ -24,13 +38,7 @@ def set_square_input(model: onnx.ModelProto, size: int, *, stride: int = 16) -> 
     `size` must be a multiple of the network's largest `stride`, so every feature map shrinks
     by an exact factor and every anchor count scales by `(size / old_size)²`.
     """
-    if size <= 0 or size % stride:
-        raise ValueError(f"input size must be a positive multiple of {stride}, not {size}")
-    if len(model.graph.input) != 1:
-        raise ValueError("expected a graph with one input")
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 4 or dims[1].dim_value != dims[2].dim_value or dims[1].dim_value <= 0:
-        raise ValueError("expected a square NHWC input with fixed height and width")
+    dims = _square_input_dims(model, size, stride)
     old = dims[1].dim_value
     if old % stride:
         raise ValueError(f"the graph's input size {old} is not a multiple of {stride}")
@@ -63,13 +71,7 @@ def set_square_classifier_input(model: onnx.ModelProto, size: int, *, multiple: 
     """Rewrite an NHWC classifier graph that ends in a global pooling (faceres, faceres-deep)
     to take `size` x `size` crops: only its input shape names a size, so the same weights read
     a smaller crop for about (size / old size)² of the work. The outputs keep their shapes."""
-    if size <= 0 or size % multiple:
-        raise ValueError(f"input size must be a positive multiple of {multiple}, not {size}")
-    if len(model.graph.input) != 1:
-        raise ValueError("expected a graph with one input")
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    if len(dims) != 4 or dims[1].dim_value != dims[2].dim_value or dims[1].dim_value <= 0:
-        raise ValueError("expected a square NHWC input with fixed height and width")
+    dims = _square_input_dims(model, size, multiple)
     if any(node.op_type == "Reshape" for node in model.graph.node):
         raise ValueError("the graph reshapes by a fixed size; its input size cannot change")
     dims[1].dim_value = size
