@@ -65,7 +65,6 @@ class FaceResBackbone:
         self._estimator = FaceResEstimator(get_spec(model), threads=threads, input_size=input_size)
         self.name = model if input_size is None else f"{model}@{input_size}"
         self.dim = 1024 + 100 + 1
-        self._chips = model
 
     def version(self) -> str:
         return self._estimator.version()
@@ -74,7 +73,7 @@ class FaceResBackbone:
         return self._estimator.align(image, detections)
 
     def embed(self, chips: Chips, *, mirrored: bool = False) -> Embedding:
-        batch = chips[self._chips]
+        batch = chips[self._estimator.name]
         if mirrored:
             batch = np.ascontiguousarray(batch[:, :, ::-1, :])
         embedding, age, male = self._estimator.run_network(
@@ -145,7 +144,8 @@ BACKBONE_NAMES: tuple[str, ...] = ("faceres", "faceres-deep", "faceapi", "cydral
 
 #: Backbones that can read smaller crops than their own, as `NAME@SIZE`.
 SIZED_BACKBONES: tuple[str, ...] = ("faceres", "faceres-deep")
-#: The input sizes `NAME@SIZE` allows: multiples of 16 from 96 px to the network's 224.
+#: The input sizes `NAME@SIZE` allows: multiples of 16 from 96 to 208 px (224, the networks'
+#: own, is the plain name).
 BACKBONE_SIZES: tuple[int, ...] = tuple(range(96, 224, 16))
 
 

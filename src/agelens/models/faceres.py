@@ -87,7 +87,6 @@ class FaceResEstimator:
         )
         self._input = self._session.get_inputs()[0].name
         self._size = size
-        self._native = native
         crop = spec.params_as(FaceCropParams)
         self._box_scale = crop.box_scale
         self._box_shift_y = crop.box_shift_y
@@ -106,7 +105,7 @@ class FaceResEstimator:
 
     def version(self) -> str:
         """Model name and the package it came from (and the input size when not its own)."""
-        size = f" at {self._size} px" if self._size != self._native else ""
+        size = f" at {self._size} px" if self._size != self.spec.input_hw[0] else ""
         return f"{self.name}{size} ({self.spec.source.pinned})"
 
     def crop_box(self, detection: Detection) -> NDArray[np.float32]:
