@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
 from agelens.models.backends import create_detector
+from agelens.models.convert.int8 import calibrate
 from agelens.models.embeddings import (
     BACKBONE_NAMES,
+    FaceResBackbone,
     backbone_model,
     create_backbone,
+    int8_ranges_file,
     parse_backbone,
 )
+from agelens.paths import agelens_home
 
 
-def test_names_parse_into_a_model_and_a_size() -> None:
+def test_names_parse_into_a_model_a_size_and_int8() -> None:
     assert [parse_backbone(name) for name in BACKBONE_NAMES] == [
-        (name, None) for name in BACKBONE_NAMES
+        (name, None, False) for name in BACKBONE_NAMES
     ]
-    assert parse_backbone("faceres@160") == ("faceres", 160)
-    assert parse_backbone("faceres-deep@96") == ("faceres-deep", 96)
+    assert parse_backbone("faceres@160") == ("faceres", 160, False)
+    assert parse_backbone("faceres-deep@96") == ("faceres-deep", 96, False)
+    assert parse_backbone("faceres@192-int8") == ("faceres", 192, True)
+    assert parse_backbone("faceres-deep-int8") == ("faceres-deep", None, True)
     assert backbone_model("faceres-deep@192") == "faceres-deep"
+    assert backbone_model("faceres@192-int8") == "faceres"
 
 
 @pytest.mark.parametrize(
@@ -34,6 +43,9 @@ def test_names_parse_into_a_model_and_a_size() -> None:
         ("faceres@1e2", "the size after @"),
         ("cydral@64", "its own input size only"),
         ("faceapi@112", "its own input size only"),
+        ("faceapi-int8", "no int8 version"),
+        ("cydral-int8", "no int8 version"),
+        ("faceres-int8@192", "unknown backbone"),
     ],
 )
 def test_bad_names_are_refused(name: str, message: str) -> None:
@@ -60,3 +72,41 @@ def test_a_sized_faceres_backbone_embeds_smaller_chips(astronaut: NDArray[np.uin
     # Its last column is P(male): Eileen Collins reads as a woman at either size.
     assert face[0, -1] < 0.5
     assert reference[0, -1] < 0.5
+
+
+def test_an_int8_backbone_needs_its_ranges(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs the folder of its int8 ranges"):
+        create_backbone("faceres@192-int8")
+    with pytest.raises(FileNotFoundError, match="no int8 ranges"):
+        create_backbone("faceres@192-int8", folder=tmp_path)
+    assert int8_ranges_file("faceres@192-int8") == "int8-ranges-faceres@192-int8.json"
+
+
+def test_an_int8_backbone_runs_int8_where_enabled(
+    astronaut: NDArray[np.uint8], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Named `faceres@128-int8` whether or not int8 runs (heads are trained under the name);
+    int8 where enabled, the float network at the same size elsewhere, the two close."""
+    detection = create_detector("blazeface-full", threads=1).detect_many([astronaut])[0][0]
+    plain = create_backbone("faceres@128", threads=1)
+    chips = plain.align(astronaut, [detection])
+    calibration = np.concatenate([chips["faceres"], chips["faceres"][:, :, ::-1]])
+    assert isinstance(plain, FaceResBackbone)
+    calibrate(
+        plain.estimator.float_graph(), calibration, tmp_path / int8_ranges_file("faceres@128-int8")
+    )
+    monkeypatch.setenv("AGELENS_INT8", "1")
+    quantized = create_backbone("faceres@128-int8", threads=1, folder=tmp_path)
+    monkeypatch.setenv("AGELENS_INT8", "0")
+    fallback = create_backbone("faceres@128-int8", threads=1, folder=tmp_path)
+    assert quantized.name == fallback.name == "faceres@128-int8"
+    assert "int8" in quantized.version()
+    assert "int8" not in fallback.version()
+    assert "at 128 px" in fallback.version()
+    assert list((agelens_home() / "derived").glob("faceres@128-int8-*.onnx"))
+    face8, face32 = quantized.embed(chips), fallback.embed(chips)
+    np.testing.assert_array_equal(face32, plain.embed(chips))
+    assert not np.array_equal(face8, face32)
+    cosine = (face8 * face32).sum() / (np.linalg.norm(face8) * np.linalg.norm(face32))
+    assert cosine > 0.97
+    assert face8[0, -1] < 0.5  # P(male): still a woman

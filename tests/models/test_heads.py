@@ -35,7 +35,8 @@ def test_shipped_model_is_listed_with_its_card() -> None:
     assert folder == shipped_dir() / SHIPPED
     assert SHIPPED in estimator_names()
     card = read_card(folder)
-    assert card["backbones"] == ["faceres@192", "faceres-deep@192", "faceapi", "cydral"]
+    assert card["backbones"] == ["faceres@192-int8", "faceres-deep@192", "faceapi", "cydral"]
+    assert set(card["files"]) == {"head.onnx", "int8-ranges-faceres@192-int8.json"}
     assert "non-commercial research only" in card["data_notice"]
     assert card["training"]["split"] == "dev"  # never trained on test
     assert card["training"]["command"].startswith("agelens train ../shared/data/utkface")
@@ -65,6 +66,26 @@ def test_sample_photos_unlike_utkface(accurate: Analyzer, samples_dir: Path) -> 
     assert face is not None
     assert face.gender == "M"
     assert 20 <= face.age_years <= 70
+
+
+def test_the_float_fallback_reads_like_int8(
+    astronaut: NDArray[np.uint8], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU without VNNI faceres runs in float under the heads trained on its int8
+    features: the same faces, ages within a few years, the same genders."""
+    monkeypatch.setenv("AGELENS_INT8", "1")
+    quantized = Analyzer("blazeface-full", SHIPPED, threads=1)
+    monkeypatch.setenv("AGELENS_INT8", "0")
+    fallback = Analyzer("blazeface-full", SHIPPED, threads=1)
+    assert "faceres at 192 px, int8" in quantized.analyze(astronaut).models["estimator"]
+    assert "faceres at 192 px (" in fallback.analyze(astronaut).models["estimator"]
+    small = np.ascontiguousarray(astronaut[::2, ::2])
+    for image in (astronaut, np.ascontiguousarray(astronaut[:, ::-1]), small):
+        ours, theirs = quantized.analyze(image).faces, fallback.analyze(image).faces
+        assert len(ours) == len(theirs) > 0
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.gender == b.gender
+            assert abs(a.age_years - b.age_years) < 3
 
 
 def test_a_copied_folder_loads_by_path_and_a_broken_one_is_refused(tmp_path: Path) -> None:

@@ -111,12 +111,52 @@ def test_a_tampered_head_is_refused(plumbing_folder: Path, tmp_path: Path) -> No
         HeadsEstimator(out)
 
 
+def test_an_int8_backbone_ships_its_ranges(
+    plumbing_folder: Path, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    """`faceres@96-int8`: ranges taken on a seeded sample of the training faces, kept in the
+    cache (a second run reuses them and the features), copied into the model folder and listed
+    in the card with their sha256, so a changed ranges file is refused like a changed head."""
+    out = tmp_path / "model"
+    card = _train(plumbing_folder, out, "--backbones", "faceres@96-int8,faceapi")
+    ranges = "int8-ranges-faceres@96-int8.json"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["MODEL_CARD.md", "card.json", "head.onnx", ranges]
+    )
+    assert card["backbones"] == ["faceres@96-int8", "faceapi"]
+    files = card["files"]
+    assert isinstance(files, dict)
+    assert set(files) == {"head.onnx", ranges}
+    training = card["training"]
+    assert isinstance(training, dict)
+    assert training["int8_calibration_faces"] == 256
+    assert "faceres@96-int8 run int8 where it is exact" in (out / "MODEL_CARD.md").read_text()
+    [kept] = (tmp_path / "cache").glob(f"int8-ranges-*/{ranges}")
+    assert kept.read_bytes() == (out / ranges).read_bytes()
+    estimator = HeadsEstimator(out, threads=1)
+    assert "faceres at 96 px, int8" in estimator.version()
+    result = Analyzer("blazeface-full", str(out)).analyze(astronaut)
+    assert scored_face(result) is not None
+
+    # Resumed: the same ranges and features, so the same head.
+    again = _train(plumbing_folder, tmp_path / "again", "--backbones", "faceres@96-int8,faceapi")
+    assert again["files"] == card["files"]
+
+    changed = json.loads((out / ranges).read_text())
+    changed["data"] = dict(list(changed["data"].items())[:-1])
+    (out / ranges).write_text(json.dumps(changed))
+    with pytest.raises(ModelNotFetchedError, match="sha256"):
+        HeadsEstimator(out)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (["--backbones", "resnet"], "unknown backbone 'resnet'"),
         (["--backbones", "faceres@100"], "the size after @ must be one of"),
         (["--backbones", "faceapi@96"], "runs at its own input size only"),
+        (["--backbones", "faceapi-int8"], "has no int8 version"),
+        (["--backbones", "faceres@160-int8,faceres@192"], "each network may be given once"),
         (["--backbones", "faceres,faceres@160"], "each network may be given once"),
         (["--backbones", ","], "no backbones given"),
         (["--labels", "missing.csv"], "labels file not found"),

@@ -15,7 +15,8 @@ symmetric, so the mirror is a free second look used for training augmentation an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,17 +58,32 @@ class FaceResBackbone:
     """faceres / faceres-deep: NHWC chips, embedding + age probabilities + P(male).
 
     With `input_size` the network reads smaller crops and the backbone is named
-    `NAME@SIZE` (`faceres@160`), so features and trained heads never mix the two."""
+    `NAME@SIZE` (`faceres@160`), so features and trained heads never mix the two; with
+    `int8_ranges` it is `NAME@SIZE-int8` and runs int8 where that is exact (convert/int8.py).
+    """
 
     def __init__(
-        self, model: str, *, threads: int | None = None, input_size: int | None = None
+        self,
+        model: str,
+        *,
+        threads: int | None = None,
+        input_size: int | None = None,
+        int8_ranges: Path | None = None,
     ) -> None:
-        self._estimator = FaceResEstimator(get_spec(model), threads=threads, input_size=input_size)
-        self.name = model if input_size is None else f"{model}@{input_size}"
+        self._estimator = FaceResEstimator(
+            get_spec(model), threads=threads, input_size=input_size, int8_ranges=int8_ranges
+        )
+        sized = model if input_size is None else f"{model}@{input_size}"
+        self.name = sized if int8_ranges is None else f"{sized}{INT8_SUFFIX}"
         self.dim = 1024 + 100 + 1
 
     def version(self) -> str:
         return self._estimator.version()
+
+    @property
+    def estimator(self) -> FaceResEstimator:
+        """The network behind the embedding."""
+        return self._estimator
 
     def align(self, image: RGBImage, detections: Sequence[Detection]) -> Chips:
         return self._estimator.align(image, detections)
@@ -149,34 +165,65 @@ SIZED_BACKBONES: tuple[str, ...] = ("faceres", "faceres-deep")
 BACKBONE_SIZES: tuple[int, ...] = tuple(range(96, 224, 16))
 
 
-def parse_backbone(name: str) -> tuple[str, int | None]:
-    """`(model, input size or None)` of a backbone name: `faceapi`, `faceres@160`. Raises
+class BackboneName(NamedTuple):
+    """A backbone name taken apart: `faceres@192-int8` is `("faceres", 192, True)`."""
+
+    model: str
+    size: int | None
+    int8: bool
+
+
+#: The suffix of a backbone that runs int8 (`faceres@192-int8`; see convert/int8.py).
+INT8_SUFFIX = "-int8"
+
+
+def parse_backbone(name: str) -> BackboneName:
+    """A backbone name taken apart: `faceapi`, `faceres@160`, `faceres@192-int8`. Raises
     ValueError for a name `create_backbone` would not accept."""
-    model, at, size_text = name.partition("@")
+    body = name.removesuffix(INT8_SUFFIX)
+    int8 = body != name
+    model, at, size_text = body.partition("@")
     choices = ", ".join(BACKBONE_NAMES)
     if model not in BACKBONE_NAMES:
         raise ValueError(f"unknown backbone {name!r}; choose from {choices}")
+    if int8 and model not in SIZED_BACKBONES:
+        raise ValueError(f"backbone {model!r} has no int8 version ({INT8_SUFFIX})")
     if not at:
-        return model, None
+        return BackboneName(model, None, int8)
     if model not in SIZED_BACKBONES:
         raise ValueError(f"backbone {model!r} runs at its own input size only (no @SIZE)")
     if not size_text.isdigit() or int(size_text) not in BACKBONE_SIZES:
         sizes = ", ".join(map(str, BACKBONE_SIZES))
         raise ValueError(f"backbone {name!r}: the size after @ must be one of {sizes}")
-    return model, int(size_text)
+    return BackboneName(model, int(size_text), int8)
 
 
 def backbone_model(name: str) -> str:
     """The registry model a backbone name runs (`faceres@160` -> `faceres`)."""
-    return parse_backbone(name)[0]
+    return parse_backbone(name).model
 
 
-def create_backbone(name: str, *, threads: int | None = None) -> Backbone:
+def int8_ranges_file(name: str) -> str:
+    """The file name of an int8 backbone's activation ranges in a heads folder."""
+    return f"int8-ranges-{name}.json"
+
+
+def create_backbone(
+    name: str, *, threads: int | None = None, folder: Path | None = None
+) -> Backbone:
     """The backbone called `name` (one of BACKBONE_NAMES, or `faceres@SIZE` /
-    `faceres-deep@SIZE`); its models must be fetched."""
-    model, size = parse_backbone(name)
+    `faceres-deep@SIZE`, either with `-int8`); its models must be fetched. An int8 backbone
+    reads its activation ranges from `folder` (`int8_ranges_file(name)` there)."""
+    model, size, int8 = parse_backbone(name)
     if model in SIZED_BACKBONES:
-        return FaceResBackbone(model, threads=threads, input_size=size)
+        ranges = None
+        if int8:
+            if folder is None:
+                raise ValueError(f"backbone {name!r} needs the folder of its int8 ranges")
+            ranges = folder / int8_ranges_file(name)
+            if not ranges.is_file():
+                raise FileNotFoundError(f"backbone {name!r}: no int8 ranges at {ranges}")
+        return FaceResBackbone(model, threads=threads, input_size=size, int8_ranges=ranges)
     if model == "faceapi":
         return FaceApiBackbone(threads=threads)
     return CydralBackbone(threads=threads)

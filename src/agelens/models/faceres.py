@@ -23,9 +23,10 @@ Gender: the sigmoid output is P(male) (HSE: `is_male = p >= 0.6`; Human: male wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,9 +36,12 @@ from agelens.models.base import Chips, RGBImage
 from agelens.models.crops import crop_resized
 from agelens.models.distribution import estimates, expected_age
 from agelens.models.fetch import model_file
-from agelens.models.runtime import create_session
+from agelens.models.runtime import create_session, create_session_from_bytes
 from agelens.models.spec import FaceCropParams, ModelSpec
 from agelens.types import AgeGenderEstimate, Detection
+
+if TYPE_CHECKING:
+    import onnx
 
 #: Half-width of the 80% age interval as `a + b * age`, per model, fitted on the 1,493 UTKFace
 #: `dev` rows above with `fit_interval` of scripts/fit_ensemble.py (expected age, box 1.25).
@@ -65,34 +69,67 @@ class FaceResEstimator:
 
     `input_size` runs the same weights on smaller crops (a multiple of 16 up to 224; see
     `set_square_classifier_input`): the shipped heads read both networks at 192 px, for about
-    0.7 of the work (docs/training.md, "faceres at 192 px in the heads").
+    0.7 of the work (docs/training.md, "faceres at 192 px in the heads"). `int8_ranges` (an
+    activation ranges file, `convert.int8.calibrate`) runs the int8 graph built from those
+    ranges where int8 is exact (`convert.int8.int8_enabled`), the float graph elsewhere.
     """
 
     def __init__(
-        self, spec: ModelSpec, *, threads: int | None = None, input_size: int | None = None
+        self,
+        spec: ModelSpec,
+        *,
+        threads: int | None = None,
+        input_size: int | None = None,
+        int8_ranges: Path | None = None,
     ) -> None:
         self.name = spec.name
         self.spec = spec
         native = spec.input_hw[0]
         size = native if input_size is None else input_size
-        rewrite = None
-        if size != native:
-            if not 0 < size <= native:
-                raise ValueError(f"{spec.name} runs at up to {native} px, not {size}")
-            from agelens.models.convert.input_size import set_square_classifier_input
-
-            rewrite = partial(set_square_classifier_input, size=size)
-        self._session = create_session(
-            model_file(spec, "age_gender.onnx"), threads, rewrite=rewrite
-        )
-        self._input = self._session.get_inputs()[0].name
+        if not 0 < size <= native:
+            raise ValueError(f"{spec.name} runs at up to {native} px, not {size}")
         self._size = size
+        self.int8 = False
+        if int8_ranges is not None:
+            from agelens.models.convert.int8 import int8_enabled
+
+            self.int8 = int8_enabled()
+        if self.int8:
+            assert int8_ranges is not None
+            self._session = create_session_from_bytes(self._int8_graph(int8_ranges), threads)
+        else:
+            rewrite = self._rewrite() if size != native else None
+            self._session = create_session(
+                model_file(spec, "age_gender.onnx"), threads, rewrite=rewrite
+            )
+        self._input = self._session.get_inputs()[0].name
         crop = spec.params_as(FaceCropParams)
         self._box_scale = crop.box_scale
         self._box_shift_y = crop.box_shift_y
         self._bgr = spec.channel_order == "BGR"
         self._mean = np.asarray(spec.mean, dtype=np.float32)
         self._interval = INTERVAL_COEFFICIENTS[spec.name]
+
+    def _rewrite(self) -> Callable[[onnx.ModelProto], None]:
+        from agelens.models.convert.input_size import set_square_classifier_input
+
+        return partial(set_square_classifier_input, size=self._size)
+
+    def float_graph(self) -> onnx.ModelProto:
+        """The float network at this estimator's input size: what int8 ranges are taken on."""
+        import onnx
+
+        model = onnx.load(str(model_file(self.spec, "age_gender.onnx")))
+        if self._size != self.spec.input_hw[0]:
+            self._rewrite()(model)
+        return model
+
+    def _int8_graph(self, ranges: Path) -> bytes:
+        from agelens.models.convert.int8 import cached_quantized
+        from agelens.paths import agelens_home
+
+        label = f"{self.name}@{self._size}"
+        return cached_quantized(self.float_graph(), ranges, agelens_home() / "derived", label)
 
     def run_network(self, outputs: Sequence[str], batch: NDArray[np.float32]) -> list[Any]:
         """The network's named outputs for a normalised batch (as `align` makes)."""
@@ -106,7 +143,8 @@ class FaceResEstimator:
     def version(self) -> str:
         """Model name and the package it came from (and the input size when not its own)."""
         size = f" at {self._size} px" if self._size != self.spec.input_hw[0] else ""
-        return f"{self.name}{size} ({self.spec.source.pinned})"
+        int8 = ", int8" if self.int8 else ""
+        return f"{self.name}{size}{int8} ({self.spec.source.pinned})"
 
     def crop_box(self, detection: Detection) -> NDArray[np.float32]:
         """The detector's box squared, scaled by `box_scale` and moved down by `box_shift_y`

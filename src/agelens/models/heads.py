@@ -169,7 +169,7 @@ class HeadsEstimator:
         self.name = str(card["name"])
         verify_card_files(folder, card["files"], "train it again or reinstall agelens")
         self.backbones: list[Backbone] = [
-            create_backbone(name, threads=threads) for name in card["backbones"]
+            create_backbone(name, threads=threads, folder=folder) for name in card["backbones"]
         ]
         self.calibration = HeadsCalibration.from_card(card["calibration"])
         self._session = create_session(folder / HEAD_FILE, threads)

@@ -103,14 +103,7 @@ def create_session(
     so an idle service does not burn CPU.
     """
     ort = import_onnxruntime()
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    options = _session_options(threads)
     if not extra_outputs and rewrite is None:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     import onnx
@@ -124,4 +117,26 @@ def create_session(
         rewrite(model)
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _session_options(threads: int | None) -> onnxruntime.SessionOptions:
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def create_session_from_bytes(
+    model: bytes, threads: int | None = None
+) -> onnxruntime.InferenceSession:
+    """`create_session` for a serialised graph built in memory (an int8 graph, say)."""
+    ort = import_onnxruntime()
+    return ort.InferenceSession(
+        model, _session_options(threads), providers=["CPUExecutionProvider"]
     )

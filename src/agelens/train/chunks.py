@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,9 +35,21 @@ def files_digest(rows: Sequence[LabelledImage]) -> str:
     return digest.hexdigest()
 
 
+#: Field metadata of a config field left out of the cache key while it is empty, so that
+#: adding such a field keeps the caches built before it valid.
+KEY_WHEN_SET = {"cache_key": "when set"}
+#: Field metadata of a config field never in the cache key (where a file is, not what it is).
+NOT_IN_KEY = {"cache_key": "never"}
+
+
 def cache_folder(root: Path, prefix: str, config: Any) -> Path:
     """The folder of one configuration's cache under `root` (`config` a dataclass)."""
-    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
+    values = asdict(config)
+    for item in fields(config):
+        rule = item.metadata.get("cache_key")
+        if rule == "never" or (rule == "when set" and not values[item.name]):
+            del values[item.name]
+    key = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
     return root / f"{prefix}-{key[:16]}"
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces
-from agelens.train.chunks import cache_folder, compute_chunks, files_digest
+from agelens.models.fetch import sha256_file
+from agelens.train.chunks import (
+    KEY_WHEN_SET,
+    NOT_IN_KEY,
+    cache_folder,
+    compute_chunks,
+    files_digest,
+)
 
 if TYPE_CHECKING:
     from agelens.models.base import Detector
@@ -43,6 +51,22 @@ class FeatureConfig:
     pad: float
     detector: str
     files_sha256: str
+    #: sha256 of each int8 backbone's ranges file (`calibrate_int8`), and their folder.
+    int8_ranges: tuple[str, ...] = field(default=(), metadata=KEY_WHEN_SET)
+    ranges_dir: str = field(default="", metadata=NOT_IN_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class RangesConfig:
+    """What int8 activation ranges are taken on; any change gives a different folder."""
+
+    dataset_dir: str
+    backbones: tuple[str, ...]
+    pad: float
+    detector: str
+    files_sha256: str
+    faces: int
+    recipe: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +102,10 @@ def _init_worker(config: FeatureConfig) -> None:
     from agelens.models.embeddings import create_backbone
 
     global _worker
+    ranges = Path(config.ranges_dir) if config.ranges_dir else None
     _worker = _Worker(
         create_detector(config.detector, 1),
-        tuple(create_backbone(name, threads=1) for name in config.backbones),
+        tuple(create_backbone(name, threads=1, folder=ranges) for name in config.backbones),
     )
 
 
@@ -122,18 +147,29 @@ def build_features(
     detector: str = "blazeface-full",
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    ranges_dir: Path | None = None,
 ) -> Features:
     """Embeddings of every row with a face, from the cache when it is there.
 
     `progress(done_rows, total_rows)` is called after each chunk. Rows whose image could not
-    be decoded or holds no face are left out (logged).
+    be decoded or holds no face are left out (logged). int8 backbones read their ranges from
+    `ranges_dir` (`calibrate_int8`).
     """
+    from agelens.models.embeddings import int8_ranges_file, parse_backbone
+
+    int8 = [name for name in backbones if parse_backbone(name).int8]
+    if int8 and ranges_dir is None:
+        raise ValueError(f"{', '.join(int8)} need int8 ranges: run calibrate_int8 first")
     config = FeatureConfig(
         dataset_dir=str(dataset_dir.resolve()),
         backbones=tuple(backbones),
         pad=float(pad),
         detector=detector,
         files_sha256=files_digest(rows),
+        int8_ranges=tuple(
+            sha256_file(ranges_dir / int8_ranges_file(name)) for name in int8 if ranges_dir
+        ),
+        ranges_dir=str(ranges_dir.resolve()) if int8 and ranges_dir else "",
     )
     targets = compute_chunks(
         cache_folder(cache_root, "features", config),
@@ -147,6 +183,72 @@ def build_features(
         progress=progress,
     )
     return _load(rows, backbones, targets)
+
+
+def calibrate_int8(
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    *,
+    backbones: Sequence[str],
+    cache_root: Path,
+    pad: float = 0.0,
+    detector: str = "blazeface-full",
+) -> Path | None:
+    """The folder of the activation ranges of the int8 backbones among `backbones`
+    (`int8_ranges_file(name)` each), taken by the float network at the same size on
+    `CALIBRATION_FACES` faces of `rows` (a seeded sample); None when no backbone is int8. Kept
+    in `cache_root`, so a resumed run reuses them."""
+    from agelens.models.backends import create_detector
+    from agelens.models.convert.int8 import CALIBRATION_FACES, RECIPE_VERSION, calibrate
+    from agelens.models.embeddings import int8_ranges_file, parse_backbone
+    from agelens.models.faceres import FaceResEstimator
+    from agelens.models.registry import get_spec
+
+    int8 = [name for name in backbones if parse_backbone(name).int8]
+    if not int8:
+        return None
+    config = RangesConfig(
+        dataset_dir=str(dataset_dir.resolve()),
+        backbones=tuple(int8),
+        pad=float(pad),
+        detector=detector,
+        files_sha256=files_digest(rows),
+        faces=CALIBRATION_FACES,
+        recipe=RECIPE_VERSION,
+    )
+    folder = cache_folder(cache_root, "int8-ranges", config)
+    todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
+    if not todo:
+        return folder
+    networks = {
+        name: FaceResEstimator(
+            get_spec(parse_backbone(name).model), threads=1, input_size=parse_backbone(name).size
+        )
+        for name in todo
+    }
+    chips: dict[str, list[NDArray[np.float32]]] = {name: [] for name in todo}
+    found = 0
+    # A seeded sample, not the first rows: label files are often sorted by age (UTKFace's
+    # first `dev` rows are all 100 or 10-11 years old), and ranges taken on one age are
+    # narrower than the faces the network will see.
+    sample = random.Random(0).sample(list(rows), len(rows))
+    for face in iter_scored_faces(dataset_dir, sample, pad, create_detector(detector, 1)):
+        if face is None:
+            continue
+        image, detection = face
+        for name, network in networks.items():
+            chips[name].append(network.align(image, [detection])[network.name])
+        found += 1
+        if found == CALIBRATION_FACES:
+            break
+    if not found:
+        raise ValueError("no face was found in any labelled image: check --pad and the folder")
+    for name, network in networks.items():
+        logger.info("int8 ranges of %s from %d faces", name, found)
+        calibrate(
+            network.float_graph(), np.concatenate(chips[name]), folder / int8_ranges_file(name)
+        )
+    return folder
 
 
 def _load(

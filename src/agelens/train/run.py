@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from agelens.evaluate import LabelledImage, compute_metrics, read_labels
+from agelens.models.convert.int8 import CALIBRATION_FACES
+from agelens.models.embeddings import int8_ranges_file, parse_backbone
 from agelens.models.fetch import sha256_file
 from agelens.models.heads import CARD_FILE, HEAD_FILE, HeadsEstimator
-from agelens.train.features import Features, build_features
+from agelens.train.features import Features, build_features, calibrate_int8
 from agelens.train.heads import AGE_YEARS, TrainConfig, TrainedHeads, run_heads, train_heads
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,14 @@ def train_model(
             f"{config.folds} folds; give at least {50 * config.folds}"
         )
     cache_root = request.cache_root or request.out_dir.parent / ".agelens-train-cache"
+    ranges_dir = calibrate_int8(
+        request.dataset_dir,
+        labelled,
+        backbones=request.backbones,
+        cache_root=cache_root,
+        pad=request.pad,
+        detector=request.detector,
+    )
     features = build_features(
         request.dataset_dir,
         labelled,
@@ -150,6 +160,7 @@ def train_model(
         detector=request.detector,
         workers=request.workers,
         progress=on_rows,
+        ranges_dir=ranges_dir,
     )
     embed_seconds = time.perf_counter() - started
     ages = np.array([r.age for r in features.rows], dtype=np.float64)
@@ -183,6 +194,13 @@ def train_model(
         int8 = _int8_change(staging, features, names)
         (staging / "head.int8.onnx").replace(staging / HEAD_FILE)
     dims = {name: int(features.embeddings[name].shape[1]) for name in names}
+    files = {HEAD_FILE: sha256_file(staging / HEAD_FILE)}
+    for name in names:
+        if parse_backbone(name).int8:
+            assert ranges_dir is not None
+            ranges = int8_ranges_file(name)
+            shutil.copyfile(ranges_dir / ranges, staging / ranges)
+            files[ranges] = sha256_file(staging / ranges)
     card = {
         "kind": "agelens-heads",
         "format_version": 1,
@@ -191,7 +209,7 @@ def train_model(
         "task": "age+gender",
         "backbones": names,
         "feature_dims": dims,
-        "files": {HEAD_FILE: sha256_file(staging / HEAD_FILE)},
+        "files": files,
         "weights": "int8"
         if request.int8
         else ("float16" if request.float16_weights else "float32"),
@@ -204,6 +222,7 @@ def train_model(
             "faces_used": len(features.rows),
             "pad": request.pad,
             "detector": request.detector,
+            **({"int8_calibration_faces": CALIBRATION_FACES} if ranges_dir else {}),
             "command": request.command,
             "config": asdict(config),
             "epochs_run": list(trained.epochs_run),
@@ -271,6 +290,16 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"{training['rows']} labelled rows, {training['faces_used']} with a face found "
         f"(detector {training['detector']}, pad {training['pad']})",
         f"- command: `{training['command']}`",
+    ]
+    int8 = [name for name in card["backbones"] if name.endswith("-int8")]
+    if int8:
+        lines.append(
+            f"- int8: {', '.join(int8)} run int8 where it is exact (x86-64 with VNNI; float "
+            f"elsewhere), from activation ranges taken on "
+            f"{training.get('int8_calibration_faces', '?')} training faces, a seeded sample (the "
+            f"`int8-ranges-*.json` files listed in card.json)"
+        )
+    lines += [
         f"- folds: {training['config']['folds']}, epochs run per fold: {training['epochs_run']}, "
         f"seed {training['config']['seed']}, {training['total_seconds']} s in all",
         "",
