@@ -74,3 +74,35 @@ def test_a_different_configuration_never_reuses_a_cache(
     build_features(dataset, rows[:3], backbones=["faceapi"], cache_root=tmp_path / "c")
     build_features(dataset, rows[:3], backbones=["faceapi"], cache_root=tmp_path / "c", pad=0.2)
     assert len(list((tmp_path / "c").iterdir())) == 2
+
+
+def test_caches_built_before_int8_keep_their_folder(tmp_path: Path) -> None:
+    """Fields added for int8 stay out of the key while empty, so the folder of a float
+    configuration is the one its cache was written to before they existed."""
+    import hashlib
+    import json
+
+    from agelens.train.chunks import cache_folder
+    from agelens.train.features import FeatureConfig
+
+    config = FeatureConfig("/data", ("faceres@192", "faceapi"), 0.5, "blazeface-full", "ab")
+    before = {
+        "dataset_dir": "/data",
+        "backbones": ["faceres@192", "faceapi"],
+        "pad": 0.5,
+        "detector": "blazeface-full",
+        "files_sha256": "ab",
+    }
+    key = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
+    assert cache_folder(tmp_path, "features", config) == tmp_path / f"features-{key[:16]}"
+    int8 = FeatureConfig(
+        "/data", ("faceres@192-int8",), 0.5, "blazeface-full", "ab", ("cd",), "/ranges"
+    )
+    moved = FeatureConfig(
+        "/data", ("faceres@192-int8",), 0.5, "blazeface-full", "ab", ("cd",), "/elsewhere"
+    )
+    other = FeatureConfig(
+        "/data", ("faceres@192-int8",), 0.5, "blazeface-full", "ab", ("ef",), "/ranges"
+    )
+    assert cache_folder(tmp_path, "f", int8) == cache_folder(tmp_path, "f", moved)
+    assert cache_folder(tmp_path, "f", int8) != cache_folder(tmp_path, "f", other)

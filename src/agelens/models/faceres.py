@@ -23,6 +23,7 @@ Gender: the sigmoid output is P(male) (HSE: `is_male = p >= 0.6`; Human: male wh
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -42,6 +43,8 @@ from agelens.types import AgeGenderEstimate, Detection
 
 if TYPE_CHECKING:
     import onnx
+
+logger = logging.getLogger(__name__)
 
 #: Half-width of the 80% age interval as `a + b * age`, per model, fitted on the 1,493 UTKFace
 #: `dev` rows above with `fit_interval` of scripts/fit_ensemble.py (expected age, box 1.25).
@@ -89,14 +92,10 @@ class FaceResEstimator:
         if not 0 < size <= native:
             raise ValueError(f"{spec.name} runs at up to {native} px, not {size}")
         self._size = size
-        self.int8 = False
-        if int8_ranges is not None:
-            from agelens.models.convert.int8 import int8_enabled
-
-            self.int8 = int8_enabled()
-        if self.int8:
-            assert int8_ranges is not None
-            self._session = create_session_from_bytes(self._int8_graph(int8_ranges), threads)
+        int8_graph = None if int8_ranges is None else self._int8_graph(int8_ranges)
+        self.int8 = int8_graph is not None
+        if int8_graph is not None:
+            self._session = create_session_from_bytes(int8_graph, threads)
         else:
             rewrite = self._rewrite() if size != native else None
             self._session = create_session(
@@ -124,12 +123,20 @@ class FaceResEstimator:
             self._rewrite()(model)
         return model
 
-    def _int8_graph(self, ranges: Path) -> bytes:
-        from agelens.models.convert.int8 import cached_quantized
+    def _int8_graph(self, ranges: Path) -> bytes | None:
+        """The int8 graph from `ranges`, or None where int8 is off or the ranges do not fit
+        this graph (taken by another ONNX Runtime, say): then the float network runs."""
+        from agelens.models.convert.int8 import cached_quantized, int8_enabled
         from agelens.paths import agelens_home
 
+        if not int8_enabled():
+            return None
         label = f"{self.name}@{self._size}"
-        return cached_quantized(self.float_graph(), ranges, agelens_home() / "derived", label)
+        try:
+            return cached_quantized(self.float_graph(), ranges, agelens_home() / "derived", label)
+        except ValueError as error:
+            logger.warning("%s runs in float: no int8 graph from %s (%s)", label, ranges, error)
+            return None
 
     def run_network(self, outputs: Sequence[str], batch: NDArray[np.float32]) -> list[Any]:
         """The network's named outputs for a normalised batch (as `align` makes)."""

@@ -79,6 +79,8 @@ class Features:
     rows: tuple[LabelledImage, ...]
     embeddings: dict[str, NDArray[np.float32]]
     mirrored: dict[str, NDArray[np.float32]]
+    #: The activation ranges file of each int8 backbone (`calibrate_int8`).
+    int8_ranges: dict[str, Path] = field(default_factory=dict)
 
     def matrix(self, names: Sequence[str], *, mirrored: bool = False) -> NDArray[np.float32]:
         """The backbones' features side by side, `(n, sum of dims)`."""
@@ -147,19 +149,19 @@ def build_features(
     detector: str = "blazeface-full",
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
-    ranges_dir: Path | None = None,
 ) -> Features:
     """Embeddings of every row with a face, from the cache when it is there.
 
     `progress(done_rows, total_rows)` is called after each chunk. Rows whose image could not
-    be decoded or holds no face are left out (logged). int8 backbones read their ranges from
-    `ranges_dir` (`calibrate_int8`).
+    be decoded or holds no face are left out (logged). int8 backbones get their activation
+    ranges first (`calibrate_int8`, cached too).
     """
     from agelens.models.embeddings import int8_ranges_file, parse_backbone
 
     int8 = [name for name in backbones if parse_backbone(name).int8]
-    if int8 and ranges_dir is None:
-        raise ValueError(f"{', '.join(int8)} need int8 ranges: run calibrate_int8 first")
+    ranges_dir = calibrate_int8(
+        dataset_dir, rows, backbones=backbones, cache_root=cache_root, pad=pad, detector=detector
+    )
     config = FeatureConfig(
         dataset_dir=str(dataset_dir.resolve()),
         backbones=tuple(backbones),
@@ -182,7 +184,8 @@ def build_features(
         what="embedding",
         progress=progress,
     )
-    return _load(rows, backbones, targets)
+    ranges = {name: ranges_dir / int8_ranges_file(name) for name in int8 if ranges_dir}
+    return _load(rows, backbones, targets, ranges)
 
 
 def calibrate_int8(
@@ -220,12 +223,10 @@ def calibrate_int8(
     todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
     if not todo:
         return folder
-    networks = {
-        name: FaceResEstimator(
-            get_spec(parse_backbone(name).model), threads=1, input_size=parse_backbone(name).size
-        )
-        for name in todo
-    }
+    networks = {}
+    for name in todo:
+        model, size, _ = parse_backbone(name)
+        networks[name] = FaceResEstimator(get_spec(model), threads=1, input_size=size)
     chips: dict[str, list[NDArray[np.float32]]] = {name: [] for name in todo}
     found = 0
     # A seeded sample, not the first rows: label files are often sorted by age (UTKFace's
@@ -252,7 +253,10 @@ def calibrate_int8(
 
 
 def _load(
-    rows: Sequence[LabelledImage], backbones: Sequence[str], targets: Sequence[Path]
+    rows: Sequence[LabelledImage],
+    backbones: Sequence[str],
+    targets: Sequence[Path],
+    int8_ranges: dict[str, Path],
 ) -> Features:
     kept: list[LabelledImage] = []
     embeddings: dict[str, list[NDArray[np.float32]]] = {name: [] for name in backbones}
@@ -275,4 +279,5 @@ def _load(
         rows=tuple(kept),
         embeddings={name: np.concatenate(parts) for name, parts in embeddings.items()},
         mirrored={name: np.concatenate(parts) for name, parts in mirrored.items()},
+        int8_ranges=int8_ranges,
     )

@@ -21,10 +21,10 @@ import numpy as np
 
 from agelens.evaluate import LabelledImage, compute_metrics, read_labels
 from agelens.models.convert.int8 import CALIBRATION_FACES
-from agelens.models.embeddings import int8_ranges_file, parse_backbone
+from agelens.models.embeddings import int8_ranges_file
 from agelens.models.fetch import sha256_file
 from agelens.models.heads import CARD_FILE, HEAD_FILE, HeadsEstimator
-from agelens.train.features import Features, build_features, calibrate_int8
+from agelens.train.features import Features, build_features
 from agelens.train.heads import AGE_YEARS, TrainConfig, TrainedHeads, run_heads, train_heads
 
 logger = logging.getLogger(__name__)
@@ -143,14 +143,6 @@ def train_model(
             f"{config.folds} folds; give at least {50 * config.folds}"
         )
     cache_root = request.cache_root or request.out_dir.parent / ".agelens-train-cache"
-    ranges_dir = calibrate_int8(
-        request.dataset_dir,
-        labelled,
-        backbones=request.backbones,
-        cache_root=cache_root,
-        pad=request.pad,
-        detector=request.detector,
-    )
     features = build_features(
         request.dataset_dir,
         labelled,
@@ -160,7 +152,6 @@ def train_model(
         detector=request.detector,
         workers=request.workers,
         progress=on_rows,
-        ranges_dir=ranges_dir,
     )
     embed_seconds = time.perf_counter() - started
     ages = np.array([r.age for r in features.rows], dtype=np.float64)
@@ -195,12 +186,9 @@ def train_model(
         (staging / "head.int8.onnx").replace(staging / HEAD_FILE)
     dims = {name: int(features.embeddings[name].shape[1]) for name in names}
     files = {HEAD_FILE: sha256_file(staging / HEAD_FILE)}
-    for name in names:
-        if parse_backbone(name).int8:
-            assert ranges_dir is not None
-            ranges = int8_ranges_file(name)
-            shutil.copyfile(ranges_dir / ranges, staging / ranges)
-            files[ranges] = sha256_file(staging / ranges)
+    for name, ranges in features.int8_ranges.items():
+        shutil.copyfile(ranges, staging / int8_ranges_file(name))
+        files[int8_ranges_file(name)] = sha256_file(staging / int8_ranges_file(name))
     card = {
         "kind": "agelens-heads",
         "format_version": 1,
@@ -222,7 +210,7 @@ def train_model(
             "faces_used": len(features.rows),
             "pad": request.pad,
             "detector": request.detector,
-            **({"int8_calibration_faces": CALIBRATION_FACES} if ranges_dir else {}),
+            **({"int8_calibration_faces": CALIBRATION_FACES} if features.int8_ranges else {}),
             "command": request.command,
             "config": asdict(config),
             "epochs_run": list(trained.epochs_run),

@@ -161,3 +161,22 @@ def test_a_bad_agelens_int8_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AGELENS_INT8", "sometimes")
     with pytest.raises(ValueError, match="AGELENS_INT8 must be 0 or 1"):
         int8_enabled()
+
+
+def test_ranges_that_do_not_fit_leave_the_float_network_running(
+    ranges: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ranges of another graph (or another ONNX Runtime's pre-processing) cannot build the int8
+    graph: the estimator says so in the log and runs the float network instead of failing."""
+    data = json.loads(ranges.read_text())
+    data["data"]["not_a_tensor_here"] = next(iter(data["data"].values()))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    monkeypatch.setenv("AGELENS_INT8", "1")
+    good = FaceResEstimator(get_spec("faceres"), threads=1, input_size=SIZE, int8_ranges=ranges)
+    with caplog.at_level("WARNING", logger="agelens.models.faceres"):
+        bad = FaceResEstimator(get_spec("faceres"), threads=1, input_size=SIZE, int8_ranges=other)
+    assert good.int8
+    assert not bad.int8
+    assert "runs in float" in caplog.text
+    assert "int8" not in bad.version()
