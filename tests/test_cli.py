@@ -141,7 +141,12 @@ def test_models_list_and_info() -> None:
     assert trained["source"] == "agelens (shipped)"
     assert trained["license"] == "non-commercial (UTKFace-derived)"
     assert "non-commercial research only" in trained["description"]
-    assert trained["card"]["backbones"] == ["faceres@192", "faceres-deep@192", "faceapi", "cydral"]
+    assert trained["card"]["backbones"] == [
+        "faceres@192-int8",
+        "faceres-deep@192",
+        "faceapi",
+        "cydral",
+    ]
     fine_tuned = json.loads(runner.invoke(app, ["models", "info", "faceapi112-distilled"]).stdout)
     assert fine_tuned["source"] == "agelens (shipped)"
     assert fine_tuned["license"] == "non-commercial (UTKFace-derived)"
