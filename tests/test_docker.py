@@ -106,6 +106,29 @@ def test_every_stage_is_python_3_11_slim(dockerfile: list[Instruction]) -> None:
         assert resolved == "python:3.11-slim"
 
 
+def test_the_int8_faceres_graph_is_built_into_the_image(dockerfile: list[Instruction]) -> None:
+    """After the models are fetched, a RUN step builds `accurate`'s int8 faceres graph into
+    $AGELENS_HOME/derived, so read-only containers do not build it at every start: its Python
+    code, run here against the fetched models, must leave that graph behind."""
+    from agelens.paths import agelens_home
+
+    runs = [i.args for i in dockerfile if i.keyword == "RUN"]
+    fetch = next(n for n, args in enumerate(runs) if "agelens models fetch" in args)
+    [(position, step)] = [(n, args) for n, args in enumerate(runs) if "AGELENS_INT8=1" in args]
+    assert position > fetch
+    code = step.split('python -c "', 1)[1].split('"', 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "AGELENS_INT8": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert list((agelens_home() / "derived").glob("faceres@192-int8-*.onnx"))
+
+
 def test_the_runtime_stage_runs_as_a_non_root_user(dockerfile: list[Instruction]) -> None:
     final = _final(dockerfile)
     user = _one(final, "USER").args

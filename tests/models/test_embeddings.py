@@ -15,6 +15,7 @@ from agelens.models.embeddings import (
     FaceResBackbone,
     backbone_model,
     create_backbone,
+    embed_pair,
     int8_ranges_file,
     parse_backbone,
 )
@@ -110,3 +111,23 @@ def test_an_int8_backbone_runs_int8_where_enabled(
     cosine = (face8 * face32).sum() / (np.linalg.norm(face8) * np.linalg.norm(face32))
     assert cosine > 0.97
     assert face8[0, -1] < 0.5  # P(male): still a woman
+
+
+@pytest.mark.parametrize("name", ["faceres@128", "faceapi", "cydral"])
+def test_a_pair_is_the_face_and_its_mirror_in_one_run(
+    name: str, astronaut: NDArray[np.uint8]
+) -> None:
+    """`embed_pair` runs the faces and their mirror images as one batch and gives what two
+    separate runs give (to float rounding), for each chip layout (NHWC, NCHW, dlib's two)."""
+    detector = create_detector("blazeface-full", threads=1)
+    detection = detector.detect_many([astronaut])[0][0]
+    backbone = create_backbone(name, threads=1)
+    image = np.ascontiguousarray(astronaut[:, ::-1])
+    chips = backbone.align(astronaut, [detection])
+    other = backbone.align(image, [detector.detect_many([image])[0][0]])
+    both = {key: np.concatenate([chips[key], other[key]]) for key in chips}
+    face, mirrored = embed_pair(backbone, both)
+    np.testing.assert_allclose(face, backbone.embed(both), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mirrored, backbone.embed(both, mirrored=True), rtol=1e-4, atol=1e-4)
+    assert face.shape == mirrored.shape == (2, backbone.dim)
+    assert not np.allclose(face, mirrored)

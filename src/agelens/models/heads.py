@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from agelens.errors import ModelNotFetchedError, UnknownModelError
 from agelens.models.base import Chips, RGBImage
 from agelens.models.distribution import estimates
-from agelens.models.embeddings import Backbone, create_backbone
+from agelens.models.embeddings import Backbone, create_backbone, embed_pair
 from agelens.models.fetch import sha256_file
 from agelens.models.runtime import create_session
 from agelens.paths import agelens_home
@@ -192,11 +192,18 @@ class HeadsEstimator:
         """The backbones' features side by side (the head's input)."""
         return np.concatenate([b.embed(chips, mirrored=mirrored) for b in self.backbones], axis=1)
 
+    def features_pair(self, chips: Chips) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """`features(chips)` and `features(chips, mirrored=True)`, each network run once on
+        the faces and their mirror images together (`embeddings.embed_pair`)."""
+        pairs = [embed_pair(b, chips) for b in self.backbones]
+        face = np.concatenate([pair[0] for pair in pairs], axis=1)
+        return face, np.concatenate([pair[1] for pair in pairs], axis=1)
+
     def estimate(self, chips: Chips) -> list[AgeGenderEstimate]:
         """Calibrated age and interval, calibrated P(male); face and mirror averaged."""
         if not chips:
             return []
-        return self.estimate_features(self.features(chips), self.features(chips, mirrored=True))
+        return self.estimate_features(*self.features_pair(chips))
 
     def estimate_features(
         self, face: NDArray[np.float32], mirrored: NDArray[np.float32]

@@ -160,8 +160,7 @@ class HeadsEnsembleEstimator:
         """The heads' estimates and the ensemble's from one run of each network."""
         if not chips:
             return []
-        face = self._heads.features(chips)
-        mirrored = self._heads.features(chips, mirrored=True)
+        face, mirrored = self._heads.features_pair(chips)
         first = self._heads.estimate_features(face, mirrored)
         # as the ensemble's own mirror pass: each output of the face and its mirror averaged
         once, twice = self._outputs(face), self._outputs(mirrored)
