@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from agelens.cli import EXIT_MODEL, EXIT_SOME_FAILED, EXIT_USAGE, app
+from agelens.models.convert.int8 import int8_enabled
 
 runner = CliRunner()
 
@@ -147,6 +148,8 @@ def test_models_list_and_info() -> None:
         "faceapi",
         "cydral",
     ]
+    assert trained["int8"] == {"backbones": ["faceres@192-int8"], "here": int8_enabled()}
+    assert f"int8 on this CPU: {'yes' if int8_enabled() else 'no'}." in trained["description"]
     fine_tuned = json.loads(runner.invoke(app, ["models", "info", "faceapi112-distilled"]).stdout)
     assert fine_tuned["source"] == "agelens (shipped)"
     assert fine_tuned["license"] == "non-commercial (UTKFace-derived)"
@@ -656,3 +659,15 @@ def test_an_image_the_models_fail_on_costs_only_its_own_line(
         "message": "the network broke on this image",
     }
     assert [len(objects[i]["faces"]) for i in (0, 2)] == [1, 1]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("setting", "here"), [("0", False), ("1", True), ("maybe", False)])
+def test_models_info_says_whether_int8_runs_here(
+    setting: str, here: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`AGELENS_INT8` decides; a bad value is reported when the heads load, not by listing."""
+    monkeypatch.setenv("AGELENS_INT8", setting)
+    info = runner.invoke(app, ["models", "info", "heads-utkface"])
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["int8"]["here"] is here
+    assert "int8" not in json.loads(runner.invoke(app, ["models", "info", "faceapi"]).stdout)

@@ -177,6 +177,7 @@ def _model_rows() -> list[dict[str, Any]]:
             continue
         card = read_card(folder)
         shipped = folder.parent == shipped_dir()
+        int8 = _int8_backbones(card["backbones"])
         rows.append(
             {
                 "name": name,
@@ -193,11 +194,27 @@ def _model_rows() -> list[dict[str, Any]]:
                     f"heads over {', '.join(card['backbones'])}; "
                     f"{card['training']['dataset']} {card['training']['split']} "
                     f"({card['training']['faces_used']} faces). {card.get('data_notice', '')}"
+                    + (f" int8 on this CPU: {'yes' if int8['here'] else 'no'}." if int8 else "")
                 ).strip(),
+                **({"int8": int8} if int8 else {}),
                 "card": card,
             }
         )
     return rows
+
+
+def _int8_backbones(names: list[str]) -> dict[str, Any]:
+    """The heads' int8 backbones and whether they run int8 on this machine ({} if none)."""
+    from agelens.models.convert.int8 import int8_enabled
+
+    int8 = [name for name in names if name.endswith("-int8")]
+    if not int8:
+        return {}
+    try:
+        here = int8_enabled()
+    except ValueError:  # a bad AGELENS_INT8: loading says so; listing does not fail
+        here = False
+    return {"backbones": int8, "here": here}
 
 
 #: What the detector and estimator names that combine registry models do (`--detector` and

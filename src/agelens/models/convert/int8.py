@@ -30,12 +30,15 @@ import platform
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 from numpy.typing import NDArray
 
 from agelens.models.runtime import import_onnxruntime
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ def int8_enabled() -> bool:
 
 def _prepared(model: onnx.ModelProto, folder: Path) -> Path:
     """The float graph after ONNX Runtime's quantization pre-processing, saved in `folder`."""
+    import onnx
+
     import_onnxruntime()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -96,6 +101,8 @@ def _prepared(model: onnx.ModelProto, folder: Path) -> Path:
 def _quantize(
     prepared: Path, target: Path, ranges: Path, chips: NDArray[np.float32] | None
 ) -> None:
+    import onnx
+
     import_onnxruntime()
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -160,6 +167,8 @@ def quantized(model: onnx.ModelProto, ranges: Path) -> bytes:
     Raises ValueError when the ranges were not taken on this graph (their tensors are not
     the pre-processed graph's: another network, or another ONNX Runtime's pre-processing).
     """
+    import onnx
+
     names = _range_names(ranges)
     with tempfile.TemporaryDirectory(prefix="agelens-int8-") as work:
         folder = Path(work)
@@ -184,6 +193,8 @@ def cached_quantized(model: onnx.ModelProto, ranges: Path, cache_dir: Path, labe
     """`quantized(model, ranges)`, kept in `cache_dir` under a name that changes with the
     float graph, the ranges, ONNX Runtime's version and this recipe, so a stale graph is never
     read. Works without the cache (logged) when `cache_dir` cannot be written."""
+    import onnx
+
     onnxruntime = import_onnxruntime()
     key = hashlib.sha256()
     key.update(model.SerializeToString())
