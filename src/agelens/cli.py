@@ -206,8 +206,9 @@ def _model_rows() -> list[dict[str, Any]]:
 def _int8_backbones(names: list[str]) -> dict[str, Any]:
     """The heads' int8 backbones and whether they run int8 on this machine ({} if none)."""
     from agelens.models.convert.int8 import int8_enabled
+    from agelens.models.embeddings import INT8_SUFFIX
 
-    int8 = [name for name in names if name.endswith("-int8")]
+    int8 = [name for name in names if name.endswith(INT8_SUFFIX)]
     if not int8:
         return {}
     try:

@@ -30,6 +30,9 @@ from agelens.types import Detection
 
 Embedding = NDArray[np.float32]
 
+#: The suffix of a backbone that runs int8 (`faceres@192-int8`; see convert/int8.py).
+INT8_SUFFIX = "-int8"
+
 
 class Backbone(Protocol):
     """A network that turns aligned face chips into one feature vector per face."""
@@ -192,10 +195,6 @@ class BackboneName(NamedTuple):
     model: str
     size: int | None
     int8: bool
-
-
-#: The suffix of a backbone that runs int8 (`faceres@192-int8`; see convert/int8.py).
-INT8_SUFFIX = "-int8"
 
 
 def parse_backbone(name: str) -> BackboneName:

@@ -46,8 +46,7 @@ def cache_folder(root: Path, prefix: str, config: Any) -> Path:
     """The folder of one configuration's cache under `root` (`config` a dataclass)."""
     values = asdict(config)
     for item in fields(config):
-        rule = item.metadata.get("cache_key")
-        if rule == "never" or (rule == "when set" and not values[item.name]):
+        if item.metadata == NOT_IN_KEY or (item.metadata == KEY_WHEN_SET and not values[item.name]):
             del values[item.name]
     key = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
     return root / f"{prefix}-{key[:16]}"

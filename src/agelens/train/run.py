@@ -21,7 +21,7 @@ import numpy as np
 
 from agelens.evaluate import LabelledImage, compute_metrics, read_labels
 from agelens.models.convert.int8 import CALIBRATION_FACES
-from agelens.models.embeddings import int8_ranges_file
+from agelens.models.embeddings import INT8_SUFFIX, int8_ranges_file
 from agelens.models.fetch import sha256_file
 from agelens.models.heads import CARD_FILE, HEAD_FILE, HeadsEstimator
 from agelens.train.features import Features, build_features
@@ -279,7 +279,7 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"(detector {training['detector']}, pad {training['pad']})",
         f"- command: `{training['command']}`",
     ]
-    int8 = [name for name in card["backbones"] if name.endswith("-int8")]
+    int8 = [name for name in card["backbones"] if name.endswith(INT8_SUFFIX)]
     if int8:
         lines.append(
             f"- int8: {', '.join(int8)} run int8 where it is exact (x86-64 with VNNI; float "
