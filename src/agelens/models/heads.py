@@ -188,13 +188,9 @@ class HeadsEstimator:
             chips.update(backbone.align(image, detections))
         return chips
 
-    def features(self, chips: Chips, *, mirrored: bool = False) -> np.ndarray:
-        """The backbones' features side by side (the head's input)."""
-        return np.concatenate([b.embed(chips, mirrored=mirrored) for b in self.backbones], axis=1)
-
     def features_pair(self, chips: Chips) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """`features(chips)` and `features(chips, mirrored=True)`, each network run once on
-        the faces and their mirror images together (`embeddings.embed_pair`)."""
+        """The backbones' features side by side (the head's input) of the faces and of their
+        mirror images, each network run once on both together (`embeddings.embed_pair`)."""
         pairs = [embed_pair(b, chips) for b in self.backbones]
         face = np.concatenate([pair[0] for pair in pairs], axis=1)
         return face, np.concatenate([pair[1] for pair in pairs], axis=1)
@@ -208,7 +204,8 @@ class HeadsEstimator:
     def estimate_features(
         self, face: NDArray[np.float32], mirrored: NDArray[np.float32]
     ) -> list[AgeGenderEstimate]:
-        """`estimate` from the features of the faces and of their mirror images (`features`),
+        """`estimate` from the features of the faces and of their mirror images
+        (`features_pair`),
         for a caller that also reads them (models/mixture.py)."""
         count = len(face)
         both = np.concatenate([face, mirrored])

@@ -58,14 +58,12 @@ class FeatureConfig:
 
 @dataclass(frozen=True, slots=True)
 class RangesConfig:
-    """What int8 activation ranges are taken on; any change gives a different folder."""
+    """What int8 activation ranges are taken on; any change gives a different folder: the
+    faces (as the float features of the int8 backbones would be cached), how many of them,
+    and the recipe."""
 
-    dataset_dir: str
-    backbones: tuple[str, ...]
-    pad: float
-    detector: str
-    files_sha256: str
-    faces: int
+    faces: FeatureConfig
+    count: int
     recipe: int
 
 
@@ -158,20 +156,22 @@ def build_features(
     """
     from agelens.models.embeddings import int8_ranges_file, parse_backbone
 
-    int8 = [name for name in backbones if parse_backbone(name).int8]
     ranges_dir = calibrate_int8(
         dataset_dir, rows, backbones=backbones, cache_root=cache_root, pad=pad, detector=detector
     )
+    ranges = {
+        name: ranges_dir / int8_ranges_file(name)
+        for name in backbones
+        if ranges_dir is not None and parse_backbone(name).int8
+    }
     config = FeatureConfig(
         dataset_dir=str(dataset_dir.resolve()),
         backbones=tuple(backbones),
         pad=float(pad),
         detector=detector,
         files_sha256=files_digest(rows),
-        int8_ranges=tuple(
-            sha256_file(ranges_dir / int8_ranges_file(name)) for name in int8 if ranges_dir
-        ),
-        ranges_dir=str(ranges_dir.resolve()) if int8 and ranges_dir else "",
+        int8_ranges=tuple(sha256_file(path) for path in ranges.values()),
+        ranges_dir=str(ranges_dir.resolve()) if ranges_dir is not None else "",
     )
     targets = compute_chunks(
         cache_folder(cache_root, "features", config),
@@ -184,7 +184,6 @@ def build_features(
         what="embedding",
         progress=progress,
     )
-    ranges = {name: ranges_dir / int8_ranges_file(name) for name in int8 if ranges_dir}
     return _load(rows, backbones, targets, ranges)
 
 
@@ -210,15 +209,14 @@ def calibrate_int8(
     int8 = [name for name in backbones if parse_backbone(name).int8]
     if not int8:
         return None
-    config = RangesConfig(
+    faces = FeatureConfig(
         dataset_dir=str(dataset_dir.resolve()),
         backbones=tuple(int8),
         pad=float(pad),
         detector=detector,
         files_sha256=files_digest(rows),
-        faces=CALIBRATION_FACES,
-        recipe=RECIPE_VERSION,
     )
+    config = RangesConfig(faces, count=CALIBRATION_FACES, recipe=RECIPE_VERSION)
     folder = cache_folder(cache_root, "int8-ranges", config)
     todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
     if not todo:

@@ -187,8 +187,9 @@ def train_model(
     dims = {name: int(features.embeddings[name].shape[1]) for name in names}
     files = {HEAD_FILE: sha256_file(staging / HEAD_FILE)}
     for name, ranges in features.int8_ranges.items():
-        shutil.copyfile(ranges, staging / int8_ranges_file(name))
-        files[int8_ranges_file(name)] = sha256_file(staging / int8_ranges_file(name))
+        shipped = staging / int8_ranges_file(name)
+        shutil.copyfile(ranges, shipped)
+        files[shipped.name] = sha256_file(shipped)
     card = {
         "kind": "agelens-heads",
         "format_version": 1,
