@@ -140,7 +140,12 @@ def _quantize(
 
 def calibrate(model: onnx.ModelProto, chips: NDArray[np.float32], ranges: Path) -> None:
     """Write the activation ranges of `model` on `chips` (normalised network inputs) to
-    `ranges` (ONNX Runtime's calibration cache), atomically."""
+    `ranges` (ONNX Runtime's calibration cache), atomically.
+
+    ONNX Runtime writes the tensors in an order that changes from process to process (a set's,
+    under Python's hash seed), so the file is rewritten with sorted keys: the same faces give
+    the same bytes, hence the same sha256 in a card and the same feature cache. The order does
+    not change the int8 graph built from it."""
     if len(chips) == 0:
         raise ValueError("int8 calibration needs at least one face")
     with tempfile.TemporaryDirectory(prefix="agelens-int8-") as work:
@@ -149,7 +154,8 @@ def calibrate(model: onnx.ModelProto, chips: NDArray[np.float32], ranges: Path) 
         _quantize(_prepared(model, folder), folder / "int8.onnx", cache, chips)
         ranges.parent.mkdir(parents=True, exist_ok=True)
         temporary = ranges.with_name(f".{ranges.name}.tmp")
-        temporary.write_bytes(cache.read_bytes())
+        canonical = json.dumps(json.loads(cache.read_text(encoding="utf-8")), sort_keys=True)
+        temporary.write_text(canonical, encoding="utf-8")
         os.replace(temporary, ranges)
 
 
