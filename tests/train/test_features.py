@@ -56,7 +56,7 @@ def test_an_interrupted_cache_resumes_at_the_missing_chunk(
     assert len(chunks) == 3
     kept = {p.name: p.stat().st_mtime_ns for p in (chunks[0], chunks[2])}
     chunks[1].unlink()  # as if killed while writing it: temporary files are never loaded
-    (cache / "chunk-00001.tmp.npz").write_bytes(b"half written")
+    (cache / ".chunk-00001.npz.k3x9q_.tmp").write_bytes(b"half written")
     second = build_features(dataset, rows, backbones=["faceapi"], cache_root=tmp_path / "c")
     assert sorted(p.name for p in cache.glob("chunk-*.npz")) == [
         "chunk-00000.npz",

@@ -5,17 +5,17 @@ how it survives a crash and how `--resume` works). Sources and their loading are
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agelens.errors import BatchOutputError
+from agelens.files import write_atomically
 from agelens.imaging import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from agelens.intake import IntakeOptions, LoadedImage, SourceLoader, run_isolated
 from agelens.models.backends import DEFAULT_DETECTOR, DEFAULT_ESTIMATOR
@@ -307,29 +307,6 @@ class _OutputWriter:
                 handle.close()
 
 
-def _fsync_path(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """Write via `write(temporary)` beside `target`, fsync, rename over `target`, fsync the
-    folder: `target` then holds either nothing new or the whole new content."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        _fsync_path(temporary)
-        os.replace(temporary, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-    with contextlib.suppress(OSError):  # not every platform can fsync a directory
-        _fsync_path(target.parent)
-
-
 class PartStore:
     """The committed parts of one output, in `OUT.parts/` (see the module docstring)."""
 
@@ -364,7 +341,7 @@ class PartStore:
                     "start again with --overwrite"
                 )
         else:
-            _write_atomically(
+            write_atomically(
                 settings_path, lambda p: p.write_text(json.dumps(settings, indent=2) + "\n")
             )
 
@@ -388,7 +365,7 @@ class PartStore:
                     writer.write_batch(batch)
 
         self.open(settings)
-        _write_atomically(self.folder / "part-000000.parquet", write)
+        write_atomically(self.folder / "part-000000.parquet", write)
 
     def index(self) -> dict[str, str | None]:
         """path -> content hash of every committed image (the last part holding it wins)."""
@@ -414,7 +391,7 @@ class PartStore:
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         target = self.folder / f"part-{number:06d}.parquet"
         table = rows_to_table(rows)
-        _write_atomically(target, lambda p: pq.write_table(table, p))
+        write_atomically(target, lambda p: pq.write_table(table, p))
         return target
 
     def merge(self, fmt: OutputFormat) -> None:
@@ -442,7 +419,7 @@ class PartStore:
                 writer.close()
 
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.out, write)
+        write_atomically(self.out, write)
 
     def remove(self) -> None:
         """Delete the parts folder (after a merge, or for --overwrite)."""

@@ -13,7 +13,6 @@ and the largest face nearest the centre kept.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces
+from agelens.files import write_atomically
 from agelens.models.fetch import sha256_file
 from agelens.train.chunks import (
     KEY_WHEN_SET,
@@ -131,9 +131,12 @@ def _embed_chunk(
                 backbone.embed(chips, mirrored=True)
             )
     arrays = {key: np.concatenate(values).astype(np.float32) for key, values in columns.items()}
-    temporary = target.with_suffix(".tmp.npz")
-    np.savez(temporary, found=found, **arrays)  # type: ignore[arg-type]
-    os.replace(temporary, target)
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, found=found, **arrays)  # type: ignore[arg-type]
+
+    write_atomically(target, write)
     return target, int(found.sum())
 
 

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces, read_labels
+from agelens.files import write_atomically
 from agelens.models.fetch import sha256_file
 from agelens.models.finetuned import (
     AGE_FILE,
@@ -248,10 +248,12 @@ def cached_chips(
     target = cache_root / f"chips-{key}.npz"
     if not target.is_file():
         found, train, evaluation = cut()
-        cache_root.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(".tmp.npz")
-        np.savez(temporary, found=found, train=train, eval=evaluation)
-        os.replace(temporary, target)
+
+        def write(path: Path) -> None:
+            with open(path, "wb") as handle:
+                np.savez(handle, found=found, train=train, eval=evaluation)
+
+        write_atomically(target, write)
         (cache_root / f"chips-{key}.json").write_text(json.dumps(config, indent=2) + "\n")
     with np.load(target) as data:
         found, train_chips, eval_chips = data["found"], data["train"], data["eval"]
@@ -629,13 +631,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     is whole or absent whatever stops the run."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            torch.save(state, handle)
+
+    write_atomically(path, write)
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -20,7 +20,6 @@ chunk, and targets made with another teacher, detector, pad or data are never re
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agelens.evaluate import LabelledImage, iter_scored_faces
+from agelens.files import write_atomically
 from agelens.train.chunks import cache_folder, compute_chunks, files_digest
 
 if TYPE_CHECKING:
@@ -137,9 +137,12 @@ def _label_chunk(
         if len(pending) >= ESTIMATE_BATCH:
             flush()
     flush()
-    temporary = target.with_suffix(".tmp.npz")
-    np.savez(temporary, found=found, age=age, sigma=sigma, male=male)
-    os.replace(temporary, target)
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(handle, found=found, age=age, sigma=sigma, male=male)
+
+    write_atomically(target, write)
     return target, int(found.sum())
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from agelens.files import write_atomically
 from agelens.models.runtime import import_onnxruntime
 
 if TYPE_CHECKING:
@@ -152,11 +153,8 @@ def calibrate(model: onnx.ModelProto, chips: NDArray[np.float32], ranges: Path) 
         folder = Path(work)
         cache = folder / "ranges.json"
         _quantize(_prepared(model, folder), folder / "int8.onnx", cache, chips)
-        ranges.parent.mkdir(parents=True, exist_ok=True)
-        temporary = ranges.with_name(f".{ranges.name}.tmp")
         canonical = json.dumps(json.loads(cache.read_text(encoding="utf-8")), sort_keys=True)
-        temporary.write_text(canonical, encoding="utf-8")
-        os.replace(temporary, ranges)
+        write_atomically(ranges, lambda path: path.write_text(canonical, encoding="utf-8"))
 
 
 def _range_names(ranges: Path) -> set[str]:
@@ -213,10 +211,7 @@ def cached_quantized(model: onnx.ModelProto, ranges: Path, cache_dir: Path, labe
         pass
     data = quantized(model, ranges)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        write_atomically(path, lambda target: target.write_bytes(data))
     except OSError as error:
         logger.warning(
             "could not keep the int8 graph in %s (%s); built in memory", cache_dir, error
