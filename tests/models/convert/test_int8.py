@@ -8,6 +8,8 @@ built from, and refuse ranges that were not taken on it.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,33 @@ def test_the_built_graph_is_cached_by_what_it_was_built_from(
     cached_quantized(network.float_graph(), other, cache, "faceres@128")
     assert len(calls) == 1
     assert len(list(cache.iterdir())) == 2
+
+
+def test_graphs_unused_for_a_month_go_when_another_is_built(
+    network: FaceResEstimator, ranges: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Earlier heads, ranges or ONNX Runtime versions leave graphs behind; one a load still
+    reads (which touches it) stays, as do other networks' graphs."""
+    monkeypatch.setattr(int8, "quantized", lambda *args: b"graph")
+    cache = tmp_path / "derived"
+    cache.mkdir()
+    month_ago = time.time() - (int8.STALE_AFTER_DAYS + 1) * 86400
+    stale, other_network = cache / "faceres@128-int8-0000.onnx", cache / "faceres-int8-0000.onnx"
+    in_use = cache / "faceres@128-int8-1111.onnx"
+    for path in (stale, other_network, in_use):
+        path.write_bytes(b"old graph")
+        os.utime(path, (month_ago, month_ago))
+    os.utime(in_use)  # read by a load today
+    data = cached_quantized(network.float_graph(), ranges, cache, "faceres@128")
+    assert data == b"graph"
+    built = [p for p in cache.iterdir() if p not in (other_network, in_use)]
+    assert len(built) == 1
+    assert built[0].read_bytes() == b"graph"
+    assert sorted(cache.iterdir()) == sorted([built[0], other_network, in_use])
+    # A load from the cache touches the graph it reads, so it is never counted unused.
+    os.utime(built[0], (month_ago, month_ago))
+    assert cached_quantized(network.float_graph(), ranges, cache, "faceres@128") == b"graph"
+    assert built[0].stat().st_mtime > month_ago + 86400
 
 
 def test_an_unwritable_cache_still_gives_the_graph(

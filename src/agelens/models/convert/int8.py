@@ -22,12 +22,14 @@ docs/speed.md). `AGELENS_INT8=0` forces the float network, `AGELENS_INT8=1` int8
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,6 +51,9 @@ _BATCH = 16
 #: Bumped when how ranges are taken or the graph is built changes, so that ranges and graphs
 #: cached by an older recipe are not reused.
 RECIPE_VERSION = 2
+#: Days after which an int8 graph in `$AGELENS_HOME/derived` that no load has read is deleted
+#: (when another graph of the same network is built).
+STALE_AFTER_DAYS = 30
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
@@ -206,9 +211,13 @@ def cached_quantized(model: onnx.ModelProto, ranges: Path, cache_dir: Path, labe
     key.update(f"{onnxruntime.__version__}/{onnx.__version__}/{RECIPE_VERSION}".encode())
     path = cache_dir / f"{label}-int8-{key.hexdigest()[:16]}.onnx"
     try:
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError:
         pass
+    else:
+        with contextlib.suppress(OSError):  # marks it in use (see prune_stale_graphs)
+            os.utime(path)
+        return data
     data = quantized(model, ranges)
     try:
         write_atomically(path, lambda target: target.write_bytes(data))
@@ -216,4 +225,27 @@ def cached_quantized(model: onnx.ModelProto, ranges: Path, cache_dir: Path, labe
         logger.warning(
             "could not keep the int8 graph in %s (%s); built in memory", cache_dir, error
         )
+    else:
+        prune_stale_graphs(cache_dir, label, keep=path)
     return data
+
+
+def prune_stale_graphs(
+    cache_dir: Path, label: str, *, keep: Path, days: float = STALE_AFTER_DAYS
+) -> list[Path]:
+    """Delete `label`'s other int8 graphs in `cache_dir` that no load has read for `days`
+    (a load touches the graph it reads): those of earlier heads, ranges or ONNX Runtime
+    versions. A graph still in use by another installation sharing the folder is read, and
+    so kept, unless that installation has not run for `days`; it is then rebuilt in a few
+    seconds. Returns what was deleted."""
+    cutoff = time.time() - days * 86400
+    deleted = []
+    for old in cache_dir.glob(f"{label}-int8-*.onnx"):
+        if old == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+                deleted.append(old)
+                logger.info("deleted %s, unused for %g days", old, days)
+    return deleted
