@@ -588,6 +588,51 @@ def test_eval_prints_a_summary_and_what_it_wrote(labelled_folder: Path, tmp_path
     assert json.loads(as_json.stdout)["gender_accuracy"] == 1.0
 
 
+def test_compare_two_eval_runs_face_by_face(labelled_folder: Path, tmp_path: Path) -> None:
+    runs = {}
+    for preset in ("fast", "balanced"):
+        runs[preset] = tmp_path / f"{preset}.jsonl"
+        args = ["eval", str(labelled_folder), "--preset", preset, "--records", str(runs[preset])]
+        assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(
+        app, ["compare", str(runs["fast"]), str(runs["balanced"])], env={"COLUMNS": "150"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 faces found by both" in result.stdout
+    assert "age MAE (years)" in result.stdout
+    as_json = runner.invoke(
+        app, ["compare", str(runs["fast"]), str(runs["balanced"]), "--by", "decade", "--json"]
+    )
+    assert as_json.exit_code == 0, as_json.output
+    comparison = json.loads(as_json.stdout)
+    fast = [json.loads(line) for line in runs["fast"].read_text().splitlines()]
+    balanced = [json.loads(line) for line in runs["balanced"].read_text().splitlines()]
+    mae = comparison["metrics"]["age_mae"]
+    assert mae["before"] == pytest.approx(np.mean([abs(r["pred_age"] - 42) for r in fast]))
+    assert mae["after"] == pytest.approx(np.mean([abs(r["pred_age"] - 42) for r in balanced]))
+    assert list(comparison["groups"]) == ["40-49"]
+    # A run against itself: nothing changed.
+    same = runner.invoke(app, ["compare", str(runs["fast"]), str(runs["fast"]), "--json"])
+    assert json.loads(same.stdout)["metrics"]["age_mae"]["verdict"] == "no measurable change"
+
+
+def test_compare_refuses_what_is_not_two_runs_of_records(
+    labelled_folder: Path, tmp_path: Path
+) -> None:
+    metrics = tmp_path / "metrics.json"
+    assert (
+        runner.invoke(
+            app, ["eval", str(labelled_folder), "--preset", "fast", "--out", str(metrics)]
+        ).exit_code
+        == 0
+    )
+    wrong = runner.invoke(app, ["compare", str(metrics), str(metrics)])
+    assert wrong.exit_code == EXIT_USAGE
+    assert "not an `agelens eval --records` line" in wrong.output
+    missing = runner.invoke(app, ["compare", str(tmp_path / "none.jsonl"), str(metrics)])
+    assert missing.exit_code == EXIT_USAGE
+
+
 # ----------------------------------------------------------------------------- batch progress
 
 

@@ -1135,6 +1135,84 @@ def _print_eval_summary(metrics: dict[str, Any]) -> None:
     Console().print(table)
 
 
+@app.command("compare")
+def compare_command(
+    before: Annotated[
+        Path, typer.Argument(help="Records of the first run (`agelens eval --records`, JSONL).")
+    ],
+    after: Annotated[Path, typer.Argument(help="Records of the second run, same labels.")],
+    by: Annotated[
+        str | None,
+        typer.Option(help="Also compare per group: decade (of the true age) or race."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Compare two `agelens eval --records` runs face by face (paired): each metric's change
+    with its standard error, called better or worse only at two standard errors or more.
+
+    Both runs must have scored the same labelled images (matched by file).
+    """
+    from agelens.compare import compare_records, read_records
+
+    try:
+        result = compare_records(read_records(before), read_records(after), by=by)
+    except (OSError, ValueError) as error:
+        raise _fail(str(error), EXIT_USAGE) from error
+    result["before"], result["after"] = str(before), str(after)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _print_comparison(result)
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
+    """`agelens compare` as tables: overall, then per group."""
+    from rich.console import Console
+    from rich.table import Table
+
+    labels = {
+        "age_mae": ("age MAE (years)", "{:.3f}", 1.0),
+        "age_cs5": ("age within 5 years (CS@5)", "{:.2f}%", 100.0),
+        "gender_accuracy": ("gender accuracy", "{:.2f}%", 100.0),
+    }
+
+    def rows(table: Table, metrics: dict[str, Any], group: str | None) -> None:
+        for key, (label, form, scale) in labels.items():
+            change = metrics.get(key)
+            if change is None:
+                continue
+            cells = [group] if group is not None else []
+            table.add_row(
+                *cells,
+                label,
+                str(change["n"]),
+                form.format(scale * change["before"]),
+                form.format(scale * change["after"]),
+                f"{scale * change['change']:+.3f} ± {scale * change['standard_error']:.3f}",
+                change["verdict"],
+            )
+
+    images = result["images"]
+    console = Console()
+    console.print(
+        f"{result['before']} -> {result['after']}: {images['compared']} faces found by both "
+        f"(faces found {images['faces_found_before']} -> {images['faces_found_after']} of "
+        f"{images['in_both']} images in both; {images['only_before']} only in the first, "
+        f"{images['only_after']} only in the second)"
+    )
+    columns = ("metric", "faces", "before", "after", "change ± standard error", "verdict")
+    table = Table(*columns, title="paired, face by face")
+    rows(table, result["metrics"], None)
+    console.print(table)
+    if "groups" in result:
+        grouped = Table(result["by"], *columns, title=f"by {result['by']}")
+        for name, metrics in result["groups"].items():
+            rows(grouped, metrics, name)
+        console.print(grouped)
+
+
 def _command_line(context: typer.Context) -> str:
     """The command, rebuilt from the parsed parameters that differ from their defaults (so it
     is the same whether the console script, `python -m` or a test runner invoked it)."""

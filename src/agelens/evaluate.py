@@ -159,7 +159,8 @@ def iter_scored_faces(
             yield None if chosen is None else (image, faces[chosen])
 
 
-def _decade(age: float) -> str:
+def decade(age: float) -> str:
+    """The decade an age is counted in: "0-9" ... "60-69", "70+"."""
     decade = min(int(age // 10) * 10, 70)
     return "70+" if decade == 70 else f"{decade}-{decade + 9}"
 
@@ -217,7 +218,7 @@ def compute_metrics(records: Sequence[dict[str, Any]], n: int) -> dict[str, Any]
             if r.get("gender_probability") is not None
         ]
     )
-    metrics["by_decade"] = _grouped(aged, lambda r: _decade(r["age"]))
+    metrics["by_decade"] = _grouped(aged, lambda r: decade(r["age"]))
     metrics["by_race"] = _grouped([r for r in found if r["race"]], lambda r: str(r["race"]))
     return metrics
 
@@ -230,10 +231,10 @@ def _bin_groups(binned: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Bin accuracy per decade of the bin centre ((age_low + age_high) / 2)."""
     groups: dict[str, list[bool]] = defaultdict(list)
     for record in binned:
-        groups[_decade((record["age_low"] + record["age_high"]) / 2)].append(_in_bin(record))
+        groups[decade((record["age_low"] + record["age_high"]) / 2)].append(_in_bin(record))
     return {
         name: {"n": len(hits), "age_bin_accuracy": float(np.mean(hits))}
-        for name, hits in sorted(groups.items(), key=lambda item: _group_order(item[0]))
+        for name, hits in sorted(groups.items(), key=lambda item: group_order(item[0]))
     }
 
 
@@ -277,7 +278,8 @@ def gender_calibration(
     }
 
 
-def _group_order(name: str) -> tuple[int, str]:
+def group_order(name: str) -> tuple[int, str]:
+    """Sort key of group names: decades by their first age, then other names alphabetically."""
     digits = "".join(ch for ch in name.split("-")[0] if ch.isdigit())
     return (int(digits) if digits else 10**6, name)
 
@@ -290,7 +292,7 @@ def _grouped(
         groups[key(record)].append(record)
 
     summary: dict[str, Any] = {}
-    for name in sorted(groups, key=_group_order):
+    for name in sorted(groups, key=group_order):
         members = groups[name]
         with_age = [r for r in members if r["age"] is not None]
         errors = np.array([r["pred_age"] - r["age"] for r in with_age], dtype=np.float64)
