@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import threading
 from pathlib import Path
 
@@ -15,6 +16,15 @@ def test_writes_whole_content_and_leaves_no_temporary(tmp_path: Path) -> None:
     write_atomically(target, lambda path: path.write_text("new", encoding="utf-8"))
     assert target.read_text(encoding="utf-8") == "new"
     assert sorted(p.name for p in target.parent.iterdir()) == ["ranges.json"]
+
+
+def test_the_file_gets_the_usual_permissions(tmp_path: Path) -> None:
+    """Batch results and shipped model files are read by others: not owner-only."""
+    target = tmp_path / "results.parquet"
+    write_atomically(target, lambda path: path.write_bytes(b"rows"))
+    ordinary = tmp_path / "ordinary"
+    ordinary.write_bytes(b"rows")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(ordinary.stat().st_mode)
 
 
 def test_a_failed_write_keeps_the_old_content(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,13 +22,13 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     """Write via `write(temporary)` beside `target`, fsync, rename over `target`, fsync the
     folder: `target` then holds either what it held before or the whole new content.
 
-    The temporary name is unique to the call (`mkstemp`), so two processes or threads writing
-    the same target (two trainings sharing a cache) never write into one temporary file; the
-    last rename wins with a whole file. It starts with a dot and ends in `.tmp`."""
+    The temporary name is unique to the call (process id and a random token), so two
+    processes or threads writing the same target (two trainings sharing a cache) never write
+    into one temporary file; the last rename wins with a whole file. It starts with a dot and
+    ends in `.tmp`. `write` creates the file, so it gets the usual permissions (the umask's),
+    not `mkstemp`'s owner-only ones."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(descriptor)
-    temporary = Path(name)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     try:
         write(temporary)
         fsync_path(temporary)
