@@ -106,3 +106,27 @@ def test_caches_built_before_int8_keep_their_folder(tmp_path: Path) -> None:
     )
     assert cache_folder(tmp_path, "f", int8) == cache_folder(tmp_path, "f", moved)
     assert cache_folder(tmp_path, "f", int8) != cache_folder(tmp_path, "f", other)
+    # The same ranges build another graph under another recipe (the float tail of recipe 3):
+    # its features are another cache.
+    recipe2 = FeatureConfig(
+        "/data", ("faceres@192-int8",), 0.5, "blazeface-full", "ab", ("cd",), "/ranges", 2
+    )
+    recipe3 = FeatureConfig(
+        "/data", ("faceres@192-int8",), 0.5, "blazeface-full", "ab", ("cd",), "/ranges", 3
+    )
+    assert len({cache_folder(tmp_path, "f", c) for c in (int8, recipe2, recipe3)}) == 3
+
+
+def test_int8_features_are_keyed_by_the_recipe(
+    folder: tuple[Path, list[LabelledImage]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Features embedded by an int8 graph of one recipe are never read under another."""
+    from agelens.models.convert import int8
+
+    dataset, rows = folder
+    backbones = ["faceres@96-int8"]
+    build_features(dataset, rows[:2], backbones=backbones, cache_root=tmp_path / "c")
+    monkeypatch.setattr(int8, "RECIPE_VERSION", int8.RECIPE_VERSION + 1)
+    build_features(dataset, rows[:2], backbones=backbones, cache_root=tmp_path / "c")
+    features = sorted(p.name for p in (tmp_path / "c").iterdir() if p.name.startswith("feat"))
+    assert len(features) == 2

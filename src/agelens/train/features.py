@@ -54,6 +54,9 @@ class FeatureConfig:
     #: sha256 of each int8 backbone's ranges file (`calibrate_int8`), and their folder.
     int8_ranges: tuple[str, ...] = field(default=(), metadata=KEY_WHEN_SET)
     ranges_dir: str = field(default="", metadata=NOT_IN_KEY)
+    #: how the int8 graphs are built from the ranges (`RECIPE_VERSION`): the same ranges give
+    #: other features under another recipe. 0 without int8 backbones.
+    int8_recipe: int = field(default=0, metadata=KEY_WHEN_SET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,7 @@ def build_features(
     be decoded or holds no face are left out (logged). int8 backbones get their activation
     ranges first (`calibrate_int8`, cached too).
     """
+    from agelens.models.convert.int8 import RECIPE_VERSION
     from agelens.models.embeddings import int8_ranges_file, parse_backbone
 
     ranges_dir = calibrate_int8(
@@ -175,6 +179,7 @@ def build_features(
         files_sha256=files_digest(rows),
         int8_ranges=tuple(sha256_file(path) for path in ranges.values()),
         ranges_dir=str(ranges_dir.resolve()) if ranges_dir is not None else "",
+        int8_recipe=RECIPE_VERSION if ranges else 0,
     )
     targets = compute_chunks(
         cache_folder(cache_root, "features", config),
