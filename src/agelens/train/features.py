@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,20 +163,21 @@ def build_features(
     from agelens.models.convert.int8 import RECIPE_VERSION
     from agelens.models.embeddings import int8_ranges_file, parse_backbone
 
-    ranges_dir = calibrate_int8(
-        dataset_dir, rows, backbones=backbones, cache_root=cache_root, pad=pad, detector=detector
-    )
-    ranges = {
-        name: ranges_dir / int8_ranges_file(name)
-        for name in backbones
-        if ranges_dir is not None and parse_backbone(name).int8
-    }
-    config = FeatureConfig(
+    faces = FeatureConfig(
         dataset_dir=str(dataset_dir.resolve()),
         backbones=tuple(backbones),
         pad=float(pad),
         detector=detector,
         files_sha256=files_digest(rows),
+    )
+    ranges_dir = calibrate_int8(dataset_dir, rows, faces, cache_root)
+    ranges = {
+        name: ranges_dir / int8_ranges_file(name)
+        for name in backbones
+        if ranges_dir is not None and parse_backbone(name).int8
+    }
+    config = replace(
+        faces,
         int8_ranges=tuple(sha256_file(path) for path in ranges.values()),
         ranges_dir=str(ranges_dir.resolve()) if ranges_dir is not None else "",
         int8_recipe=RECIPE_VERSION if ranges else 0,
@@ -196,35 +197,24 @@ def build_features(
 
 
 def calibrate_int8(
-    dataset_dir: Path,
-    rows: Sequence[LabelledImage],
-    *,
-    backbones: Sequence[str],
-    cache_root: Path,
-    pad: float = 0.0,
-    detector: str = "blazeface-full",
+    dataset_dir: Path, rows: Sequence[LabelledImage], faces: FeatureConfig, cache_root: Path
 ) -> Path | None:
-    """The folder of the activation ranges of the int8 backbones among `backbones`
+    """The folder of the activation ranges of the int8 backbones among `faces.backbones`
     (`int8_ranges_file(name)` each), taken by the float network at the same size on
-    `CALIBRATION_FACES` faces of `rows` (a seeded sample); None when no backbone is int8. Kept
-    in `cache_root`, so a resumed run reuses them."""
+    `CALIBRATION_FACES` faces of `rows` (a seeded sample; found as `faces` says); None when no
+    backbone is int8. Kept in `cache_root`, so a resumed run reuses them."""
     from agelens.models.backends import create_detector
     from agelens.models.convert.int8 import CALIBRATION_FACES, RECIPE_VERSION, calibrate
     from agelens.models.embeddings import int8_ranges_file, parse_backbone
     from agelens.models.faceres import FaceResEstimator
     from agelens.models.registry import get_spec
 
-    int8 = [name for name in backbones if parse_backbone(name).int8]
+    int8 = [name for name in faces.backbones if parse_backbone(name).int8]
     if not int8:
         return None
-    faces = FeatureConfig(
-        dataset_dir=str(dataset_dir.resolve()),
-        backbones=tuple(int8),
-        pad=float(pad),
-        detector=detector,
-        files_sha256=files_digest(rows),
+    config = RangesConfig(
+        replace(faces, backbones=tuple(int8)), count=CALIBRATION_FACES, recipe=RECIPE_VERSION
     )
-    config = RangesConfig(faces, count=CALIBRATION_FACES, recipe=RECIPE_VERSION)
     folder = cache_folder(cache_root, "int8-ranges", config)
     todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
     if not todo:
@@ -239,7 +229,8 @@ def calibrate_int8(
     # first `dev` rows are all 100 or 10-11 years old), and ranges taken on one age are
     # narrower than the faces the network will see.
     sample = random.Random(0).sample(list(rows), len(rows))
-    for face in iter_scored_faces(dataset_dir, sample, pad, create_detector(detector, 1)):
+    detector = create_detector(faces.detector, 1)
+    for face in iter_scored_faces(dataset_dir, sample, faces.pad, detector):
         if face is None:
             continue
         image, detection = face
