@@ -212,15 +212,7 @@ def tune(
     tuned.CopyFrom(float_graph)
     weights = StudentWeights(tuned.graph, state)
     weights.copy_convolutions()
-    for node in tuned.graph.node:
-        if node.op_type == "Gemm":
-            key = f"body.{node.name}"
-            transposed = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-            trained = weights.trained(f"{key}.weight")
-            weights.replace(
-                node.input[1], trained if transposed else trained.T.copy(), f"{key}.weight"
-            )
-            weights.replace(node.input[2], weights.trained(f"{key}.bias"), f"{key}.bias")
+    weights.copy_dense_layers()
     return tuned
 
 

@@ -1123,6 +1123,18 @@ class StudentWeights:
                     array = array / np.float32(divide[conv.name])
                 self.replace(name, array, f"{prefix}.{suffix}")
 
+    def copy_dense_layers(self) -> None:
+        """Every Gemm's trained weight and bias (onnx2torch made each a torch.nn.Linear, which
+        holds `(out, in)`; a Gemm without transB holds `(in, out)`)."""
+        for node in self.graph.node:
+            if node.op_type != "Gemm":
+                continue
+            key = f"body.{node.name}"
+            weight = self.trained(f"{key}.weight")
+            transposed = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+            self.replace(node.input[1], weight if transposed else weight.T.copy(), f"{key}.weight")
+            self.replace(node.input[2], self.trained(f"{key}.bias"), f"{key}.bias")
+
 
 def save_student_graph(model: Any, path: Path) -> None:
     """Give a student's graph its two outputs, `age_probabilities (N, 101)` and

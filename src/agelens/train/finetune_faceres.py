@@ -224,14 +224,7 @@ def write_faceres_onnx(
     weights = StudentWeights(graph, state)
     # the trainable network reads the pixels divided by INPUT_SCALE; the graph reads them whole
     weights.copy_convolutions(divide={input_conv: INPUT_SCALE})
-    for node in graph.node:
-        if node.op_type == "Gemm":
-            key = f"body.{node.name}"
-            # a Gemm with transB=0 holds (in, out); torch.nn.Linear holds (out, in)
-            weights.replace(
-                node.input[1], weights.trained(f"{key}.weight").T.copy(), f"{key}.weight"
-            )
-            weights.replace(node.input[2], weights.trained(f"{key}.bias"), f"{key}.bias")
+    weights.copy_dense_layers()
     for parameter, name in affine_names.items():
         key = f"body.initializers.{parameter}"
         weights.replace(name, weights.trained(key), key)
