@@ -18,18 +18,21 @@ from agelens.models.embeddings import (
     embed_pair,
     int8_ranges_file,
     parse_backbone,
+    tuned_weights_file,
 )
 from agelens.paths import agelens_home
 
 
 def test_names_parse_into_a_model_a_size_and_int8() -> None:
     assert [parse_backbone(name) for name in BACKBONE_NAMES] == [
-        (name, None, False) for name in BACKBONE_NAMES
+        (name, None, False, False) for name in BACKBONE_NAMES
     ]
-    assert parse_backbone("faceres@160") == ("faceres", 160, False)
-    assert parse_backbone("faceres-deep@96") == ("faceres-deep", 96, False)
-    assert parse_backbone("faceres@192-int8") == ("faceres", 192, True)
-    assert parse_backbone("faceres-deep-int8") == ("faceres-deep", None, True)
+    assert parse_backbone("faceres@160") == ("faceres", 160, False, False)
+    assert parse_backbone("faceres-deep@96") == ("faceres-deep", 96, False, False)
+    assert parse_backbone("faceres@192-int8") == ("faceres", 192, True, False)
+    assert parse_backbone("faceres-deep-int8") == ("faceres-deep", None, True, False)
+    assert parse_backbone("faceres-deep@192-qat") == ("faceres-deep", 192, True, True)
+    assert parse_backbone("faceres-qat") == ("faceres", None, True, True)
     assert backbone_model("faceres-deep@192") == "faceres-deep"
     assert backbone_model("faceres@192-int8") == "faceres"
 
@@ -47,6 +50,9 @@ def test_names_parse_into_a_model_a_size_and_int8() -> None:
         ("faceapi-int8", "no int8 version"),
         ("cydral-int8", "no int8 version"),
         ("faceres-int8@192", "unknown backbone"),
+        ("cydral-qat", "no int8 version"),
+        ("faceres@192-int8-qat", "the size after @"),
+        ("faceres@192-qat-int8", "the size after @"),
     ],
 )
 def test_bad_names_are_refused(name: str, message: str) -> None:
@@ -81,6 +87,25 @@ def test_an_int8_backbone_needs_its_ranges(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no int8 ranges"):
         create_backbone("faceres@192-int8", folder=tmp_path)
     assert int8_ranges_file("faceres@192-int8") == "int8-ranges-faceres@192-int8.json"
+
+
+def test_a_qat_backbone_needs_its_weights(tmp_path: Path) -> None:
+    """`-qat` reads its fine-tuned graph from the folder beside its ranges; a graph at
+    another input size is refused."""
+    from agelens.models.faceres import FaceResEstimator
+    from agelens.models.registry import get_spec
+
+    with pytest.raises(ValueError, match="needs the folder of its int8 ranges"):
+        create_backbone("faceres@96-qat")
+    (tmp_path / int8_ranges_file("faceres@96-qat")).write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no tuned weights"):
+        create_backbone("faceres@96-qat", folder=tmp_path)
+    assert tuned_weights_file("faceres@96-qat") == "weights-faceres@96-qat.onnx"
+    graph = FaceResEstimator(get_spec("faceres"), input_size=128).float_graph()
+    weights = tmp_path / "128.onnx"
+    weights.write_bytes(graph.SerializeToString())
+    with pytest.raises(ValueError, match="reads 128x128 px crops, not 96"):
+        FaceResEstimator(get_spec("faceres"), input_size=96, weights=weights)
 
 
 def test_an_int8_backbone_runs_int8_where_enabled(

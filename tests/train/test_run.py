@@ -149,6 +149,73 @@ def test_an_int8_backbone_ships_its_ranges(
         HeadsEstimator(out)
 
 
+def test_a_qat_backbone_ships_its_tuned_weights(
+    plumbing_folder: Path, tmp_path: Path, astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`faceres-deep@96-qat`: the network fine-tuned for int8 on the training faces, its
+    ranges taken on the tuned graph, both shipped and listed with their sha256; the heads load
+    it in int8 and, where int8 is off, in float, and a second run reuses the tuned weights."""
+    import onnx
+
+    from agelens.models.faceres import FaceResEstimator
+    from agelens.models.registry import get_spec
+
+    out = tmp_path / "model"
+    backbones = "faceres-deep@96-qat,faceapi"
+    card = _train(plumbing_folder, out, "--backbones", backbones)
+    weights = "weights-faceres-deep@96-qat.onnx"
+    ranges = "int8-ranges-faceres-deep@96-qat.json"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["MODEL_CARD.md", "card.json", "head.onnx", ranges, weights]
+    )
+    files = card["files"]
+    assert isinstance(files, dict)
+    assert set(files) == {"head.onnx", ranges, weights}
+    training = card["training"]
+    assert isinstance(training, dict)
+    assert training["int8_fine_tuning"]["faces"] == 120
+    assert "int8 fine-tuning: faceres-deep@96-qat" in (out / "MODEL_CARD.md").read_text()
+
+    # The weights changed, and only the weights: the graph is the 96-px float network's.
+    tuned = onnx.load(str(out / weights))
+    original = FaceResEstimator(get_spec("faceres-deep"), input_size=96).float_graph()
+    assert [n.op_type for n in tuned.graph.node] == [n.op_type for n in original.graph.node]
+    changed = [
+        name
+        for name, a, b in (
+            (x.name, onnx.numpy_helper.to_array(x), onnx.numpy_helper.to_array(y))
+            for x, y in zip(tuned.graph.initializer, original.graph.initializer, strict=True)
+        )
+        if a.shape == b.shape and not np.array_equal(a, b)
+    ]
+    assert len(changed) > 10
+
+    estimator = HeadsEstimator(out, threads=1)
+    assert "faceres-deep at 96 px, int8, weights tuned for int8" in estimator.version()
+    result = Analyzer("blazeface-full", str(out)).analyze(astronaut)
+    face = scored_face(result)
+    assert face is not None
+    monkeypatch.setenv("AGELENS_INT8", "0")
+    in_float = HeadsEstimator(out, threads=1)
+    assert "faceres-deep at 96 px, weights tuned for int8" in in_float.version()
+    float_face = scored_face(Analyzer("blazeface-full", str(out)).analyze(astronaut))
+    assert float_face is not None
+    assert float_face.age_years is not None
+    assert face.age_years is not None
+    assert abs(float_face.age_years - face.age_years) < 3.0
+    monkeypatch.delenv("AGELENS_INT8")
+
+    [kept] = (tmp_path / "cache").glob(f"qat-*/{weights}")
+    stamp = kept.stat().st_mtime_ns
+    again = _train(plumbing_folder, tmp_path / "again", "--backbones", backbones)
+    assert again["files"] == card["files"]
+    assert kept.stat().st_mtime_ns == stamp  # not tuned again
+
+    (out / weights).write_bytes((out / weights).read_bytes()[:-4] + b"0000")
+    with pytest.raises(ModelNotFetchedError, match="sha256"):
+        HeadsEstimator(out)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -156,6 +223,8 @@ def test_an_int8_backbone_ships_its_ranges(
         (["--backbones", "faceres@100"], "the size after @ must be one of"),
         (["--backbones", "faceapi@96"], "runs at its own input size only"),
         (["--backbones", "faceapi-int8"], "has no int8 version"),
+        (["--backbones", "cydral-qat"], "has no int8 version"),
+        (["--backbones", "faceres-deep@192-qat,faceres-deep"], "each network may be given once"),
         (["--backbones", "faceres@160-int8,faceres@192"], "each network may be given once"),
         (["--backbones", "faceres,faceres@160"], "each network may be given once"),
         (["--backbones", ","], "no backbones given"),

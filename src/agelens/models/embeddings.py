@@ -32,6 +32,9 @@ Embedding = NDArray[np.float32]
 
 #: The suffix of a backbone that runs int8 (`faceres@192-int8`; see convert/int8.py).
 INT8_SUFFIX = "-int8"
+#: The suffix of a backbone that runs int8 with weights `agelens train` fine-tuned for it
+#: (quantization-aware, `faceres-deep@192-qat`; see train/qat.py). It ships those weights.
+QAT_SUFFIX = "-qat"
 
 
 class Backbone(Protocol):
@@ -77,7 +80,9 @@ class FaceResBackbone:
 
     With `input_size` the network reads smaller crops and the backbone is named
     `NAME@SIZE` (`faceres@160`), so features and trained heads never mix the two; with
-    `int8_ranges` it is `NAME@SIZE-int8` and runs int8 where that is exact (convert/int8.py).
+    `int8_ranges` it is `NAME@SIZE-int8` and runs int8 where that is exact (convert/int8.py);
+    with `weights` too (a float graph fine-tuned for int8, train/qat.py) it is `NAME@SIZE-qat`
+    and runs those weights, in int8 where that is exact and in float elsewhere.
     """
 
     def __init__(
@@ -87,12 +92,18 @@ class FaceResBackbone:
         threads: int | None = None,
         input_size: int | None = None,
         int8_ranges: Path | None = None,
+        weights: Path | None = None,
     ) -> None:
         self._estimator = FaceResEstimator(
-            get_spec(model), threads=threads, input_size=input_size, int8_ranges=int8_ranges
+            get_spec(model),
+            threads=threads,
+            input_size=input_size,
+            int8_ranges=int8_ranges,
+            weights=weights,
         )
         sized = model if input_size is None else f"{model}@{input_size}"
-        self.name = sized if int8_ranges is None else f"{sized}{INT8_SUFFIX}"
+        suffix = "" if int8_ranges is None else INT8_SUFFIX if weights is None else QAT_SUFFIX
+        self.name = f"{sized}{suffix}"
         self.dim = 1024 + 100 + 1
 
     def version(self) -> str:
@@ -190,32 +201,37 @@ BACKBONE_SIZES: tuple[int, ...] = tuple(range(96, 224, 16))
 
 
 class BackboneName(NamedTuple):
-    """A backbone name taken apart: `faceres@192-int8` is `("faceres", 192, True)`."""
+    """A backbone name taken apart: `faceres@192-int8` is `("faceres", 192, True, False)`,
+    `faceres-deep@192-qat` `("faceres-deep", 192, True, True)`."""
 
     model: str
     size: int | None
     int8: bool
+    #: int8 with weights fine-tuned for it, shipped with the heads (`QAT_SUFFIX`).
+    tuned: bool = False
 
 
 def parse_backbone(name: str) -> BackboneName:
-    """A backbone name taken apart: `faceapi`, `faceres@160`, `faceres@192-int8`. Raises
-    ValueError for a name `create_backbone` would not accept."""
-    body = name.removesuffix(INT8_SUFFIX)
+    """A backbone name taken apart: `faceapi`, `faceres@160`, `faceres@192-int8`,
+    `faceres-deep@192-qat`. Raises ValueError for a name `create_backbone` would not accept."""
+    tuned = name.endswith(QAT_SUFFIX)
+    body = name.removesuffix(QAT_SUFFIX) if tuned else name.removesuffix(INT8_SUFFIX)
     int8 = body != name
     model, at, size_text = body.partition("@")
     choices = ", ".join(BACKBONE_NAMES)
     if model not in BACKBONE_NAMES:
         raise ValueError(f"unknown backbone {name!r}; choose from {choices}")
     if int8 and model not in SIZED_BACKBONES:
-        raise ValueError(f"backbone {model!r} has no int8 version ({INT8_SUFFIX})")
+        suffixes = f"{INT8_SUFFIX}, {QAT_SUFFIX}"
+        raise ValueError(f"backbone {model!r} has no int8 version ({suffixes})")
     if not at:
-        return BackboneName(model, None, int8)
+        return BackboneName(model, None, int8, tuned)
     if model not in SIZED_BACKBONES:
         raise ValueError(f"backbone {model!r} runs at its own input size only (no @SIZE)")
     if not size_text.isdigit() or int(size_text) not in BACKBONE_SIZES:
         sizes = ", ".join(map(str, BACKBONE_SIZES))
         raise ValueError(f"backbone {name!r}: the size after @ must be one of {sizes}")
-    return BackboneName(model, int(size_text), int8)
+    return BackboneName(model, int(size_text), int8, tuned)
 
 
 def backbone_model(name: str) -> str:
@@ -228,22 +244,35 @@ def int8_ranges_file(name: str) -> str:
     return f"int8-ranges-{name}.json"
 
 
+def tuned_weights_file(name: str) -> str:
+    """The file name of a `-qat` backbone's fine-tuned float graph in a heads folder."""
+    return f"weights-{name}.onnx"
+
+
 def create_backbone(
     name: str, *, threads: int | None = None, folder: Path | None = None
 ) -> Backbone:
     """The backbone called `name` (one of BACKBONE_NAMES, or `faceres@SIZE` /
-    `faceres-deep@SIZE`, either with `-int8`); its models must be fetched. An int8 backbone
-    reads its activation ranges from `folder` (`int8_ranges_file(name)` there)."""
-    model, size, int8 = parse_backbone(name)
+    `faceres-deep@SIZE`, either with `-int8` or `-qat`); its models must be fetched. An int8
+    backbone reads its activation ranges from `folder` (`int8_ranges_file(name)` there), a
+    `-qat` one its fine-tuned weights too (`tuned_weights_file(name)`)."""
+    model, size, int8, tuned = parse_backbone(name)
     if model in SIZED_BACKBONES:
-        ranges = None
+        ranges = weights = None
         if int8:
             if folder is None:
                 raise ValueError(f"backbone {name!r} needs the folder of its int8 ranges")
             ranges = folder / int8_ranges_file(name)
             if not ranges.is_file():
                 raise FileNotFoundError(f"backbone {name!r}: no int8 ranges at {ranges}")
-        return FaceResBackbone(model, threads=threads, input_size=size, int8_ranges=ranges)
+        if tuned:
+            assert folder is not None  # int8, checked above
+            weights = folder / tuned_weights_file(name)
+            if not weights.is_file():
+                raise FileNotFoundError(f"backbone {name!r}: no tuned weights at {weights}")
+        return FaceResBackbone(
+            model, threads=threads, input_size=size, int8_ranges=ranges, weights=weights
+        )
     if model == "faceapi":
         return FaceApiBackbone(threads=threads)
     return CydralBackbone(threads=threads)

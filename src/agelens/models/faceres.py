@@ -75,6 +75,8 @@ class FaceResEstimator:
     0.7 of the work (docs/training.md, "faceres at 192 px in the heads"). `int8_ranges` (an
     activation ranges file, `convert.int8.calibrate`) runs the int8 graph built from those
     ranges where int8 is exact (`convert.int8.int8_enabled`), the float graph elsewhere.
+    `weights` (an ONNX file: the network with other weights at this input size, as
+    `agelens train` fine-tunes it for int8, train/qat.py) replaces the fetched network in both.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class FaceResEstimator:
         threads: int | None = None,
         input_size: int | None = None,
         int8_ranges: Path | None = None,
+        weights: Path | None = None,
     ) -> None:
         self.name = spec.name
         self.spec = spec
@@ -92,16 +95,22 @@ class FaceResEstimator:
         if not 0 < size <= native:
             raise ValueError(f"{spec.name} runs at up to {native} px, not {size}")
         self._size = size
+        self._weights = weights
         int8_graph = None if int8_ranges is None else self._int8_graph(int8_ranges)
         self.int8 = int8_graph is not None
         if int8_graph is not None:
             self._session = create_session_from_bytes(int8_graph, threads)
+        elif weights is not None:
+            self._session = create_session(weights, threads)
         else:
             rewrite = self._rewrite() if size != native else None
             self._session = create_session(
                 model_file(spec, "age_gender.onnx"), threads, rewrite=rewrite
             )
         self._input = self._session.get_inputs()[0].name
+        shape = self._session.get_inputs()[0].shape
+        if weights is not None and list(shape[1:3]) != [size, size]:
+            raise ValueError(f"{weights} reads {shape[1]}x{shape[2]} px crops, not {size}")
         crop = spec.params_as(FaceCropParams)
         self._box_scale = crop.box_scale
         self._box_shift_y = crop.box_shift_y
@@ -118,6 +127,8 @@ class FaceResEstimator:
         """The float network at this estimator's input size: what int8 ranges are taken on."""
         import onnx
 
+        if self._weights is not None:
+            return onnx.load(str(self._weights))
         model = onnx.load(str(model_file(self.spec, "age_gender.onnx")))
         if self._size != self.spec.input_hw[0]:
             self._rewrite()(model)
@@ -151,7 +162,8 @@ class FaceResEstimator:
         """Model name and the package it came from (and the input size when not its own)."""
         size = f" at {self._size} px" if self._size != self.spec.input_hw[0] else ""
         int8 = ", int8" if self.int8 else ""
-        return f"{self.name}{size}{int8} ({self.spec.source.pinned})"
+        tuned = ", weights tuned for int8" if self._weights is not None else ""
+        return f"{self.name}{size}{int8}{tuned} ({self.spec.source.pinned})"
 
     def crop_box(self, detection: Detection) -> NDArray[np.float32]:
         """The detector's box squared, scaled by `box_scale` and moved down by `box_shift_y`

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +59,8 @@ class FeatureConfig:
     #: how the int8 graphs are built from the ranges (`RECIPE_VERSION`): the same ranges give
     #: other features under another recipe. 0 without int8 backbones.
     int8_recipe: int = field(default=0, metadata=KEY_WHEN_SET)
+    #: sha256 of each `-qat` backbone's fine-tuned float graph (train/qat.py).
+    tuned_weights: tuple[str, ...] = field(default=(), metadata=KEY_WHEN_SET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,8 @@ class Features:
     mirrored: dict[str, NDArray[np.float32]]
     #: The activation ranges file of each int8 backbone (`calibrate_int8`).
     int8_ranges: dict[str, Path] = field(default_factory=dict)
+    #: The fine-tuned float graph of each `-qat` backbone (train/qat.py).
+    tuned_weights: dict[str, Path] = field(default_factory=dict)
 
     def matrix(self, names: Sequence[str], *, mirrored: bool = False) -> NDArray[np.float32]:
         """The backbones' features side by side, `(n, sum of dims)`."""
@@ -157,11 +163,13 @@ def build_features(
     """Embeddings of every row with a face, from the cache when it is there.
 
     `progress(done_rows, total_rows)` is called after each chunk. Rows whose image could not
-    be decoded or holds no face are left out (logged). int8 backbones get their activation
-    ranges first (`calibrate_int8`, cached too).
+    be decoded or holds no face are left out (logged). `-qat` backbones are fine-tuned for
+    int8 first (`qat.tune_for_int8`), then int8 backbones get their activation ranges
+    (`calibrate_int8`); both are cached too.
     """
     from agelens.models.convert.int8 import RECIPE_VERSION
-    from agelens.models.embeddings import int8_ranges_file, parse_backbone
+    from agelens.models.embeddings import int8_ranges_file, parse_backbone, tuned_weights_file
+    from agelens.train.qat import tune_for_int8
 
     faces = FeatureConfig(
         dataset_dir=str(dataset_dir.resolve()),
@@ -170,11 +178,16 @@ def build_features(
         detector=detector,
         files_sha256=files_digest(rows),
     )
-    ranges_dir = calibrate_int8(dataset_dir, rows, faces, cache_root)
+    tuned = tune_for_int8(dataset_dir, rows, faces, cache_root)
+    faces = replace(faces, tuned_weights=tuple(sha256_file(path) for path in tuned.values()))
+    ranges_dir = calibrate_int8(dataset_dir, rows, faces, cache_root, tuned)
     ranges = {
         name: ranges_dir / int8_ranges_file(name)
         for name in backbones
         if ranges_dir is not None and parse_backbone(name).int8
+    }
+    weights = {
+        name: ranges_dir / tuned_weights_file(name) for name in tuned if ranges_dir is not None
     }
     config = replace(
         faces,
@@ -193,36 +206,53 @@ def build_features(
         what="embedding",
         progress=progress,
     )
-    return _load(rows, backbones, targets, ranges)
+    return replace(_load(rows, backbones, targets, ranges), tuned_weights=weights)
 
 
 def calibrate_int8(
-    dataset_dir: Path, rows: Sequence[LabelledImage], faces: FeatureConfig, cache_root: Path
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    faces: FeatureConfig,
+    cache_root: Path,
+    tuned: dict[str, Path] | None = None,
 ) -> Path | None:
     """The folder of the activation ranges of the int8 backbones among `faces.backbones`
-    (`int8_ranges_file(name)` each), taken by the float network at the same size on
-    `CALIBRATION_FACES` faces of `rows` (a seeded sample; found as `faces` says); None when no
-    backbone is int8. Kept in `cache_root`, so a resumed run reuses them."""
+    (`int8_ranges_file(name)` each), taken by the float network at the same size (for a
+    `-qat` backbone its fine-tuned graph in `tuned`, copied into the folder as
+    `tuned_weights_file(name)`) on `CALIBRATION_FACES` faces of `rows` (a seeded sample; found
+    as `faces` says); None when no backbone is int8. Kept in `cache_root`, so a resumed run
+    reuses them."""
     from agelens.models.backends import create_detector
     from agelens.models.convert.int8 import CALIBRATION_FACES, RECIPE_VERSION, calibrate
-    from agelens.models.embeddings import int8_ranges_file, parse_backbone
+    from agelens.models.embeddings import int8_ranges_file, parse_backbone, tuned_weights_file
     from agelens.models.faceres import FaceResEstimator
     from agelens.models.registry import get_spec
 
+    tuned = tuned or {}
     int8 = [name for name in faces.backbones if parse_backbone(name).int8]
     if not int8:
         return None
+    missing = sorted(name for name in int8 if parse_backbone(name).tuned and name not in tuned)
+    if missing:
+        raise ValueError(f"{', '.join(missing)} need fine-tuned weights (train/qat.py)")
     config = RangesConfig(
         replace(faces, backbones=tuple(int8)), count=CALIBRATION_FACES, recipe=RECIPE_VERSION
     )
     folder = cache_folder(cache_root, "int8-ranges", config)
+    for name, source in tuned.items():
+        copy = folder / tuned_weights_file(name)
+        if not copy.is_file():
+            write_atomically(copy, partial(shutil.copyfile, source))
     todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
     if not todo:
         return folder
     networks = {}
     for name in todo:
-        model, size, _ = parse_backbone(name)
-        networks[name] = FaceResEstimator(get_spec(model), threads=1, input_size=size)
+        model, size, _, is_tuned = parse_backbone(name)
+        weights = folder / tuned_weights_file(name) if is_tuned else None
+        networks[name] = FaceResEstimator(
+            get_spec(model), threads=1, input_size=size, weights=weights
+        )
     chips: dict[str, list[NDArray[np.float32]]] = {name: [] for name in todo}
     found = 0
     # A seeded sample, not the first rows: label files are often sorted by age (UTKFace's

@@ -21,7 +21,7 @@ import numpy as np
 
 from agelens.evaluate import LabelledImage, compute_metrics, read_labels
 from agelens.models.convert.int8 import CALIBRATION_FACES
-from agelens.models.embeddings import INT8_SUFFIX, int8_ranges_file
+from agelens.models.embeddings import int8_ranges_file, parse_backbone, tuned_weights_file
 from agelens.models.fetch import sha256_file
 from agelens.models.heads import CARD_FILE, HEAD_FILE, HeadsEstimator
 from agelens.train.features import Features, build_features
@@ -95,6 +95,19 @@ def out_of_fold_metrics(features: Features, trained: TrainedHeads) -> dict[str, 
     ages = calibration.age(raw)
     after = compute_metrics(_records(features.rows, ages, male, calibration.half_width(ages)), n)
     return {"uncalibrated": before, "calibrated": after}
+
+
+def _fine_tuning(features: Features) -> dict[str, Any]:
+    """How the `-qat` backbones' weights were tuned (train/qat.py), for the card."""
+    from agelens.train import qat
+
+    return {
+        "faces": min(qat.QAT_FACES, len(features.rows)),
+        "epochs": qat.EPOCHS,
+        "learning_rate": qat.LEARNING_RATE,
+        "range_faces": qat.RANGE_FACES,
+        "version": qat.QAT_VERSION,
+    }
 
 
 def _int8_change(folder: Path, features: Features, names: Sequence[str]) -> dict[str, Any]:
@@ -190,6 +203,10 @@ def train_model(
         shipped = staging / int8_ranges_file(name)
         shutil.copyfile(ranges, shipped)
         files[shipped.name] = sha256_file(shipped)
+    for name, weights in features.tuned_weights.items():
+        shipped = staging / tuned_weights_file(name)
+        shutil.copyfile(weights, shipped)
+        files[shipped.name] = sha256_file(shipped)
     card = {
         "kind": "agelens-heads",
         "format_version": 1,
@@ -212,6 +229,7 @@ def train_model(
             "pad": request.pad,
             "detector": request.detector,
             **({"int8_calibration_faces": CALIBRATION_FACES} if features.int8_ranges else {}),
+            **({"int8_fine_tuning": _fine_tuning(features)} if features.tuned_weights else {}),
             "command": request.command,
             "config": asdict(config),
             "epochs_run": list(trained.epochs_run),
@@ -280,13 +298,23 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"(detector {training['detector']}, pad {training['pad']})",
         f"- command: `{training['command']}`",
     ]
-    int8 = [name for name in card["backbones"] if name.endswith(INT8_SUFFIX)]
+    int8 = [name for name in card["backbones"] if parse_backbone(name).int8]
     if int8:
         lines.append(
             f"- int8: {', '.join(int8)} run int8 where it is exact (x86-64 with VNNI; float "
             f"elsewhere), from activation ranges taken on "
             f"{training.get('int8_calibration_faces', '?')} training faces, a seeded sample (the "
             f"`int8-ranges-*.json` files listed in card.json)"
+        )
+    tuned = [name for name in card["backbones"] if parse_backbone(name).tuned]
+    if tuned:
+        qat = training.get("int8_fine_tuning", {})
+        lines.append(
+            f"- int8 fine-tuning: {', '.join(tuned)} trained towards their own float outputs "
+            f"with int8 simulated, {qat.get('epochs', '?')} epoch at learning rate "
+            f"{qat.get('learning_rate', '?')} on {qat.get('faces', '?')} training faces and "
+            f"their mirrors, a seeded sample; their weights ship as the `weights-*.onnx` files "
+            f"listed in card.json (in float where int8 does not run)"
         )
     lines += [
         f"- folds: {training['config']['folds']}, epochs run per fold: {training['epochs_run']}, "
