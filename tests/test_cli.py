@@ -144,11 +144,12 @@ def test_models_list_and_info() -> None:
     assert "non-commercial research only" in trained["description"]
     assert trained["card"]["backbones"] == [
         "faceres@192-int8",
-        "faceres-deep@192",
+        "faceres-deep@192-qat",
         "faceapi",
         "cydral",
     ]
-    assert trained["int8"] == {"backbones": ["faceres@192-int8"], "here": int8_enabled()}
+    int8 = ["faceres@192-int8", "faceres-deep@192-qat"]
+    assert trained["int8"] == {"backbones": int8, "here": int8_enabled()}
     assert f"int8 on this CPU: {'yes' if int8_enabled() else 'no'}." in trained["description"]
     fine_tuned = json.loads(runner.invoke(app, ["models", "info", "faceapi112-distilled"]).stdout)
     assert fine_tuned["source"] == "agelens (shipped)"

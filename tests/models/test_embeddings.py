@@ -16,9 +16,9 @@ from agelens.models.embeddings import (
     backbone_model,
     create_backbone,
     embed_pair,
+    int8_graph_file,
     int8_ranges_file,
     parse_backbone,
-    tuned_weights_file,
 )
 from agelens.paths import agelens_home
 
@@ -82,30 +82,34 @@ def test_a_sized_faceres_backbone_embeds_smaller_chips(astronaut: NDArray[np.uin
 
 
 def test_an_int8_backbone_needs_its_ranges(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs the folder of its int8 ranges"):
+    with pytest.raises(ValueError, match="needs the folder of its int8 ranges or graph"):
         create_backbone("faceres@192-int8")
     with pytest.raises(FileNotFoundError, match="no int8 ranges"):
         create_backbone("faceres@192-int8", folder=tmp_path)
     assert int8_ranges_file("faceres@192-int8") == "int8-ranges-faceres@192-int8.json"
 
 
-def test_a_qat_backbone_needs_its_weights(tmp_path: Path) -> None:
-    """`-qat` reads its fine-tuned graph from the folder beside its ranges; a graph at
-    another input size is refused."""
+def test_a_qat_backbone_needs_its_int8_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-qat` reads its int8 graph from the folder; one of another input size is refused
+    where it would run."""
     from agelens.models.faceres import FaceResEstimator
     from agelens.models.registry import get_spec
 
-    with pytest.raises(ValueError, match="needs the folder of its int8 ranges"):
+    with pytest.raises(ValueError, match="needs the folder of its int8 ranges or graph"):
         create_backbone("faceres@96-qat")
-    (tmp_path / int8_ranges_file("faceres@96-qat")).write_text("{}")
-    with pytest.raises(FileNotFoundError, match="no tuned weights"):
+    with pytest.raises(FileNotFoundError, match="no int8 graph"):
         create_backbone("faceres@96-qat", folder=tmp_path)
-    assert tuned_weights_file("faceres@96-qat") == "weights-faceres@96-qat.onnx"
+    assert int8_graph_file("faceres@96-qat") == "int8-faceres@96-qat.onnx"
     graph = FaceResEstimator(get_spec("faceres"), input_size=128).float_graph()
-    weights = tmp_path / "128.onnx"
-    weights.write_bytes(graph.SerializeToString())
+    wrong = tmp_path / "128.onnx"
+    wrong.write_bytes(graph.SerializeToString())
+    monkeypatch.setenv("AGELENS_INT8", "1")
     with pytest.raises(ValueError, match="reads 128x128 px crops, not 96"):
-        FaceResEstimator(get_spec("faceres"), input_size=96, weights=weights)
+        FaceResEstimator(get_spec("faceres"), input_size=96, int8_graph=wrong)
+    monkeypatch.setenv("AGELENS_INT8", "0")  # the graph is not read: the float network runs
+    assert not FaceResEstimator(get_spec("faceres"), input_size=96, int8_graph=wrong).int8
 
 
 def test_an_int8_backbone_runs_int8_where_enabled(

@@ -387,7 +387,8 @@ PRESETS: dict[str, Preset] = {
         DEFAULT_DETECTOR,
         "heads-ensemble",
         "non-commercial research only: heads trained by agelens on UTKFace, over faceres and "
-        "faceres-deep (HSE, Apache-2.0; read at 192 px, faceres in int8 on CPUs with VNNI), "
+        "faceres-deep (HSE, Apache-2.0; read at 192 px, in int8 on CPUs with VNNI, "
+        "faceres-deep fine-tuned for it by agelens on UTKFace), "
         "face-api (MIT) and Cydral (CC0) "
         "embeddings, their ages mixed 2:1 with the ensemble's",
     ),

@@ -33,7 +33,7 @@ Embedding = NDArray[np.float32]
 #: The suffix of a backbone that runs int8 (`faceres@192-int8`; see convert/int8.py).
 INT8_SUFFIX = "-int8"
 #: The suffix of a backbone that runs int8 with weights `agelens train` fine-tuned for it
-#: (quantization-aware, `faceres-deep@192-qat`; see train/qat.py). It ships those weights.
+#: (quantization-aware, `faceres-deep@192-qat`; see train/qat.py). It ships that int8 graph.
 QAT_SUFFIX = "-qat"
 
 
@@ -81,8 +81,8 @@ class FaceResBackbone:
     With `input_size` the network reads smaller crops and the backbone is named
     `NAME@SIZE` (`faceres@160`), so features and trained heads never mix the two; with
     `int8_ranges` it is `NAME@SIZE-int8` and runs int8 where that is exact (convert/int8.py);
-    with `weights` too (a float graph fine-tuned for int8, train/qat.py) it is `NAME@SIZE-qat`
-    and runs those weights, in int8 where that is exact and in float elsewhere.
+    with `int8_graph` (of the network fine-tuned for int8, train/qat.py) it is `NAME@SIZE-qat`
+    and runs that graph where int8 is exact, the fetched float network elsewhere.
     """
 
     def __init__(
@@ -92,17 +92,17 @@ class FaceResBackbone:
         threads: int | None = None,
         input_size: int | None = None,
         int8_ranges: Path | None = None,
-        weights: Path | None = None,
+        int8_graph: Path | None = None,
     ) -> None:
         self._estimator = FaceResEstimator(
             get_spec(model),
             threads=threads,
             input_size=input_size,
             int8_ranges=int8_ranges,
-            weights=weights,
+            int8_graph=int8_graph,
         )
         sized = model if input_size is None else f"{model}@{input_size}"
-        suffix = "" if int8_ranges is None else INT8_SUFFIX if weights is None else QAT_SUFFIX
+        suffix = QAT_SUFFIX if int8_graph else INT8_SUFFIX if int8_ranges else ""
         self.name = f"{sized}{suffix}"
         self.dim = 1024 + 100 + 1
 
@@ -244,9 +244,9 @@ def int8_ranges_file(name: str) -> str:
     return f"int8-ranges-{name}.json"
 
 
-def tuned_weights_file(name: str) -> str:
-    """The file name of a `-qat` backbone's fine-tuned float graph in a heads folder."""
-    return f"weights-{name}.onnx"
+def int8_graph_file(name: str) -> str:
+    """The file name of a `-qat` backbone's int8 graph in a heads folder."""
+    return f"int8-{name}.onnx"
 
 
 def create_backbone(
@@ -255,23 +255,22 @@ def create_backbone(
     """The backbone called `name` (one of BACKBONE_NAMES, or `faceres@SIZE` /
     `faceres-deep@SIZE`, either with `-int8` or `-qat`); its models must be fetched. An int8
     backbone reads its activation ranges from `folder` (`int8_ranges_file(name)` there), a
-    `-qat` one its fine-tuned weights too (`tuned_weights_file(name)`)."""
+    `-qat` one its int8 graph (`int8_graph_file(name)`)."""
     model, size, int8, tuned = parse_backbone(name)
     if model in SIZED_BACKBONES:
-        ranges = weights = None
-        if int8:
-            if folder is None:
-                raise ValueError(f"backbone {name!r} needs the folder of its int8 ranges")
+        ranges = graph = None
+        if int8 and folder is None:
+            raise ValueError(f"backbone {name!r} needs the folder of its int8 ranges or graph")
+        if tuned and folder is not None:
+            graph = folder / int8_graph_file(name)
+            if not graph.is_file():
+                raise FileNotFoundError(f"backbone {name!r}: no int8 graph at {graph}")
+        elif int8 and folder is not None:
             ranges = folder / int8_ranges_file(name)
             if not ranges.is_file():
                 raise FileNotFoundError(f"backbone {name!r}: no int8 ranges at {ranges}")
-        if tuned:
-            assert folder is not None  # int8, checked above
-            weights = folder / tuned_weights_file(name)
-            if not weights.is_file():
-                raise FileNotFoundError(f"backbone {name!r}: no tuned weights at {weights}")
         return FaceResBackbone(
-            model, threads=threads, input_size=size, int8_ranges=ranges, weights=weights
+            model, threads=threads, input_size=size, int8_ranges=ranges, int8_graph=graph
         )
     if model == "faceapi":
         return FaceApiBackbone(threads=threads)

@@ -75,8 +75,9 @@ class FaceResEstimator:
     0.7 of the work (docs/training.md, "faceres at 192 px in the heads"). `int8_ranges` (an
     activation ranges file, `convert.int8.calibrate`) runs the int8 graph built from those
     ranges where int8 is exact (`convert.int8.int8_enabled`), the float graph elsewhere.
-    `weights` (an ONNX file: the network with other weights at this input size, as
-    `agelens train` fine-tunes it for int8, train/qat.py) replaces the fetched network in both.
+    `int8_graph` (an int8 ONNX file at this input size, as `agelens train` ships for a network
+    fine-tuned for int8, train/qat.py) runs that graph where int8 is exact instead, and the
+    fetched float network elsewhere (which the fine-tuning taught the int8 graph to match).
     """
 
     def __init__(
@@ -86,8 +87,10 @@ class FaceResEstimator:
         threads: int | None = None,
         input_size: int | None = None,
         int8_ranges: Path | None = None,
-        weights: Path | None = None,
+        int8_graph: Path | None = None,
     ) -> None:
+        from agelens.models.convert.int8 import int8_enabled
+
         self.name = spec.name
         self.spec = spec
         native = spec.input_hw[0]
@@ -95,13 +98,13 @@ class FaceResEstimator:
         if not 0 < size <= native:
             raise ValueError(f"{spec.name} runs at up to {native} px, not {size}")
         self._size = size
-        self._weights = weights
-        int8_graph = None if int8_ranges is None else self._int8_graph(int8_ranges)
-        self.int8 = int8_graph is not None
-        if int8_graph is not None:
-            self._session = create_session_from_bytes(int8_graph, threads)
-        elif weights is not None:
-            self._session = create_session(weights, threads)
+        self.tuned = int8_graph is not None and int8_enabled()
+        built = None if int8_ranges is None else self._int8_graph(int8_ranges)
+        self.int8 = built is not None or self.tuned
+        if built is not None:
+            self._session = create_session_from_bytes(built, threads)
+        elif int8_graph is not None and self.tuned:
+            self._session = create_session(int8_graph, threads)
         else:
             rewrite = self._rewrite() if size != native else None
             self._session = create_session(
@@ -109,8 +112,8 @@ class FaceResEstimator:
             )
         self._input = self._session.get_inputs()[0].name
         shape = self._session.get_inputs()[0].shape
-        if weights is not None and list(shape[1:3]) != [size, size]:
-            raise ValueError(f"{weights} reads {shape[1]}x{shape[2]} px crops, not {size}")
+        if self.tuned and list(shape[1:3]) != [size, size]:
+            raise ValueError(f"{int8_graph} reads {shape[1]}x{shape[2]} px crops, not {size}")
         crop = spec.params_as(FaceCropParams)
         self._box_scale = crop.box_scale
         self._box_shift_y = crop.box_shift_y
@@ -127,8 +130,6 @@ class FaceResEstimator:
         """The float network at this estimator's input size: what int8 ranges are taken on."""
         import onnx
 
-        if self._weights is not None:
-            return onnx.load(str(self._weights))
         model = onnx.load(str(model_file(self.spec, "age_gender.onnx")))
         if self._size != self.spec.input_hw[0]:
             self._rewrite()(model)
@@ -162,7 +163,7 @@ class FaceResEstimator:
         """Model name and the package it came from (and the input size when not its own)."""
         size = f" at {self._size} px" if self._size != self.spec.input_hw[0] else ""
         int8 = ", int8" if self.int8 else ""
-        tuned = ", weights tuned for int8" if self._weights is not None else ""
+        tuned = ", weights tuned for int8" if self.tuned else ""
         return f"{self.name}{size}{int8}{tuned} ({self.spec.source.pinned})"
 
     def crop_box(self, detection: Detection) -> NDArray[np.float32]:

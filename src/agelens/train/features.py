@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -38,6 +37,7 @@ from agelens.train.chunks import (
 if TYPE_CHECKING:
     from agelens.models.base import Detector
     from agelens.models.embeddings import Backbone
+    from agelens.models.faceres import FaceResEstimator
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class Features:
     mirrored: dict[str, NDArray[np.float32]]
     #: The activation ranges file of each int8 backbone (`calibrate_int8`).
     int8_ranges: dict[str, Path] = field(default_factory=dict)
-    #: The fine-tuned float graph of each `-qat` backbone (train/qat.py).
-    tuned_weights: dict[str, Path] = field(default_factory=dict)
+    #: The int8 graph of each `-qat` backbone (train/qat.py, `calibrate_int8`).
+    int8_graphs: dict[str, Path] = field(default_factory=dict)
 
     def matrix(self, names: Sequence[str], *, mirrored: bool = False) -> NDArray[np.float32]:
         """The backbones' features side by side, `(n, sum of dims)`."""
@@ -164,11 +164,11 @@ def build_features(
 
     `progress(done_rows, total_rows)` is called after each chunk. Rows whose image could not
     be decoded or holds no face are left out (logged). `-qat` backbones are fine-tuned for
-    int8 first (`qat.tune_for_int8`), then int8 backbones get their activation ranges
-    (`calibrate_int8`); both are cached too.
+    int8 first (`qat.tune_for_int8`), then int8 backbones get their activation ranges and the
+    `-qat` ones their int8 graph (`calibrate_int8`); all are cached too.
     """
     from agelens.models.convert.int8 import RECIPE_VERSION
-    from agelens.models.embeddings import int8_ranges_file, parse_backbone, tuned_weights_file
+    from agelens.models.embeddings import int8_graph_file, int8_ranges_file, parse_backbone
     from agelens.train.qat import tune_for_int8
 
     faces = FeatureConfig(
@@ -186,9 +186,7 @@ def build_features(
         for name in backbones
         if ranges_dir is not None and parse_backbone(name).int8
     }
-    weights = {
-        name: ranges_dir / tuned_weights_file(name) for name in tuned if ranges_dir is not None
-    }
+    graphs = {name: ranges_dir / int8_graph_file(name) for name in tuned if ranges_dir is not None}
     config = replace(
         faces,
         int8_ranges=tuple(sha256_file(path) for path in ranges.values()),
@@ -206,7 +204,9 @@ def build_features(
         what="embedding",
         progress=progress,
     )
-    return replace(_load(rows, backbones, targets, ranges), tuned_weights=weights)
+    # A `-qat` backbone ships its int8 graph; its ranges only made it.
+    shipped = {name: path for name, path in ranges.items() if name not in graphs}
+    return replace(_load(rows, backbones, targets, shipped), int8_graphs=graphs)
 
 
 def calibrate_int8(
@@ -218,15 +218,14 @@ def calibrate_int8(
 ) -> Path | None:
     """The folder of the activation ranges of the int8 backbones among `faces.backbones`
     (`int8_ranges_file(name)` each), taken by the float network at the same size (for a
-    `-qat` backbone its fine-tuned graph in `tuned`, copied into the folder as
-    `tuned_weights_file(name)`) on `CALIBRATION_FACES` faces of `rows` (a seeded sample; found
-    as `faces` says); None when no backbone is int8. Kept in `cache_root`, so a resumed run
-    reuses them."""
-    from agelens.models.backends import create_detector
-    from agelens.models.convert.int8 import CALIBRATION_FACES, RECIPE_VERSION, calibrate
-    from agelens.models.embeddings import int8_ranges_file, parse_backbone, tuned_weights_file
-    from agelens.models.faceres import FaceResEstimator
-    from agelens.models.registry import get_spec
+    `-qat` backbone its fine-tuned graph in `tuned`) on `CALIBRATION_FACES` faces of `rows` (a
+    seeded sample; found as `faces` says), and of each `-qat` backbone's int8 graph built from
+    them (`int8_graph_file(name)`); None when no backbone is int8. Kept in `cache_root`, so a
+    resumed run reuses them."""
+    import onnx
+
+    from agelens.models.convert.int8 import CALIBRATION_FACES, RECIPE_VERSION, quantized
+    from agelens.models.embeddings import int8_graph_file, int8_ranges_file, parse_backbone
 
     tuned = tuned or {}
     int8 = [name for name in faces.backbones if parse_backbone(name).int8]
@@ -239,26 +238,69 @@ def calibrate_int8(
         replace(faces, backbones=tuple(int8)), count=CALIBRATION_FACES, recipe=RECIPE_VERSION
     )
     folder = cache_folder(cache_root, "int8-ranges", config)
+    _take_ranges(dataset_dir, rows, faces, folder, tuned)
     for name, source in tuned.items():
-        copy = folder / tuned_weights_file(name)
-        if not copy.is_file():
-            write_atomically(copy, partial(shutil.copyfile, source))
+        graph = folder / int8_graph_file(name)
+        if not graph.is_file():
+            data = quantized(onnx.load(str(source)), folder / int8_ranges_file(name))
+            write_atomically(graph, partial(Path.write_bytes, data=data))
+    return folder
+
+
+def _take_ranges(
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    faces: FeatureConfig,
+    folder: Path,
+    tuned: dict[str, Path],
+) -> None:
+    """`calibrate_int8`'s ranges files that `folder` does not hold yet."""
+    import onnx
+
+    from agelens.models.convert.int8 import CALIBRATION_FACES, calibrate
+    from agelens.models.embeddings import int8_ranges_file, parse_backbone
+
+    int8 = [name for name in faces.backbones if parse_backbone(name).int8]
     todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
     if not todo:
-        return folder
+        return
+    networks, chips, found = faceres_chips(
+        dataset_dir, rows, faces, todo, count=CALIBRATION_FACES, seed=0
+    )
+    for name, network in networks.items():
+        logger.info("int8 ranges of %s from %d faces", name, found)
+        graph = onnx.load(str(tuned[name])) if name in tuned else network.float_graph()
+        calibrate(graph, chips[name], folder / int8_ranges_file(name))
+
+
+def faceres_chips(
+    dataset_dir: Path,
+    rows: Sequence[LabelledImage],
+    faces: FeatureConfig,
+    names: Sequence[str],
+    *,
+    count: int,
+    seed: int,
+) -> tuple[dict[str, FaceResEstimator], dict[str, NDArray[np.float32]], int]:
+    """The float networks of the faceres backbones `names` (at their sizes), their chips of
+    up to `count` faces of `rows` (found as `faces` says), and how many faces that is.
+
+    The faces are a sample seeded by `seed`, not the first rows: label files are often sorted
+    by age (UTKFace's first `dev` rows are all 100 or 10-11 years old), and ranges taken or
+    weights tuned on one age are narrower than the faces the network will see. Raises
+    ValueError when no face is found."""
+    from agelens.models.backends import create_detector
+    from agelens.models.embeddings import parse_backbone
+    from agelens.models.faceres import FaceResEstimator
+    from agelens.models.registry import get_spec
+
     networks = {}
-    for name in todo:
-        model, size, _, is_tuned = parse_backbone(name)
-        weights = folder / tuned_weights_file(name) if is_tuned else None
-        networks[name] = FaceResEstimator(
-            get_spec(model), threads=1, input_size=size, weights=weights
-        )
-    chips: dict[str, list[NDArray[np.float32]]] = {name: [] for name in todo}
+    for name in names:
+        model, size, _, _ = parse_backbone(name)
+        networks[name] = FaceResEstimator(get_spec(model), threads=1, input_size=size)
+    chips: dict[str, list[NDArray[np.float32]]] = {name: [] for name in names}
     found = 0
-    # A seeded sample, not the first rows: label files are often sorted by age (UTKFace's
-    # first `dev` rows are all 100 or 10-11 years old), and ranges taken on one age are
-    # narrower than the faces the network will see.
-    sample = random.Random(0).sample(list(rows), len(rows))
+    sample = random.Random(seed).sample(list(rows), len(rows))
     detector = create_detector(faces.detector, 1)
     for face in iter_scored_faces(dataset_dir, sample, faces.pad, detector):
         if face is None:
@@ -267,16 +309,11 @@ def calibrate_int8(
         for name, network in networks.items():
             chips[name].append(network.align(image, [detection])[network.name])
         found += 1
-        if found == CALIBRATION_FACES:
+        if found == count:
             break
     if not found:
         raise ValueError("no face was found in any labelled image: check --pad and the folder")
-    for name, network in networks.items():
-        logger.info("int8 ranges of %s from %d faces", name, found)
-        calibrate(
-            network.float_graph(), np.concatenate(chips[name]), folder / int8_ranges_file(name)
-        )
-    return folder
+    return networks, {name: np.concatenate(parts) for name, parts in chips.items()}, found
 
 
 def _load(

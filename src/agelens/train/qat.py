@@ -5,8 +5,10 @@ faces 5.438 float, 5.656 int8), enough that heads reading both networks in int8 
 years on `aaf`. Training the float network for one epoch towards its own float outputs, with
 int8 simulated in the loop, recovers most of it (embedding cosine to the float network 0.9953
 -> 0.9985, age change 0.90 -> 0.57 years a face; docs/training.md). The tuned float graph then
-goes through the same int8 recipe as any other (`convert.int8`: ranges, then the int8 graph at
-load), and ships with the heads, since its weights are no longer the fetched ones.
+goes through the same int8 recipe as any other (`convert.int8`: ranges taken on it, then the
+int8 graph), and that int8 graph ships with the heads (3.7 MB), since its weights are no
+longer the fetched ones. Where int8 does not run, the heads read the fetched float network,
+which is what the fine-tuning taught the int8 graph to match.
 
 What is simulated: int8 weights per output channel (symmetric, max / 127) and uint8
 activations per tensor at every convolution's and dense layer's input, with ranges taken by
@@ -21,7 +23,6 @@ the same chip. Seeded: the same faces give the same weights on the same machine 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.evaluate import LabelledImage, iter_scored_faces
+from agelens.evaluate import LabelledImage
 from agelens.files import write_atomically
 from agelens.train.chunks import cache_folder
 
@@ -212,10 +213,8 @@ def tune_for_int8(
     """The tuned float graph of each `-qat` backbone among `faces.backbones` (`tune` on a
     seeded sample of `count` faces of `rows` and their mirrors, found as `faces` says), kept
     in `cache_root` so a resumed run reuses it. {} when no backbone is `-qat`."""
-    from agelens.models.backends import create_detector
-    from agelens.models.embeddings import parse_backbone, tuned_weights_file
-    from agelens.models.faceres import FaceResEstimator
-    from agelens.models.registry import get_spec
+    from agelens.models.embeddings import parse_backbone
+    from agelens.train.features import faceres_chips
 
     names = [name for name in faces.backbones if parse_backbone(name).tuned]
     if not names:
@@ -224,33 +223,13 @@ def tune_for_int8(
         replace(faces, backbones=tuple(names)), count, EPOCHS, LEARNING_RATE, QAT_VERSION
     )
     folder = cache_folder(cache_root, "qat", config)
-    paths = {name: folder / tuned_weights_file(name) for name in names}
+    paths = {name: folder / f"tuned-{name}.onnx" for name in names}
     todo = [name for name in names if not paths[name].is_file()]
     if not todo:
         return paths
-    networks = {}
-    for name in todo:
-        model, size, _, _ = parse_backbone(name)
-        networks[name] = FaceResEstimator(get_spec(model), threads=1, input_size=size)
-    chips: dict[str, list[Array]] = {name: [] for name in todo}
-    # Seeded, not the first rows: label files are often sorted by age.
-    sample = random.Random(1).sample(list(rows), len(rows))
-    detector = create_detector(faces.detector, 1)
-    found = 0
-    for face in iter_scored_faces(dataset_dir, sample, faces.pad, detector):
-        if face is None:
-            continue
-        image, detection = face
-        for name, network in networks.items():
-            chips[name].append(network.align(image, [detection])[network.name])
-        found += 1
-        if found == count:
-            break
-    if not found:
-        raise ValueError("no face was found in any labelled image: check --pad and the folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    networks, chips, found = faceres_chips(dataset_dir, rows, faces, todo, count=count, seed=1)
     for name, network in networks.items():
-        faces_seen = np.concatenate(chips.pop(name))
+        faces_seen = chips.pop(name)
         train = np.concatenate([faces_seen, np.ascontiguousarray(faces_seen[:, :, ::-1, :])])
         logger.info("fine-tuning %s for int8 on %d faces and their mirrors", name, found)
         save_graph(tune(network.float_graph(), faces_seen[:RANGE_FACES], train), paths[name])

@@ -21,7 +21,7 @@ import numpy as np
 
 from agelens.evaluate import LabelledImage, compute_metrics, read_labels
 from agelens.models.convert.int8 import CALIBRATION_FACES
-from agelens.models.embeddings import int8_ranges_file, parse_backbone, tuned_weights_file
+from agelens.models.embeddings import int8_graph_file, int8_ranges_file, parse_backbone
 from agelens.models.fetch import sha256_file
 from agelens.models.heads import CARD_FILE, HEAD_FILE, HeadsEstimator
 from agelens.train.features import Features, build_features
@@ -203,9 +203,9 @@ def train_model(
         shipped = staging / int8_ranges_file(name)
         shutil.copyfile(ranges, shipped)
         files[shipped.name] = sha256_file(shipped)
-    for name, weights in features.tuned_weights.items():
-        shipped = staging / tuned_weights_file(name)
-        shutil.copyfile(weights, shipped)
+    for name, graph in features.int8_graphs.items():
+        shipped = staging / int8_graph_file(name)
+        shutil.copyfile(graph, shipped)
         files[shipped.name] = sha256_file(shipped)
     card = {
         "kind": "agelens-heads",
@@ -229,7 +229,7 @@ def train_model(
             "pad": request.pad,
             "detector": request.detector,
             **({"int8_calibration_faces": CALIBRATION_FACES} if features.int8_ranges else {}),
-            **({"int8_fine_tuning": _fine_tuning(features)} if features.tuned_weights else {}),
+            **({"int8_fine_tuning": _fine_tuning(features)} if features.int8_graphs else {}),
             "command": request.command,
             "config": asdict(config),
             "epochs_run": list(trained.epochs_run),
@@ -303,18 +303,20 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         lines.append(
             f"- int8: {', '.join(int8)} run int8 where it is exact (x86-64 with VNNI; float "
             f"elsewhere), from activation ranges taken on "
-            f"{training.get('int8_calibration_faces', '?')} training faces, a seeded sample (the "
-            f"`int8-ranges-*.json` files listed in card.json)"
+            f"{training.get('int8_calibration_faces', '?')} training faces, a seeded sample "
+            f"(shipped as the `int8-ranges-*.json` files listed in card.json, or built into a "
+            f"`-qat` backbone's int8 graph)"
         )
     tuned = [name for name in card["backbones"] if parse_backbone(name).tuned]
     if tuned:
         qat = training.get("int8_fine_tuning", {})
         lines.append(
-            f"- int8 fine-tuning: {', '.join(tuned)} trained towards their own float outputs "
-            f"with int8 simulated, {qat.get('epochs', '?')} epoch at learning rate "
-            f"{qat.get('learning_rate', '?')} on {qat.get('faces', '?')} training faces and "
-            f"their mirrors, a seeded sample; their weights ship as the `weights-*.onnx` files "
-            f"listed in card.json (in float where int8 does not run)"
+            f"- int8 fine-tuning: {', '.join(tuned)} first trained towards the fetched "
+            f"network's own float outputs with int8 simulated, {qat.get('epochs', '?')} epoch "
+            f"at learning rate {qat.get('learning_rate', '?')} on {qat.get('faces', '?')} "
+            f"training faces and their mirrors, a seeded sample; shipped as the int8 graph "
+            f"(`int8-*.onnx`, listed in card.json); the fetched float network runs where int8 "
+            f"does not"
         )
     lines += [
         f"- folds: {training['config']['folds']}, epochs run per fold: {training['epochs_run']}, "
