@@ -1341,6 +1341,11 @@ def train_command(
         raise _fail(str(error), EXIT_USAGE) from error
     if len(set(models)) < len(models):
         raise _fail(f"each network may be given once, not {', '.join(chosen)}", EXIT_USAGE)
+    if any(parse_backbone(name).tuned for name in chosen):
+        from agelens.train.finetune import ONNX2TORCH_INSTALL
+
+        if importlib.util.find_spec("onnx2torch") is None:
+            raise _fail(f"-qat backbones need 'onnx2torch'; run: {ONNX2TORCH_INSTALL}", EXIT_USAGE)
     labels_csv, data_notice = _training_data(dataset_dir, labels, data_notice)
     request = TrainRequest(
         dataset_dir=dataset_dir,

@@ -241,6 +241,26 @@ def test_usage_errors(
     assert message in result.output
 
 
+def test_a_qat_backbone_without_onnx2torch_is_a_usage_error(
+    plumbing_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Said before any work starts, with the install command, not as a traceback later."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx2torch" else real(name)
+    )
+    result = runner.invoke(
+        app,
+        ["train", str(plumbing_folder), "--out", str(tmp_path / "m"), "--backbones",
+         "faceres-deep@96-qat,faceapi", "--cache", str(tmp_path / "cache")],
+    )  # fmt: skip
+    assert result.exit_code == EXIT_USAGE
+    assert "pip install --no-deps onnx2torch" in result.output
+    assert not (tmp_path / "cache").exists()
+
+
 def test_real_faces_train_a_head_that_reads_age(utkface_dir: Path, tmp_path: Path) -> None:
     """400 UTKFace `dev` rows, face-api features: out of fold it must already read age and
     gender far better than chance, and the card must carry UTKFace's terms."""
