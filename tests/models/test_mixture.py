@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from agelens.cli import app
 from agelens.errors import InvalidOptionError
 from agelens.models.backends import PRESETS, create_detector, create_estimator
-from agelens.models.mixture import HeadsEnsembleEstimator, MixtureEstimator
+from agelens.models.mixture import AGE_STACK, HeadsEnsembleEstimator, MixtureEstimator
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def faces(astronaut: np.ndarray) -> list:
 def test_ages_are_mixed_and_gender_is_the_first_members(astronaut: np.ndarray, faces: list) -> None:
     heads = create_estimator("heads-utkface", 1)
     ensemble = create_estimator("ensemble", 1)
-    mixture = create_estimator("heads-ensemble", 1)
+    mixture = create_estimator("heads-ensemble", 1, second="ensemble")
     (a,) = heads.estimate(heads.align(astronaut, faces[:1]))
     (b,) = ensemble.estimate(ensemble.align(astronaut, faces[:1]))
     (mixed,) = mixture.estimate(mixture.align(astronaut, faces[:1]))
@@ -43,7 +43,7 @@ def test_ages_are_mixed_and_gender_is_the_first_members(astronaut: np.ndarray, f
 
 
 def test_weight_override_and_members_in_the_version(astronaut: np.ndarray, faces: list) -> None:
-    heads_only = create_estimator("heads-ensemble", 1, age_weight=1.0)
+    heads_only = create_estimator("heads-ensemble", 1, age_weight=1.0, second="ensemble")
     heads = create_estimator("heads-utkface", 1)
     (a,) = heads.estimate(heads.align(astronaut, faces[:1]))
     (mixed,) = heads_only.estimate(heads_only.align(astronaut, faces[:1]))
@@ -83,7 +83,7 @@ def test_models_list_shows_its_terms() -> None:
 def test_shared_runs_equal_running_both_members(astronaut: np.ndarray, faces: list) -> None:
     heads = create_estimator("heads-utkface", 1)
     ensemble = create_estimator("ensemble", 1)
-    shared = create_estimator("heads-ensemble", 1)
+    shared = create_estimator("heads-ensemble", 1, second="ensemble")
     separate = MixtureEstimator("m", heads, ensemble, age_weight=2 / 3)
     mirrored = np.ascontiguousarray(astronaut[:, ::-1])
     for image in (astronaut, mirrored):
@@ -107,3 +107,58 @@ def test_other_members_are_run_each_on_its_own(astronaut: np.ndarray, faces: lis
     (mixed,) = mixture.estimate(mixture.align(astronaut, faces[:1]))
     assert mixed.age_years == pytest.approx(2 / 3 * a.age_years + 1 / 3 * b.age_years)
     assert mixed.gender_probability_male == pytest.approx(a.gender_probability_male)
+
+
+def test_the_default_second_member_stacks_the_four_networks_ages(
+    astronaut: np.ndarray, faces: list
+) -> None:
+    """`age-stack` (the default): 1/3 of the age is `AGE_STACK` over each network's own age,
+    read from the heads' features by position: faceres's and faceres-deep's expected age over
+    their 100 classes, face-api's age / 100 x 100, Cydral's expected age over its 81 classes;
+    each the mean of the face and its mirror. The interval is the ensemble's formula there."""
+    from agelens.models.cydral import AGE_CLASS_YEARS
+    from agelens.models.ensemble import DEFAULT_WEIGHTS
+
+    heads = create_estimator("heads-utkface", 1)
+    mixture = create_estimator("heads-ensemble", 1)
+    assert isinstance(mixture, HeadsEnsembleEstimator)
+    assert "0.333 x age-stack of faceres, faceres-deep, faceapi, cydral" in mixture.version()
+    chips = heads.align(astronaut, faces[:1])
+    (a,) = heads.estimate(chips)
+    (mixed,) = mixture.estimate(mixture.align(astronaut, faces[:1]))
+    face, mirror = heads.features_pair(chips)
+    # faceres@192-int8 (1,125 columns), faceres-deep@192-qat (1,125), faceapi (514), cydral
+    years = np.arange(1, 101)
+
+    def own(features: np.ndarray) -> dict[str, float]:
+        row = features[0].astype(np.float64)
+        return {
+            "faceres": float(row[1024:1124] @ years),
+            "faceres-deep": float(row[1125 + 1024 : 1125 + 1124] @ years),
+            "faceapi": float(row[2250 + 512] * 100),
+            "cydral": float(
+                row[2764 + 272 : 2764 + 353] @ AGE_CLASS_YEARS / row[2764 + 272 : 2764 + 353].sum()
+            ),
+        }
+
+    once, twice = own(face), own(mirror)
+    ages = {k: (once[k] + twice[k]) / 2 for k in once}
+    stacked = (
+        AGE_STACK.bias
+        + AGE_STACK.faceres * ages["faceres"]
+        + AGE_STACK.faceres_deep * ages["faceres-deep"]
+        + AGE_STACK.faceapi * ages["faceapi"]
+        + AGE_STACK.cydral * ages["cydral"]
+    )
+    assert mixed.age_years == pytest.approx(2 / 3 * a.age_years + 1 / 3 * stacked, abs=1e-3)
+    width = DEFAULT_WEIGHTS.interval_bias + DEFAULT_WEIGHTS.interval_slope * stacked
+    assert mixed.age_interval[1] == pytest.approx(
+        2 / 3 * a.age_interval[1] + 1 / 3 * (stacked + width), abs=1e-3
+    )
+    assert mixed.gender_probability_male == pytest.approx(a.gender_probability_male)
+    assert 30 <= stacked <= 55  # Eileen Collins was about 42
+
+
+def test_the_stack_needs_heads_that_read_its_networks() -> None:
+    with pytest.raises(ValueError, match="age-stack mixes with trained heads"):
+        create_estimator("heads-ensemble", 1, first="faceapi")

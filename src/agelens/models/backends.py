@@ -136,10 +136,12 @@ class EnsembleParams:
 class MixtureParams:
     """`heads-ensemble` (models/mixture.py): ages `age_weight` x estimator `first`'s +
     (1 - `age_weight`) x `second`'s; gender `first`'s. 2/3 was the larger of the two weights
-    tried (1/2, 2/3), both better than the heads alone on `aaf` (docs/accuracy.md)."""
+    tried (1/2, 2/3), both better than the heads alone on `aaf` (docs/accuracy.md). `second`
+    is an estimator, or `age-stack`: the four networks' own ages stacked with weights fitted
+    on UTKFace `dev` (`mixture.AGE_STACK`), read from `first`'s features."""
 
     first: str = "heads-utkface"
-    second: str = "ensemble"
+    second: str = "age-stack"
     age_weight: float = 2 / 3
 
 
@@ -390,7 +392,8 @@ PRESETS: dict[str, Preset] = {
         "faceres-deep (HSE, Apache-2.0; read at 192 px, in int8 on CPUs with VNNI, "
         "faceres-deep fine-tuned for it by agelens on UTKFace), "
         "face-api (MIT) and Cydral (CC0) "
-        "embeddings, their ages mixed 2:1 with the ensemble's",
+        "embeddings, their ages mixed 2:1 with a stack of the four networks' own ages "
+        "fitted on UTKFace dev",
     ),
 }
 

@@ -1,6 +1,6 @@
 """`heads-ensemble`: the `accurate` preset's estimator. Ages are a weighted mean of two
-estimators' (by default 2/3 `heads-utkface` and 1/3 `ensemble`); gender and P(male) are the
-first one's.
+members' (by default 2/3 `heads-utkface` and 1/3 `age-stack`, below; `ensemble` before
+2026-12-08); gender and P(male) are the first one's.
 
 Why: `heads-utkface` learnt from UTKFace alone, and off UTKFace its age error is no better than
 the permissive `ensemble`'s (`aaf`: 5.94 and 5.93 MAE), while their errors differ enough that
@@ -15,11 +15,18 @@ The heads already run face-api and Cydral on each face and its mirror, and keep 
 networks' own outputs in their features (models/embeddings.py), which are all the ensemble
 reads: `HeadsEnsembleEstimator` takes the ensemble's inputs from the heads' features instead
 of running the two networks again, so the mix costs what the heads cost.
+
+`second="age-stack"` (the default since 2026-12-08) mixes in, instead of the ensemble's age, a
+linear stack of all four networks' own ages (`AGE_STACK`: faceres's and faceres-deep's too,
+which the heads' features also hold), fitted on UTKFace `dev` by `scripts/fit_age_stack.py`:
+`aaf` −0.027 ± 0.009 years per face against the ensemble's, UTKFace no measurable change
+(docs/accuracy.md, "Mixing the heads with the ensemble").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -110,14 +117,78 @@ def _member(chips: Chips, prefix: str) -> Chips:
 _FACEAPI_AGE, _FACEAPI_MALE = 512, 513
 _CYDRAL_AGE_CLASSES, _CYDRAL_MALE = slice(272, 353), 353
 
+#: The `second` member that stacks the four networks' own ages (`AGE_STACK`).
+AGE_STACK_MEMBER = "age-stack"
+_FACERES_YEARS = np.arange(1, 101, dtype=np.float64)
+_FACERES_AGE_CLASSES = slice(1024, 1124)
+
+
+@dataclass(frozen=True, slots=True)
+class AgeStack:
+    """Age in years = `bias` + each weight x that network's own age, each age the mean of the
+    face's and its mirror image's: faceres's and faceres-deep's expected age over their 100
+    classes, face-api's regressed age, Cydral's expected age (`network_ages`)."""
+
+    bias: float
+    faceres: float
+    faceres_deep: float
+    faceapi: float
+    cydral: float
+
+    def age(self, ages: dict[str, NDArray[np.float64]]) -> NDArray[np.float64]:
+        """The stacked age from `network_ages` (of the face and mirror, averaged)."""
+        age = (
+            self.bias
+            + self.faceres * ages["faceres"]
+            + self.faceres_deep * ages["faceres-deep"]
+            + self.faceapi * ages["faceapi"]
+            + self.cydral * ages["cydral"]
+        )
+        return np.asarray(np.clip(age, 0.0, 110.0), dtype=np.float64)
+
+
+#: Least squares on the 18,331 faces of UTKFace `dev` that `heads-utkface` was trained on (its
+#: backbones' features, face and mirror averaged): `python scripts/fit_age_stack.py
+#: ../shared/data/utkface --cache artifacts/train-cache` (2026-12-08, agelens 0.1.0).
+AGE_STACK = AgeStack(
+    bias=0.2592, faceres=0.0833, faceres_deep=0.1816, faceapi=0.6183, cydral=0.1301
+)
+
+
+def backbone_offsets(heads: HeadsEstimator) -> dict[str, int]:
+    """Where each registry network's features start among the heads' (`faceres` for
+    `faceres@192-int8`), in the order of `heads.backbones`."""
+    from agelens.models.embeddings import backbone_model
+
+    offsets, start = {}, 0
+    for backbone in heads.backbones:
+        offsets[backbone_model(backbone.name)] = start
+        start += backbone.dim
+    return offsets
+
+
+def network_ages(
+    features: NDArray[np.float32], offsets: dict[str, int]
+) -> dict[str, NDArray[np.float64]]:
+    """Each network's own age (years) from the heads' features: faceres's and faceres-deep's
+    expected age over their classes, face-api's regressed age, Cydral's expected age."""
+    ages = {}
+    for model in ("faceres", "faceres-deep"):
+        start = offsets[model]
+        probabilities = features[:, start:][:, _FACERES_AGE_CLASSES].astype(np.float64)
+        ages[model] = probabilities @ _FACERES_YEARS
+    ages["faceapi"] = features[:, offsets["faceapi"] + _FACEAPI_AGE].astype(np.float64) * 100.0
+    cydral = features[:, offsets["cydral"] :]
+    ages["cydral"] = expected_age(cydral[:, _CYDRAL_AGE_CLASSES], CYDRAL_AGE_YEARS).astype(
+        np.float64
+    )
+    return ages
+
 
 def ensemble_columns(heads: HeadsEstimator) -> tuple[int, int] | None:
     """Where face-api's and Cydral's features start among the heads' (in the order of
     `heads.backbones`), or None when the heads do not read both networks."""
-    offsets, start = {}, 0
-    for backbone in heads.backbones:
-        offsets[backbone.name] = start
-        start += backbone.dim
+    offsets = backbone_offsets(heads)
     if not {"faceapi", "cydral"} <= set(offsets):
         return None
     return offsets["faceapi"], offsets["cydral"]
@@ -127,7 +198,8 @@ class HeadsEnsembleEstimator:
     """The mix of trained heads and the `ensemble` (its weights, with its mirror pass) that
     reads the ensemble's inputs from the heads' features: the same answers as a
     MixtureEstimator of the two (to float32 rounding) without loading or running face-api and
-    Cydral a second time."""
+    Cydral a second time. With `stack`, the second member's age is that stack of the four
+    networks' own ages instead (its interval the ensemble's formula at that age)."""
 
     def __init__(
         self,
@@ -136,18 +208,29 @@ class HeadsEnsembleEstimator:
         *,
         age_weight: float,
         weights: EnsembleWeights = DEFAULT_WEIGHTS,
+        stack: AgeStack | None = None,
     ) -> None:
         columns = ensemble_columns(heads)
         if columns is None:
             raise ValueError("the heads must read faceapi and cydral")
+        self._offsets = backbone_offsets(heads)
+        if stack is not None and not {"faceres", "faceres-deep"} <= set(self._offsets):
+            raise ValueError(
+                f"{AGE_STACK_MEMBER} needs heads that read faceres, faceres-deep, faceapi "
+                f"and cydral, not {', '.join(b.name for b in heads.backbones)}"
+            )
         self.name = name
         self.age_weight = _checked(age_weight)
         self._heads = heads
         self._weights = weights
+        self._stack = stack
         self._faceapi, self._cydral = columns
 
     def version(self) -> str:
-        """The weights, the heads' version and the ensemble's (the heads' two networks)."""
+        """The weights, the heads' version and the second member's (the heads' networks)."""
+        if self._stack is not None:
+            second = f"{AGE_STACK_MEMBER} of {', '.join(self._offsets)} (fitted on UTKFace dev)"
+            return _version(self.name, self.age_weight, self._heads.version(), second)
         networks = {b.name: b.version() for b in self._heads.backbones}
         ensemble = ensemble_version(networks["cydral"], networks["faceapi"])
         return _version(self.name, self.age_weight, self._heads.version(), ensemble)
@@ -166,6 +249,11 @@ class HeadsEnsembleEstimator:
         once, twice = self._outputs(face), self._outputs(mirrored)
         outputs = {key: ((once[key] + twice[key]) / 2).astype(np.float32) for key in once}
         age, male, half_width = combine_outputs(self._weights, outputs)
+        if self._stack is not None:
+            once_ages = network_ages(face, self._offsets)
+            twice_ages = network_ages(mirrored, self._offsets)
+            age = self._stack.age({k: (once_ages[k] + twice_ages[k]) / 2 for k in once_ages})
+            half_width = self._weights.interval_bias + self._weights.interval_slope * age
         return mix_estimates(first, estimates(age, half_width, male), self.age_weight)
 
     def _outputs(self, features: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
@@ -188,6 +276,10 @@ def create_mixture(
     from agelens.models.backends import create_estimator
 
     built = create_estimator(first, threads)
+    if second == AGE_STACK_MEMBER:
+        if not isinstance(built, HeadsEstimator) or ensemble_columns(built) is None:
+            raise ValueError(f"{AGE_STACK_MEMBER} mixes with trained heads that read its networks")
+        return HeadsEnsembleEstimator(name, built, age_weight=age_weight, stack=AGE_STACK)
     if (
         second == "ensemble"
         and isinstance(built, HeadsEstimator)
