@@ -15,7 +15,7 @@ from agelens.models.convert.int8 import calibrate, quantized
 from agelens.models.faceres import FaceResEstimator
 from agelens.models.registry import get_spec
 from agelens.train.features import FeatureConfig
-from agelens.train.qat import run_graph, tune, tune_for_int8
+from agelens.train.qat import run_graph, tune, tune_for_int8, tuned_path
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,3 +64,20 @@ def test_tuning_with_no_face_found_is_an_error(tmp_path: Path) -> None:
     faces = FeatureConfig(str(tmp_path), ("faceres-deep@96-qat",), 0.0, "blazeface-full", "")
     with pytest.raises(ValueError, match="no face was found"):
         tune_for_int8(tmp_path, read_labels(labels), faces, tmp_path / "cache")
+
+
+def test_a_backbones_tuned_weights_do_not_depend_on_the_others(tmp_path: Path) -> None:
+    """Adding a second `-qat` backbone (or any other) keeps the first one's cached weights;
+    other faces or another network do not."""
+    one = FeatureConfig("/d", ("faceres-deep@192-qat", "faceapi"), 0.5, "blazeface-full", "ab")
+    two = FeatureConfig(
+        "/d", ("faceres@192-qat", "faceres-deep@192-qat", "cydral"), 0.5, "blazeface-full", "ab"
+    )
+    other_faces = FeatureConfig("/d", ("faceres-deep@192-qat",), 0.5, "blazeface-full", "cd")
+    name = "faceres-deep@192-qat"
+    assert tuned_path(tmp_path, one, name) == tuned_path(tmp_path, two, name)
+    assert tuned_path(tmp_path, one, name) != tuned_path(tmp_path, other_faces, name)
+    assert (
+        tuned_path(tmp_path, two, name).parent
+        != tuned_path(tmp_path, two, "faceres@192-qat").parent
+    )

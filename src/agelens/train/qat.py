@@ -219,11 +219,7 @@ def tune_for_int8(
     names = [name for name in faces.backbones if parse_backbone(name).tuned]
     if not names:
         return {}
-    config = TuneConfig(
-        replace(faces, backbones=tuple(names)), count, EPOCHS, LEARNING_RATE, QAT_VERSION
-    )
-    folder = cache_folder(cache_root, "qat", config)
-    paths = {name: folder / f"tuned-{name}.onnx" for name in names}
+    paths = {name: tuned_path(cache_root, faces, name, count) for name in names}
     todo = [name for name in names if not paths[name].is_file()]
     if not todo:
         return paths
@@ -234,6 +230,16 @@ def tune_for_int8(
         logger.info("fine-tuning %s for int8 on %d faces and their mirrors", name, found)
         save_graph(tune(network.float_graph(), faces_seen[:RANGE_FACES], train), paths[name])
     return paths
+
+
+def tuned_path(cache_root: Path, faces: FeatureConfig, name: str, count: int = QAT_FACES) -> Path:
+    """Where `tune_for_int8` keeps backbone `name`'s tuned graph: a folder keyed by the faces,
+    this backbone alone (another `-qat` backbone beside it does not change its weights) and
+    the recipe."""
+    config = TuneConfig(
+        replace(faces, backbones=(name,)), count, EPOCHS, LEARNING_RATE, QAT_VERSION
+    )
+    return cache_folder(cache_root, "qat", config) / f"tuned-{name}.onnx"
 
 
 def save_graph(model: onnx.ModelProto, path: Path) -> None:
