@@ -245,15 +245,18 @@ class HeadsEnsembleEstimator:
             return []
         face, mirrored = self._heads.features_pair(chips)
         first = self._heads.estimate_features(face, mirrored)
-        # as the ensemble's own mirror pass: each output of the face and its mirror averaged
-        once, twice = self._outputs(face), self._outputs(mirrored)
-        outputs = {key: ((once[key] + twice[key]) / 2).astype(np.float32) for key in once}
-        age, male, half_width = combine_outputs(self._weights, outputs)
         if self._stack is not None:
             once_ages = network_ages(face, self._offsets)
             twice_ages = network_ages(mirrored, self._offsets)
             age = self._stack.age({k: (once_ages[k] + twice_ages[k]) / 2 for k in once_ages})
             half_width = self._weights.interval_bias + self._weights.interval_slope * age
+            # the mix reads the second member's age and interval only; P(male) is the heads'
+            second = estimates(age, half_width, [e.gender_probability_male for e in first])
+            return mix_estimates(first, second, self.age_weight)
+        # as the ensemble's own mirror pass: each output of the face and its mirror averaged
+        once, twice = self._outputs(face), self._outputs(mirrored)
+        outputs = {key: ((once[key] + twice[key]) / 2).astype(np.float32) for key in once}
+        age, male, half_width = combine_outputs(self._weights, outputs)
         return mix_estimates(first, estimates(age, half_width, male), self.age_weight)
 
     def _outputs(self, features: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:

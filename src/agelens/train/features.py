@@ -238,7 +238,9 @@ def calibrate_int8(
         replace(faces, backbones=tuple(int8)), count=CALIBRATION_FACES, recipe=RECIPE_VERSION
     )
     folder = cache_folder(cache_root, "int8-ranges", config)
-    _take_ranges(dataset_dir, rows, faces, folder, tuned)
+    todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
+    if todo:
+        _take_ranges(dataset_dir, rows, faces, folder, todo, tuned)
     for name, source in tuned.items():
         graph = folder / int8_graph_file(name)
         if not graph.is_file():
@@ -252,18 +254,15 @@ def _take_ranges(
     rows: Sequence[LabelledImage],
     faces: FeatureConfig,
     folder: Path,
+    todo: Sequence[str],
     tuned: dict[str, Path],
 ) -> None:
-    """`calibrate_int8`'s ranges files that `folder` does not hold yet."""
+    """`calibrate_int8`'s ranges files of the backbones `todo`, written into `folder`."""
     import onnx
 
     from agelens.models.convert.int8 import CALIBRATION_FACES, calibrate
-    from agelens.models.embeddings import int8_ranges_file, parse_backbone
+    from agelens.models.embeddings import int8_ranges_file
 
-    int8 = [name for name in faces.backbones if parse_backbone(name).int8]
-    todo = [name for name in int8 if not (folder / int8_ranges_file(name)).is_file()]
-    if not todo:
-        return
     networks, chips, found = faceres_chips(
         dataset_dir, rows, faces, todo, count=CALIBRATION_FACES, seed=0
     )

@@ -199,14 +199,12 @@ def train_model(
         (staging / "head.int8.onnx").replace(staging / HEAD_FILE)
     dims = {name: int(features.embeddings[name].shape[1]) for name in names}
     files = {HEAD_FILE: sha256_file(staging / HEAD_FILE)}
-    for name, ranges in features.int8_ranges.items():
-        shipped = staging / int8_ranges_file(name)
-        shutil.copyfile(ranges, shipped)
-        files[shipped.name] = sha256_file(shipped)
-    for name, graph in features.int8_graphs.items():
-        shipped = staging / int8_graph_file(name)
-        shutil.copyfile(graph, shipped)
-        files[shipped.name] = sha256_file(shipped)
+    # int8 ranges for `-int8` backbones, int8 graphs for `-qat` ones
+    int8_files = {int8_ranges_file(name): path for name, path in features.int8_ranges.items()}
+    int8_files |= {int8_graph_file(name): path for name, path in features.int8_graphs.items()}
+    for file_name, source in int8_files.items():
+        shutil.copyfile(source, staging / file_name)
+        files[file_name] = sha256_file(staging / file_name)
     card = {
         "kind": "agelens-heads",
         "format_version": 1,
