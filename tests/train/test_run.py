@@ -174,7 +174,10 @@ def test_a_qat_backbone_ships_its_int8_graph(
     training = card["training"]
     assert isinstance(training, dict)
     assert training["int8_fine_tuning"]["faces"] == 120
-    assert "int8 fine-tuning: faceres-deep@96-qat" in (out / "MODEL_CARD.md").read_text()
+    assert training["int8_calibration_faces"] == 256  # its ranges built the shipped graph
+    markdown = (out / "MODEL_CARD.md").read_text()
+    assert "int8 fine-tuning: faceres-deep@96-qat" in markdown
+    assert "ranges taken on 256 training faces" in markdown
     shipped = onnx.load(str(out / graph))
     assert any(node.op_type == "QuantizeLinear" for node in shipped.graph.node)
 

@@ -226,7 +226,7 @@ def train_model(
             "faces_used": len(features.rows),
             "pad": request.pad,
             "detector": request.detector,
-            **({"int8_calibration_faces": CALIBRATION_FACES} if features.int8_ranges else {}),
+            **({"int8_calibration_faces": CALIBRATION_FACES} if int8_files else {}),
             **({"int8_fine_tuning": _fine_tuning(features)} if features.int8_graphs else {}),
             "command": request.command,
             "config": asdict(config),
